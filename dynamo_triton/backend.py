@@ -1,0 +1,104 @@
+"""The inference backend interface that backend plugins implement.
+
+A backend runs models in the worker process. It speaks KServe v2 in protobuf
+terms (``tritonclient.grpc.service_pb2``), so the worker hands it the request it
+received and sends back the responses it yields, without touching tensor data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # the protobuf modules are heavy; only type checkers need them here
+    from tritonclient.grpc import model_config_pb2, service_pb2
+
+__all__ = ["Backend", "BackendFactory", "BackendSettings", "ModelInfo"]
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Options every backend receives; backend-specific ones go in ``extra``.
+
+    :param model_repository: folder of a Triton model repository.
+    :param backend_directory: where backend shared objects live (None: the backend's default).
+    :param log_verbose: Triton-style verbosity, 0 = quiet.
+    :param extra: backend-specific options, e.g. ``{"triton_home": "/opt/tritonserver"}``.
+    """
+
+    model_repository: str
+    backend_directory: str | None = None
+    log_verbose: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a backend knows about one loaded model.
+
+    :param name: model name as clients address it.
+    :param version: the version being served (as a string, KServe style).
+    :param config: the model's full Triton ``ModelConfig``.
+    :param metadata: the KServe ``ModelMetadataResponse``.
+    :param decoupled: True when the model may send zero or many responses per request.
+    """
+
+    name: str
+    version: str
+    config: model_config_pb2.ModelConfig
+    metadata: service_pb2.ModelMetadataResponse
+    decoupled: bool = False
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A running inference engine in the worker process.
+
+    Lifecycle: ``await start()``, then any number of ``load_model`` /
+    ``infer`` / ``unload_model``, then ``await stop()``. Every method may be
+    called from the worker's event loop; none blocks it.
+    """
+
+    async def start(self) -> None:
+        """Start the engine. Raises :class:`~dynamo_triton.errors.BackendError` if it cannot."""
+
+    async def stop(self, *, timeout: float = 30.0) -> None:
+        """Stop the engine; requests still in flight end with an error. Never hangs past ``timeout``."""
+
+    async def repository_index(self) -> list[str]:
+        """Names of the models the repository holds (loaded or not)."""
+
+    async def load_model(self, name: str) -> ModelInfo:
+        """Load ``name`` and return what clients need to know about it.
+
+        Raises :class:`~dynamo_triton.errors.ModelNotFoundError` naming the repository and
+        the models it has, or :class:`~dynamo_triton.errors.TritonError` with the engine's
+        own message (e.g. a config.pbtxt parse error).
+        """
+
+    async def unload_model(self, name: str) -> None:
+        """Unload ``name``; unknown names raise ModelNotFoundError."""
+
+    def model(self, name: str) -> ModelInfo:
+        """Info of a loaded model; raises ModelNotFoundError if it is not loaded."""
+
+    async def ready(self) -> bool:
+        """True while the engine can serve requests."""
+
+    def infer(self, request: service_pb2.ModelInferRequest) -> AsyncIterator[service_pb2.ModelInferResponse]:
+        """Run one request; yield its responses (one, or for decoupled models zero or more).
+
+        Outputs come back in ``raw_output_contents``. Closing the iterator early
+        (``aclose()`` or cancelling the consuming task) cancels the request in the
+        engine. Errors raise subclasses of :class:`~dynamo_triton.errors.DyntritonError`.
+        """
+
+    async def statistics(self, name: str = "") -> Any:
+        """``service_pb2.ModelStatisticsResponse`` for one model, or all when ``name`` is empty."""
+
+
+class BackendFactory(Protocol):
+    """What a backend plugin registers: ``factory(settings) -> Backend`` (cheap to call)."""
+
+    def __call__(self, settings: BackendSettings) -> Backend: ...

@@ -1,0 +1,92 @@
+"""The frontend interface: a protocol server (KServe gRPC, HTTP...) over the routing core.
+
+A frontend plugin registers ``factory(settings, service) -> Frontend``. The
+``service`` is the runtime's view of every model that live workers serve; the
+frontend parses and validates requests, then hands the request *bytes* to
+``service.infer`` and relays the response bytes it yields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2, service_pb2
+
+__all__ = ["Frontend", "FrontendFactory", "FrontendSettings", "InferenceService", "ServedModel"]
+
+
+@dataclass(frozen=True)
+class FrontendSettings:
+    """Where and how a frontend listens.
+
+    :param host: interface to bind.
+    :param port: TCP port (0 = any free port).
+    :param options: frontend-specific options (TLS files, message size limit...).
+    """
+
+    host: str = "0.0.0.0"
+    port: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model as the frontend sees it: what the workers published in their model cards.
+
+    :param instances: how many live worker instances serve it now.
+    """
+
+    name: str
+    version: str
+    config: model_config_pb2.ModelConfig
+    metadata: service_pb2.ModelMetadataResponse
+    decoupled: bool
+    instances: int
+
+
+@runtime_checkable
+class InferenceService(Protocol):
+    """The routing core a frontend serves from."""
+
+    def ready(self) -> bool:
+        """True when at least one model has a live instance."""
+
+    def models(self) -> list[ServedModel]:
+        """Every model with at least one live instance, sorted by name."""
+
+    def model(self, name: str, version: str = "") -> ServedModel:
+        """The model, or raise ModelNotFoundError naming the models that are served."""
+
+    def infer(self, name: str, payload: bytes, *, timeout: float | None = None) -> AsyncIterator[bytes]:
+        """Route a serialized ``ModelInferRequest`` to an instance; yield serialized responses.
+
+        Raises NoInstanceError (UNAVAILABLE) when no instance can take it, after one
+        retry on another instance if the first failed before answering.
+        """
+
+    async def statistics(self, name: str = "") -> service_pb2.ModelStatisticsResponse:
+        """Statistics gathered from every live instance (all models when ``name`` is empty)."""
+
+
+@runtime_checkable
+class Frontend(Protocol):
+    """A running protocol server."""
+
+    async def start(self) -> None:
+        """Bind and serve; raises ConfigError naming the port if it is taken."""
+
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Stop accepting and end open calls within ``grace`` seconds."""
+
+    @property
+    def port(self) -> int:
+        """The bound port (after start)."""
+
+
+class FrontendFactory(Protocol):
+    """What a frontend plugin registers."""
+
+    def __call__(self, settings: FrontendSettings, service: InferenceService) -> Frontend: ...

@@ -1,0 +1,97 @@
+"""Hook specifications of dyntriton (pluggy project ``dyntriton``).
+
+Every hook is a *registry* hook: dyntriton calls it once per plugin, right after
+the plugin manager is made, with a :class:`~dynamo_triton.registry.Register` that
+records which plugin provided each name. Hooks are synchronous and cheap: a plugin
+registers names and factories; heavy imports (grpc, etcd, Triton libraries) happen
+inside the factory, when a user selects that name. No hook is ``firstresult``:
+every plugin's implementation is called, and two plugins registering the same
+name for the same kind is an error naming both.
+
+Implement a hook with ``@dynamo_triton.hookimpl``; see ``docs/plugins.md``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from dynamo_triton.registry import Register
+
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+
+#: The pluggy project name, also the entry-point group plugins register under.
+PROJECT_NAME = "dyntriton"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def dyntriton_register_kv_stores(register: Register) -> None:
+    """Register key-value stores, selected with ``--store-kv NAME``.
+
+    Called once per plugin when the plugin manager is made.
+
+    :param register: call ``register(name, factory, summary=...)`` where
+        ``factory(settings: StoreSettings) -> KVStore`` (see :mod:`dynamo_triton.kv`).
+        The factory does no I/O; connecting happens in the store's coroutines.
+    :return: nothing; every plugin's implementation is called.
+    """
+
+
+@hookspec
+def dyntriton_register_transports(register: Register) -> None:
+    """Register request-plane transports, selected with ``--transport NAME``.
+
+    :param register: call ``register(name, factory, summary=...)`` where
+        ``factory() -> Transport`` (see :mod:`dynamo_triton.transport`).
+    :return: nothing; every plugin's implementation is called.
+    """
+
+
+@hookspec
+def dyntriton_register_dtypes(register: Register) -> None:
+    """Register tensor datatypes beyond the built-in KServe table.
+
+    :param register: call ``register(kserve_name, DType(...))`` with a
+        :class:`dynamo_triton.dtypes.DType` giving the KServe, numpy, Triton ``TYPE_*``
+        and Dynamo names. Registering a name the core table already has is an error.
+    :return: nothing; every plugin's implementation is called.
+    """
+
+
+@hookspec
+def dyntriton_register_backends(register: Register) -> None:
+    """Register inference backends, selected with ``--backend NAME``.
+
+    :param register: call ``register(name, factory, summary=...)`` where
+        ``factory(settings: BackendSettings) -> Backend`` (see :mod:`dynamo_triton.backend`).
+        Loading native libraries happens in ``Backend.start``, never at registration.
+    :return: nothing; every plugin's implementation is called.
+    """
+
+
+@hookspec
+def dyntriton_register_frontends(register: Register) -> None:
+    """Register protocol frontends (KServe gRPC, HTTP...) that ``frontend``/``serve`` start.
+
+    :param register: call ``register(name, factory, summary=...)`` where
+        ``factory(settings: FrontendSettings, service: InferenceService) -> Frontend``
+        (see :mod:`dynamo_triton.frontend`).
+    :return: nothing; every plugin's implementation is called.
+    """
+
+
+@hookspec
+def dyntriton_register_commands(register: Register) -> None:
+    """Register extra ``dyntriton`` CLI commands.
+
+    :param register: call ``register(name, loader, summary=...)`` where
+        ``loader() -> click.Command`` imports the command's module only when the
+        command is run, so ``dyntriton --help`` stays fast and survives a broken plugin.
+        ``summary`` is the one line shown in ``dyntriton --help``.
+    :return: nothing; every plugin's implementation is called.
+    """

@@ -1,0 +1,297 @@
+"""Plugin discovery: load the ``dyntriton`` entry points one by one and build the registry.
+
+``make_plugin_manager()`` returns a fresh :class:`Plugins` facade (there is no
+global manager). Each entry point is loaded on its own, so one plugin that fails
+to import becomes a :class:`PluginRecord` with its error and a fix hint instead
+of breaking unrelated commands. Shipped plugins load through the very same
+entry-point group as third-party ones.
+
+Operator knobs (environment):
+
+- ``DYNTRITON_DISABLE_PLUGINS=a,b``: skip these plugins.
+- ``DYNTRITON_LOAD_PLUGINS=a,b``: load only these (an allow-list).
+- ``DYNTRITON_STRICT_PLUGINS=1``: a broken or conflicting plugin is fatal.
+- ``DYNTRITON_TRACE_PLUGINS=1``: print every hook call (pluggy tracing) to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from dynamo_triton import hookspecs
+from dynamo_triton.errors import PluginError
+from dynamo_triton.registry import Provided, Register, Registry
+
+__all__ = ["HOOK_KINDS", "PluginRecord", "Plugins", "import_optional", "make_plugin_manager"]
+
+#: Registry hook name -> the kind of thing it registers.
+HOOK_KINDS = {
+    "dyntriton_register_kv_stores": "kv-store",
+    "dyntriton_register_transports": "transport",
+    "dyntriton_register_dtypes": "dtype",
+    "dyntriton_register_backends": "backend",
+    "dyntriton_register_frontends": "frontend",
+    "dyntriton_register_commands": "command",
+}
+
+OWN_DISTRIBUTION = "dynamo-triton"
+
+
+@dataclass
+class PluginRecord:
+    """What is known about one plugin, loaded or not.
+
+    :param status: ``ok``, ``error`` (failed to import or register), ``disabled``
+        (by DYNTRITON_DISABLE_PLUGINS / DYNTRITON_LOAD_PLUGINS) or ``conflict``.
+    :param provides: ``(kind, name)`` pairs the plugin registered.
+    """
+
+    name: str
+    distribution: str = ""
+    version: str = ""
+    module: str = ""
+    status: str = "ok"
+    error: str | None = None
+    hint: str | None = None
+    provides: list[tuple[str, str]] = field(default_factory=list)
+    hooks: list[str] = field(default_factory=list)
+
+    @property
+    def builtin(self) -> bool:
+        """True for the plugins shipped in the dynamo-triton distribution."""
+        return self.distribution == OWN_DISTRIBUTION
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (used by ``dyntriton plugins list --json``)."""
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "module": self.module,
+            "builtin": self.builtin,
+            "status": self.status,
+            "error": self.error,
+            "hint": self.hint,
+            "provides": [f"{kind}: {name}" for kind, name in self.provides],
+            "hooks": self.hooks,
+        }
+
+
+def _names_from_env(value: str | None) -> set[str] | None:
+    if value is None or not value.strip():
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _is_true(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _install_hint(dist: md.Distribution | None, missing: str | None, plugin: str) -> str:
+    """Suggest the pip command that brings a missing module, from the distribution's extras."""
+    disable = f"or disable it with DYNTRITON_DISABLE_PLUGINS={plugin}"
+    if missing is None:
+        return f"reinstall the plugin's distribution, {disable}"
+    top = _normalize(missing.split(".")[0])
+    if dist is not None:
+        for requirement in dist.requires or []:
+            match = re.match(r"\s*([A-Za-z0-9_.\-]+).*extra\s*==\s*['\"]([^'\"]+)['\"]", requirement)
+            if match and _normalize(match.group(1)) in {top, f"{top}-python", f"nvidia-{top}"}:
+                return f"pip install '{dist.metadata['Name']}[{match.group(2)}]' ({disable})"
+    return f"pip install {missing.split('.')[0]} ({disable})"
+
+
+def import_optional(module: str, *, extra: str, purpose: str) -> Any:
+    """Import ``module`` for a plugin factory, or raise PluginError with the pip command to fix it.
+
+    :param extra: the dynamo-triton extra that brings the module, e.g. ``"etcd"``.
+    :param purpose: what needs it, e.g. ``"the etcd KV store"``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise PluginError(
+            f"{purpose} needs the Python package providing {module!r}, which failed to import: {exc}",
+            hint=f"pip install '{OWN_DISTRIBUTION}[{extra}]'",
+        ) from exc
+
+
+class Plugins:
+    """The plugin manager facade the core talks to (never ``pm.hook`` directly)."""
+
+    def __init__(self, pm: pluggy.PluginManager, records: list[PluginRecord], registry: Registry):
+        self.pm, self.records, self.registry = pm, records, registry
+
+    def record(self, name: str) -> PluginRecord:
+        """The record of plugin ``name``."""
+        for record in self.records:
+            if record.name == name:
+                return record
+        raise KeyError(name)
+
+    def names(self, kind: str) -> list[str]:
+        """Names registered for ``kind`` (``kv-store``, ``transport``, ...)."""
+        return self.registry.names(kind)
+
+    def get(self, kind: str, name: str) -> Provided:
+        """The registered item; unknown names raise UnknownNameError listing known ones.
+
+        When the name is unknown but a broken plugin might have provided it, the
+        error's hint names that plugin and its fix.
+        """
+        return self.registry.get(kind, name, hint=self._broken_hint())
+
+    def _broken_hint(self) -> str | None:
+        broken = [r for r in self.records if r.status == "error"]
+        if not broken:
+            return None
+        return "; ".join(f"plugin {r.name!r} failed to load: {r.error} -> {r.hint}" for r in broken)
+
+    def kv_store(self, name: str, **options: Any) -> Any:
+        """Build the KV store ``name`` with store-specific ``options``."""
+        from dynamo_triton.kv import StoreSettings
+
+        return self.get("kv-store", name).obj(StoreSettings(options=options))
+
+    def transport(self, name: str) -> Any:
+        """Build the transport ``name``."""
+        return self.get("transport", name).obj()
+
+    def backend(self, name: str, settings: Any) -> Any:
+        """Build the backend ``name`` with ``settings`` (a BackendSettings)."""
+        return self.get("backend", name).obj(settings)
+
+    def frontend(self, name: str, settings: Any, service: Any) -> Any:
+        """Build the frontend ``name`` serving ``service``."""
+        return self.get("frontend", name).obj(settings, service)
+
+    def dtypes(self) -> list[Any]:
+        """Every DType registered by plugins (the core table is in dynamo_triton.dtypes)."""
+        return [item.obj for item in self.registry.items("dtype")]
+
+    def commands(self) -> list[Provided]:
+        """CLI commands registered by plugins (their loaders are not called)."""
+        return self.registry.items("command")
+
+
+def _entry_points() -> list[md.EntryPoint]:
+    return sorted(md.entry_points(group=hookspecs.PROJECT_NAME), key=lambda ep: ep.name)
+
+
+def _register_all(pm: pluggy.PluginManager, records: dict[str, PluginRecord], registry: Registry) -> None:
+    """Call every registry hook plugin by plugin so each name is attributed to its provider."""
+    for hook_name, kind in HOOK_KINDS.items():
+        caller = getattr(pm.hook, hook_name)
+        for impl in caller.get_hookimpls():
+            record = records[impl.plugin_name]
+            if record.status != "ok":
+                continue
+            register = Register(registry, kind, impl.plugin_name)
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # a plugin's bug must not break the others
+                record.status = "error"
+                record.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
+                record.hint = (
+                    "report it to the plugin's authors, or disable it with "
+                    f"DYNTRITON_DISABLE_PLUGINS={impl.plugin_name}"
+                )
+                continue
+            if hook_name not in record.hooks:
+                record.hooks.append(hook_name)
+            record.provides.extend((kind, name) for name in register.registered)
+    for conflict in registry.conflicts:
+        for provider in conflict.providers:
+            if provider in records and records[provider].status == "ok":
+                records[provider].status = "conflict"
+                records[provider].error = str(conflict)
+
+
+def make_plugin_manager(
+    *,
+    entry_points: bool = True,
+    plugins: Iterable[tuple[str, object]] = (),
+    env: Mapping[str, str] | None = None,
+) -> Plugins:
+    """Make a fresh plugin manager and registry.
+
+    :param entry_points: load the ``dyntriton`` entry-point group (False in tests that
+        want only the ``plugins`` they pass).
+    :param plugins: extra ``(name, plugin_object)`` pairs to register (modules or objects
+        with ``@hookimpl`` functions).
+    :param env: environment to read the DYNTRITON_* knobs from (default ``os.environ``).
+    :raises PluginError: only under DYNTRITON_STRICT_PLUGINS, for the first broken plugin.
+    """
+    env = os.environ if env is None else env
+    disabled = _names_from_env(env.get("DYNTRITON_DISABLE_PLUGINS")) or set()
+    allowed = _names_from_env(env.get("DYNTRITON_LOAD_PLUGINS"))
+    strict = _is_true(env.get("DYNTRITON_STRICT_PLUGINS"))
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    if _is_true(env.get("DYNTRITON_TRACE_PLUGINS")):
+        pm.trace.root.setwriter(lambda message: sys.stderr.write(f"[dyntriton plugins] {message}"))
+        pm.enable_tracing()
+
+    records: dict[str, PluginRecord] = {}
+
+    def skipped(name: str) -> bool:
+        return name in disabled or (allowed is not None and name not in allowed)
+
+    for ep in _entry_points() if entry_points else []:
+        dist = ep.dist
+        record = PluginRecord(
+            name=ep.name,
+            distribution=dist.metadata["Name"] if dist is not None else "",
+            version=dist.version if dist is not None else "",
+            module=ep.value,
+        )
+        if ep.name in records:
+            record.status = "conflict"
+            record.error = (
+                f"plugin name {ep.name!r} is used by {records[ep.name].distribution!r} and {record.distribution!r}"
+            )
+            records[f"{ep.name} ({record.distribution})"] = record
+            continue
+        records[ep.name] = record
+        if skipped(ep.name):
+            record.status = "disabled"
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:
+            record.status = "error"
+            record.error = f"Error importing plugin {ep.name!r}: {type(exc).__name__}: {exc}"
+            missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+            record.hint = _install_hint(dist, missing, ep.name)
+            if strict:
+                raise PluginError(record.error, hint=record.hint) from exc
+
+    for name, plugin in plugins:
+        records[name] = PluginRecord(name=name, module=getattr(plugin, "__name__", type(plugin).__name__))
+        if skipped(name):
+            records[name].status = "disabled"
+            continue
+        pm.register(plugin, name=name)
+
+    registry = Registry()
+    _register_all(pm, records, registry)
+    if strict:
+        for record in records.values():
+            if record.status in {"error", "conflict"}:
+                raise PluginError(record.error or f"plugin {record.name!r} is broken", hint=record.hint)
+    return Plugins(pm, list(records.values()), registry)

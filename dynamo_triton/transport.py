@@ -1,0 +1,77 @@
+"""The request-plane interface that transport plugins (tcp, inproc, nats...) implement.
+
+A transport carries opaque request bytes from the frontend to one worker
+instance and a stream of response bytes back. It never looks inside them: the
+frontend forwards the KServe request bytes it received and returns the response
+bytes it gets.
+
+Error contract: a handler that raises a :class:`~dynamo_triton.errors.DyntritonError`
+makes the client's iterator raise an error with the same ``status`` and message
+(rebuilt with :func:`~dynamo_triton.errors.error_from_status`); any other exception
+arrives as status ``INTERNAL``. A peer that vanishes raises
+:class:`~dynamo_triton.errors.PeerGoneError`. Closing the client's iterator early
+(``aclose()``, or cancelling the consuming task) cancels the handler on the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Handler", "Transport", "TransportClient", "TransportRequest", "TransportServer"]
+
+
+@dataclass(frozen=True)
+class TransportRequest:
+    """One request as the server's handler sees it.
+
+    :param endpoint: which handler the caller wants, e.g. ``"infer"`` or ``"statistics"``.
+    :param payload: the request bytes, untouched.
+    :param timeout: seconds the caller will still wait, or None for no deadline.
+    """
+
+    endpoint: str
+    payload: bytes
+    timeout: float | None = None
+
+
+#: The server side's callback: one request in, an async stream of response bytes out.
+Handler = Callable[[TransportRequest], AsyncIterator[bytes]]
+
+
+@runtime_checkable
+class TransportServer(Protocol):
+    """The worker side: accepts requests and runs ``handler`` for each, many at once."""
+
+    async def start(self, handler: Handler) -> str:
+        """Start serving; returns the address clients use (advertised in the model card)."""
+
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Stop accepting, let in-flight requests finish for up to ``grace`` s, cancel the rest."""
+
+
+@runtime_checkable
+class TransportClient(Protocol):
+    """The frontend side: sends requests to addresses servers advertised."""
+
+    def call(
+        self, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """Send one request; iterate its responses. See the module's error contract."""
+
+    async def close(self) -> None:
+        """Close every connection; calls still running raise PeerGoneError."""
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What a transport plugin's factory returns: a maker of servers and clients."""
+
+    name: str
+
+    def server(self, host: str = "127.0.0.1", port: int = 0) -> TransportServer:
+        """A server bound to ``host``:``port`` (0 = any free port) once started."""
+
+    def client(self) -> TransportClient:
+        """A client able to reach any address this transport's servers advertise."""

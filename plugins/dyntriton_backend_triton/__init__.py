@@ -1,0 +1,1 @@
+"""dyntriton_backend_triton plugin (work in progress)."""

@@ -1,0 +1,1 @@
+"""dyntriton_frontend_http plugin (work in progress)."""

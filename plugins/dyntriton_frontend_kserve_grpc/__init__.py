@@ -1,0 +1,1 @@
+"""dyntriton_frontend_kserve_grpc plugin (work in progress)."""

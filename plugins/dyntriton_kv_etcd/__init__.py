@@ -1,0 +1,1 @@
+"""dyntriton_kv_etcd plugin (work in progress)."""

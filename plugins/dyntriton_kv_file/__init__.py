@@ -1,0 +1,1 @@
+"""dyntriton_kv_file plugin (work in progress)."""

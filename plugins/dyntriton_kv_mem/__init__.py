@@ -1,0 +1,1 @@
+"""dyntriton_kv_mem plugin (work in progress)."""

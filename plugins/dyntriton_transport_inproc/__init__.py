@@ -1,0 +1,1 @@
+"""dyntriton_transport_inproc plugin (work in progress)."""

@@ -1,0 +1,1 @@
+"""dyntriton_transport_tcp plugin (work in progress)."""
