@@ -1,0 +1,191 @@
+"""Discovery: watch the store's model cards and keep a live table of model -> instances.
+
+The table follows the store: a card put adds (or replaces) an instance, a card
+deleted (its worker deregistered or its lease expired) removes it. The router
+may also drop an instance at once when its connection fails, ahead of the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2
+
+from dynamo_triton.errors import ConfigError, DyntritonError
+from dynamo_triton.kv import EventKind, KVEntry, KVStore
+from dynamo_triton.runtime.cards import ModelCard, models_prefix, parse_card_key
+
+__all__ = ["Instance", "ModelTable"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Instance:
+    """One worker instance serving one model, as the router sees it.
+
+    :param outstanding: requests sent and not yet finished (for least-outstanding).
+    """
+
+    card: ModelCard
+    config: model_config_pb2.ModelConfig
+    metadata: service_pb2.ModelMetadataResponse
+    outstanding: int = 0
+    key: str = ""
+
+    @property
+    def instance_id(self) -> str:
+        return self.card.instance_id
+
+    @property
+    def address(self) -> str:
+        return self.card.address
+
+
+@dataclass
+class _Model:
+    instances: dict[str, Instance] = field(default_factory=dict)
+
+
+def _instance_from(entry_key: str, raw: bytes) -> Instance:
+    card = ModelCard.from_json(raw)
+    try:
+        config = json_format.ParseDict(card.config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
+        metadata = json_format.ParseDict(card.metadata, service_pb2.ModelMetadataResponse(), ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise ConfigError(f"model card {entry_key} has a config or metadata that does not parse: {exc}") from exc
+    return Instance(card=card, config=config, metadata=metadata, key=entry_key)
+
+
+class ModelTable:
+    """The live routing table of one namespace, fed by a store watch.
+
+    :param on_change: called (no arguments) after every change, e.g. to update health.
+    """
+
+    def __init__(self, store: KVStore, namespace: str, *, on_change: Callable[[], None] | None = None):
+        self._store, self._namespace = store, namespace
+        self._prefix = models_prefix(namespace)
+        self._models: dict[str, _Model] = {}
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self._synced = asyncio.Event()
+
+    # -- reading ---------------------------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        """Models with at least one live instance, sorted."""
+        return sorted(name for name, model in self._models.items() if model.instances)
+
+    def instances(self, model: str) -> list[Instance]:
+        """Live instances of ``model`` (empty if none)."""
+        entry = self._models.get(model)
+        return list(entry.instances.values()) if entry else []
+
+    def all_instances(self) -> list[Instance]:
+        """Every live instance of every model."""
+        return [inst for model in self._models.values() for inst in model.instances.values()]
+
+    # -- changing --------------------------------------------------------------------------------
+    def forget(self, instance: Instance) -> None:
+        """Drop ``instance`` now (its connection failed); a later card put brings it back."""
+        model = self._models.get(instance.card.model)
+        if model and model.instances.get(instance.instance_id) is instance:
+            del model.instances[instance.instance_id]
+            log.warning(
+                "instance %s of model %r at %s removed from routing (connection failed)",
+                instance.instance_id,
+                instance.card.model,
+                instance.address,
+            )
+            self._changed()
+
+    def _apply_put(self, key: str, value: bytes) -> None:
+        parsed = parse_card_key(self._namespace, key)
+        if parsed is None:
+            return
+        try:
+            instance = _instance_from(key, value)
+        except ConfigError as exc:
+            log.warning("ignoring model card at %s: %s", key, exc)
+            return
+        model = self._models.setdefault(parsed[0], _Model())
+        previous = model.instances.get(parsed[1])
+        if previous is not None:
+            instance.outstanding = previous.outstanding
+        model.instances[parsed[1]] = instance
+        if previous is None:
+            log.info("model %r: instance %s at %s is live", parsed[0], parsed[1], instance.address)
+        self._changed()
+
+    def _apply_delete(self, key: str) -> None:
+        parsed = parse_card_key(self._namespace, key)
+        if parsed is None:
+            return
+        model = self._models.get(parsed[0])
+        if model and model.instances.pop(parsed[1], None) is not None:
+            log.info("model %r: instance %s left", parsed[0], parsed[1])
+            self._changed()
+
+    def _reset(self, snapshot: list[KVEntry]) -> None:
+        self._models.clear()
+        for entry in snapshot:
+            self._apply_put(entry.key, entry.value)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self, *, sync_timeout: float = 10.0) -> None:
+        """Start watching; returns once the initial snapshot is in the table."""
+        self._task = asyncio.create_task(self._follow(), name=f"dyntriton-discovery-{self._namespace}")
+        waiter = asyncio.ensure_future(self._synced.wait())
+        done, _ = await asyncio.wait({waiter, self._task}, timeout=sync_timeout, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            if self._task in done:
+                self._task.result()  # raises the store's error (e.g. StoreUnavailableError)
+            raise DyntritonError(
+                f"discovery did not get the list of models from the {self._store.name!r} store "
+                f"within {sync_timeout:g} s",
+                hint="check that the store is reachable (see `dyntriton store ls`)",
+                status="UNAVAILABLE",
+            )
+
+    async def _follow(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                async with self._store.watch(self._prefix) as watch:
+                    self._reset(watch.snapshot)
+                    self._synced.set()
+                    delay = 0.2
+                    async for event in watch:
+                        if event.kind is EventKind.PUT and event.value is not None:
+                            self._apply_put(event.key, event.value)
+                        else:
+                            self._apply_delete(event.key)
+            except asyncio.CancelledError:
+                raise
+            except DyntritonError as exc:
+                if not self._synced.is_set():
+                    raise
+                log.warning("watch on %s failed (%s); retrying in %.1f s", self._prefix, exc, delay)
+            except Exception:
+                log.exception("watch on %s failed; retrying in %.1f s", self._prefix, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None

@@ -1,0 +1,145 @@
+"""Compose plugins into running pieces: a frontend stack and a worker stack, plus signal handling.
+
+The CLI commands (and tests) call these; they never reach into plugins directly
+but through the :class:`~dynamo_triton.plugins.Plugins` facade, by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynamo_triton.backend import BackendSettings
+from dynamo_triton.frontend import Frontend, FrontendSettings
+from dynamo_triton.kv import KVStore
+from dynamo_triton.plugins import Plugins
+from dynamo_triton.runtime.discovery import ModelTable
+from dynamo_triton.runtime.routing import make_policy
+from dynamo_triton.runtime.service import RoutingService
+from dynamo_triton.runtime.system_server import SystemServer
+from dynamo_triton.runtime.worker import Worker, WorkerSettings
+
+__all__ = [
+    "FrontendConfig",
+    "FrontendStack",
+    "WorkerStack",
+    "start_frontend",
+    "start_worker",
+    "wait_for_shutdown",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Everything a frontend stack needs; ports 0 pick free ports."""
+
+    namespace: str = "dynamo"
+    host: str = "0.0.0.0"
+    grpc_port: int = 8787
+    http_port: int = 8000
+    router: str = "round-robin"
+    grpc_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FrontendStack:
+    """A running discovery table, routing service and protocol frontends."""
+
+    table: ModelTable
+    service: RoutingService
+    grpc: Frontend
+    http: Frontend | None
+
+    async def stop(self) -> None:
+        """Stop the frontends, then discovery and transport clients."""
+        for frontend in (self.grpc, self.http):
+            if frontend is not None:
+                with contextlib.suppress(Exception):
+                    await frontend.stop()
+        await self.table.stop()
+        await self.service.close()
+
+
+async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfig) -> FrontendStack:
+    """Start discovery and the KServe gRPC and HTTP frontends over ``store``."""
+    service_ref: list[RoutingService] = []
+    table = ModelTable(store, config.namespace, on_change=lambda: service_ref and service_ref[0].invalidate())
+    service = RoutingService(table, make_policy(config.router), plugins.transport)
+    service_ref.append(service)
+    await table.start()
+    grpc = plugins.frontend(
+        "kserve-grpc", FrontendSettings(host=config.host, port=config.grpc_port, options=config.grpc_options), service
+    )
+    http = None
+    try:
+        await grpc.start()
+        if config.http_port >= 0:
+            http = plugins.frontend("http", FrontendSettings(host=config.host, port=config.http_port), service)
+            await http.start()
+    except BaseException:
+        await FrontendStack(table, service, grpc, None).stop()
+        raise
+    return FrontendStack(table, service, grpc, http)
+
+
+@dataclass
+class WorkerStack:
+    """A running worker and its system HTTP server."""
+
+    worker: Worker
+    system: SystemServer | None
+
+    async def stop(self) -> None:
+        """Drain the worker, then stop the system port."""
+        try:
+            await self.worker.stop()
+        finally:
+            if self.system is not None:
+                await self.system.stop()
+
+
+async def start_worker(
+    plugins: Plugins,
+    store: KVStore,
+    *,
+    backend: str,
+    backend_settings: BackendSettings,
+    transport: str,
+    settings: WorkerSettings,
+    system_host: str = "0.0.0.0",
+    system_port: int | None = 8081,
+) -> WorkerStack:
+    """Start a backend-backed worker registering in ``store``; ``system_port=None`` serves no system port."""
+    worker = Worker(plugins.backend(backend, backend_settings), store, plugins.transport(transport), settings)
+    system = None
+    if system_port is not None:
+        system = SystemServer(system_host, system_port, health=worker.health, registry=worker.metrics.registry)
+        await system.start()
+    try:
+        await worker.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await worker.stop()
+        if system is not None:
+            await system.stop()
+        raise
+    return WorkerStack(worker, system)
+
+
+async def wait_for_shutdown() -> str:
+    """Wait for SIGINT or SIGTERM; returns the signal's name."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[str] = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s.name))
+    try:
+        return await received
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,169 @@
+"""The frontend-side routing core: the InferenceService frontends serve from.
+
+It turns a model name and the request bytes into a call to one live instance
+over the instance's transport, retrying once on another instance when the
+first fails before answering. Tensor bytes pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from tritonclient.grpc import service_pb2
+
+from dynamo_triton.errors import (
+    DeadlineExceededError,
+    DyntritonError,
+    ModelNotFoundError,
+    NoInstanceError,
+    TransportError,
+)
+from dynamo_triton.frontend import ServedModel
+from dynamo_triton.runtime.discovery import Instance, ModelTable
+from dynamo_triton.runtime.routing import Policy
+from dynamo_triton.runtime.statistics import merge_statistics
+from dynamo_triton.transport import Transport, TransportClient
+
+__all__ = ["RoutingService"]
+
+log = logging.getLogger(__name__)
+
+#: Endpoint names a worker's transport server answers.
+INFER_ENDPOINT = "infer"
+STATISTICS_ENDPOINT = "statistics"
+
+
+class RoutingService:
+    """InferenceService over a :class:`ModelTable`.
+
+    :param transports: builds a Transport by plugin name (the name cards carry).
+    :param policy: the router policy.
+    """
+
+    def __init__(self, table: ModelTable, policy: Policy, transports: Callable[[str], Transport]):
+        self._table, self._policy, self._transports = table, policy, transports
+        self._clients: dict[str, TransportClient] = {}
+        self._seen: set[str] = set()
+        self._served: dict[str, ServedModel] | None = None
+
+    def invalidate(self) -> None:
+        """Called by the table after every change."""
+        self._served = None
+
+    def _client(self, transport: str) -> TransportClient:
+        client = self._clients.get(transport)
+        if client is None:
+            client = self._clients[transport] = self._transports(transport).client()
+        return client
+
+    def _served_models(self) -> dict[str, ServedModel]:
+        if self._served is None:
+            served: dict[str, ServedModel] = {}
+            for name in self._table.model_names():
+                instances = sorted(self._table.instances(name), key=lambda inst: inst.instance_id)
+                first = instances[0]
+                served[name] = ServedModel(
+                    name=name,
+                    version=first.card.version,
+                    config=first.config,
+                    metadata=first.metadata,
+                    decoupled=first.card.decoupled,
+                    instances=len(instances),
+                )
+            self._seen.update(served)
+            self._served = served
+        return self._served
+
+    # -- InferenceService ------------------------------------------------------------------------
+    def ready(self) -> bool:
+        return bool(self._served_models())
+
+    def models(self) -> list[ServedModel]:
+        return list(self._served_models().values())
+
+    def model(self, name: str, version: str = "") -> ServedModel:
+        served = self._served_models().get(name)
+        if served is None:
+            if name in self._seen:
+                raise NoInstanceError(f"model '{name}' has no live instance right now", hint="start a worker for it")
+            known = ", ".join(sorted(self._served_models())) or "none"
+            raise ModelNotFoundError(f"Request for unknown model: '{name}' is not found (served models: {known})")
+        if version and version != served.version:
+            raise ModelNotFoundError(
+                f"Request for unknown model: '{name}' version {version} is not found (served version: {served.version})"
+            )
+        return served
+
+    async def infer(self, name: str, payload: bytes, *, timeout: float | None = None) -> AsyncIterator[bytes]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tried: set[str] = set()
+        failure: DyntritonError | None = None
+        for _attempt in range(2):
+            candidates = [inst for inst in self._table.instances(name) if inst.instance_id not in tried]
+            if not candidates:
+                break
+            instance = self._policy.pick(name, candidates)
+            tried.add(instance.instance_id)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceededError(f"deadline exceeded before model '{name}' could be reached")
+            answered = False
+            instance.outstanding += 1
+            try:
+                stream = self._client(instance.card.transport).call(
+                    instance.address, INFER_ENDPOINT, payload, timeout=remaining
+                )
+                async for chunk in stream:
+                    answered = True
+                    yield chunk
+                return
+            except DyntritonError as exc:
+                if exc.status != "UNAVAILABLE":
+                    raise
+                if isinstance(exc, TransportError):
+                    self._table.forget(instance)
+                if answered:
+                    raise NoInstanceError(
+                        f"the instance serving model '{name}' failed after answering part of the request: {exc}"
+                    ) from exc
+                log.info("model %r: instance %s failed before answering (%s); retrying", name, instance.address, exc)
+                failure = exc
+            finally:
+                instance.outstanding -= 1
+        self.model(name)  # unknown model: NOT_FOUND rather than UNAVAILABLE
+        detail = f": {failure.message}" if failure else ""
+        raise NoInstanceError(f"no live instance of model '{name}' could take the request{detail}")
+
+    async def statistics(self, name: str = "") -> service_pb2.ModelStatisticsResponse:
+        if name:
+            self.model(name)
+        instances: dict[str, Instance] = {}
+        for inst in self._table.all_instances():
+            if not name or inst.card.model == name:
+                instances.setdefault(inst.address, inst)
+
+        async def one(inst: Instance) -> service_pb2.ModelStatisticsResponse | None:
+            try:
+                chunks = [
+                    chunk
+                    async for chunk in self._client(inst.card.transport).call(
+                        inst.address, STATISTICS_ENDPOINT, name.encode(), timeout=5.0
+                    )
+                ]
+            except DyntritonError as exc:
+                log.warning("statistics from %s failed: %s", inst.address, exc)
+                return None
+            return service_pb2.ModelStatisticsResponse.FromString(b"".join(chunks))
+
+        results = await asyncio.gather(*(one(inst) for inst in instances.values()))
+        served = {model.name for model in self.models()}
+        return merge_statistics([r for r in results if r is not None], keep=served if not name else {name})
+
+    async def close(self) -> None:
+        """Close every transport client."""
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

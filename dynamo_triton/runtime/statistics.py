@@ -1,0 +1,73 @@
+"""Merge KServe ``ModelStatisticsResponse``s from several workers into one.
+
+Counters and durations add up; ``last_inference`` takes the latest; batch
+statistics merge by batch size; map fields (e.g. ``response_stats``) by key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from google.protobuf.message import Message
+from tritonclient.grpc import service_pb2
+
+__all__ = ["merge_statistics"]
+
+_MAX_FIELDS = {"last_inference"}
+_KEY_FIELDS = {"batch_stats": "batch_size"}
+
+
+def _add_into(target: Message, source: Message) -> None:
+    """target += source, field by field (see module docstring)."""
+    for fd, value in source.ListFields():
+        name = fd.name
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            target_map = getattr(target, name)
+            for key, item in value.items():
+                if isinstance(item, Message):
+                    _add_into(target_map[key], item)
+                else:
+                    target_map[key] += item
+        elif fd.label == fd.LABEL_REPEATED:
+            key_field = _KEY_FIELDS.get(name)
+            target_list = getattr(target, name)
+            for item in value:
+                match = None
+                if key_field is not None:
+                    match = next((t for t in target_list if getattr(t, key_field) == getattr(item, key_field)), None)
+                if match is None:
+                    target_list.add().CopyFrom(item)
+                else:
+                    _add_into(match, item)
+        elif fd.message_type is not None:
+            _add_into(getattr(target, name), value)
+        elif fd.type in (fd.TYPE_STRING, fd.TYPE_BYTES, fd.TYPE_BOOL, fd.TYPE_ENUM):
+            setattr(target, name, value)
+        elif name in _MAX_FIELDS:
+            setattr(target, name, max(getattr(target, name), value))
+        elif name in _KEY_FIELDS.values():
+            setattr(target, name, value)
+        else:
+            setattr(target, name, getattr(target, name) + value)
+
+
+def merge_statistics(
+    responses: Iterable[service_pb2.ModelStatisticsResponse], *, keep: set[str] | None = None
+) -> service_pb2.ModelStatisticsResponse:
+    """One response whose per-(model, version) entries sum those of ``responses``.
+
+    :param keep: if given, only models with these names are kept.
+    """
+    merged: dict[tuple[str, str], service_pb2.ModelStatistics] = {}
+    for response in responses:
+        for stats in response.model_stats:
+            if keep is not None and stats.name not in keep:
+                continue
+            key = (stats.name, stats.version)
+            if key not in merged:
+                merged[key] = service_pb2.ModelStatistics(name=stats.name, version=stats.version)
+            _add_into(merged[key], stats)
+    result = service_pb2.ModelStatisticsResponse()
+    for key in sorted(merged):
+        result.model_stats.add().CopyFrom(merged[key])
+    return result

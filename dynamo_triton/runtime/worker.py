@@ -1,0 +1,184 @@
+"""The worker: runs a backend, publishes a model card per model under a lease, serves requests.
+
+Lifecycle: ``start()`` starts the backend, loads the models, starts the
+transport server and registers the cards; ``stop()`` drains: deregisters first
+(so frontends stop routing here), lets in-flight requests finish, then stops the
+backend and revokes the lease. If the lease is lost (store outage, long pause)
+the worker grants a new one and registers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+from tritonclient.grpc import service_pb2
+
+from dynamo_triton.backend import Backend, ModelInfo
+from dynamo_triton.errors import DyntritonError, InvalidRequestError, NoInstanceError
+from dynamo_triton.kv import KVStore
+from dynamo_triton.leases import LeaseKeeper
+from dynamo_triton.runtime.cards import ModelCard, card_key
+from dynamo_triton.runtime.service import INFER_ENDPOINT, STATISTICS_ENDPOINT
+from dynamo_triton.runtime.worker_metrics import WorkerMetrics
+from dynamo_triton.transport import Transport, TransportRequest, TransportServer
+
+__all__ = ["Worker", "WorkerSettings"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker registers and serves.
+
+    :param models: models to load; empty means every model in the repository.
+    :param host: interface the transport server binds.
+    :param lease_ttl: seconds after which a dead worker's cards disappear.
+    :param drain_timeout: seconds in-flight requests get on shutdown.
+    """
+
+    namespace: str = "dynamo"
+    models: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 0
+    lease_ttl: float = 10.0
+    drain_timeout: float = 30.0
+
+
+class Worker:
+    """One worker instance (one instance id, one lease, one transport server)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        store: KVStore,
+        transport: Transport,
+        settings: WorkerSettings,
+        *,
+        metrics: WorkerMetrics | None = None,
+    ):
+        self.backend, self.store, self.transport, self.settings = backend, store, transport, settings
+        self.metrics = metrics or WorkerMetrics()
+        self.instance_id = uuid.uuid4().hex[:16]
+        self.address = ""
+        self.models: dict[str, ModelInfo] = {}
+        self._server: TransportServer | None = None
+        self._lease: LeaseKeeper | None = None
+        self._registered = False
+        self._draining = False
+        self._reregister: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the backend, load models, serve, register. Raises the backend's errors as they are."""
+        await self.backend.start()
+        names = list(self.settings.models) or await self.backend.repository_index()
+        if not names:
+            raise DyntritonError("the model repository holds no model to serve", status="FAILED_PRECONDITION")
+        for name in names:
+            self.models[name] = await self.backend.load_model(name)
+        self.metrics.models_loaded.set(len(self.models))
+        self._server = self.transport.server(self.settings.host, self.settings.port)
+        self.address = await self._server.start(self._handle)
+        await self._register()
+        log.info("worker %s serving %s at %s", self.instance_id, ", ".join(sorted(self.models)), self.address)
+
+    async def _register(self) -> None:
+        self._lease = LeaseKeeper(self.store, self.settings.lease_ttl, on_lost=self._on_lease_lost)
+        await self._lease.start()
+        for info in self.models.values():
+            await self.store.put(self._key(info.name), self._card(info).to_json(), lease=self._lease.lease_id)
+        self._registered = True
+
+    def _on_lease_lost(self) -> None:
+        if self._draining or (self._reregister is not None and not self._reregister.done()):
+            return
+        log.warning("worker %s lost its lease; registering again", self.instance_id)
+        self._registered = False
+        self._reregister = asyncio.get_running_loop().create_task(self._register_again())
+
+    async def _register_again(self) -> None:
+        delay = 0.5
+        while not self._draining:
+            try:
+                if self._lease is not None:
+                    await self._lease.close(revoke=False)
+                await self._register()
+                log.info("worker %s registered again", self.instance_id)
+                return
+            except DyntritonError as exc:
+                log.warning("registering again failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        """Drain and stop: deregister, finish in-flight requests, stop the backend, revoke the lease."""
+        self._draining = True
+        if self._reregister is not None:
+            self._reregister.cancel()
+        if self._registered:
+            for name in self.models:
+                try:
+                    await self.store.delete(self._key(name))
+                except DyntritonError as exc:
+                    log.warning("could not deregister %s (its lease will expire): %s", name, exc)
+            self._registered = False
+        if self._server is not None:
+            await self._server.stop(grace=self.settings.drain_timeout)
+        await self.backend.stop()
+        if self._lease is not None:
+            try:
+                await self._lease.close(revoke=True)
+            except DyntritonError as exc:
+                log.warning("could not revoke the lease (it will expire): %s", exc)
+
+    async def health(self) -> tuple[bool, dict[str, object]]:
+        """For the system port: healthy when registered and the backend is ready."""
+        ready = self._registered and not self._draining and await self.backend.ready()
+        return ready, {"instance_id": self.instance_id, "address": self.address, "models": sorted(self.models)}
+
+    # -- serving ---------------------------------------------------------------------------------
+    def _key(self, model: str) -> str:
+        return card_key(self.settings.namespace, model, self.instance_id)
+
+    def _card(self, info: ModelInfo) -> ModelCard:
+        return ModelCard(
+            model=info.name,
+            version=info.version,
+            instance_id=self.instance_id,
+            address=self.address,
+            transport=self.transport.name,
+            decoupled=info.decoupled,
+            config=json_format.MessageToDict(info.config, preserving_proto_field_name=True),
+            metadata=json_format.MessageToDict(info.metadata, preserving_proto_field_name=True),
+            worker={"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()},
+        )
+
+    async def _handle(self, request: TransportRequest) -> AsyncIterator[bytes]:
+        if request.endpoint == INFER_ENDPOINT:
+            async for chunk in self._infer(request.payload):
+                yield chunk
+        elif request.endpoint == STATISTICS_ENDPOINT:
+            stats = await self.backend.statistics(request.payload.decode())
+            yield stats.SerializeToString()
+        else:
+            raise InvalidRequestError(f"unknown worker endpoint {request.endpoint!r}")
+
+    async def _infer(self, payload: bytes) -> AsyncIterator[bytes]:
+        if self._draining:
+            raise NoInstanceError("this worker is shutting down")
+        try:
+            request = service_pb2.ModelInferRequest.FromString(payload)
+        except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
+            raise InvalidRequestError(f"the request is not a valid ModelInferRequest: {exc}") from exc
+        with self.metrics.track(request.model_name):
+            async for response in self.backend.infer(request):
+                yield response.SerializeToString()

@@ -1,0 +1,63 @@
+"""Prometheus metrics of a worker, per model, in a registry of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["WorkerMetrics"]
+
+#: Latency buckets (seconds): sub-millisecond to tens of seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class WorkerMetrics:
+    """Request counters, failures by status, latency and in-flight gauges, labelled by model."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "dyntriton_worker_requests", "Inference requests received", ["model"], registry=self.registry
+        )
+        self.failures = Counter(
+            "dyntriton_worker_request_failures",
+            "Inference requests that ended with an error",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "dyntriton_worker_request_duration_seconds",
+            "Time from request received to last response sent",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "dyntriton_worker_inflight_requests", "Requests being processed", ["model"], registry=self.registry
+        )
+        self.models_loaded = Gauge(
+            "dyntriton_worker_models_loaded", "Models loaded and registered", registry=self.registry
+        )
+
+    @contextmanager
+    def track(self, model: str) -> Iterator[None]:
+        """Count one request for ``model`` around the ``with`` body; failures by status."""
+        self.requests.labels(model).inc()
+        gauge = self.in_flight.labels(model)
+        gauge.inc()
+        start = time.perf_counter()
+        try:
+            yield
+        except (GeneratorExit, asyncio.CancelledError):
+            self.failures.labels(model, "CANCELLED").inc()
+            raise
+        except BaseException as exc:
+            self.failures.labels(model, getattr(exc, "status", "INTERNAL")).inc()
+            raise
+        finally:
+            gauge.dec()
+            self.latency.labels(model).observe(time.perf_counter() - start)
