@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -91,7 +90,7 @@ async def _serve(ctx: click.Context, **options: object) -> None:
         tls_client_ca=options["tls_client_ca"],  # type: ignore[arg-type]
     )
     store = plugins.kv_store(store_kv)
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[asyncio.subprocess.Process] = []
     frontend: FrontendStack | None = None
     local: WorkerStack | None = None
     try:
@@ -117,7 +116,7 @@ async def _serve(ctx: click.Context, **options: object) -> None:
                 system_port=int(options["system_port"]),  # type: ignore[call-overload]
             )
         else:
-            children = [subprocess.Popen(_worker_argv(options, i)) for i in range(workers)]
+            children = [await asyncio.create_subprocess_exec(*_worker_argv(options, i)) for i in range(workers)]
             await _wait_for_workers(frontend, children, workers, tuple(options["models"]))  # type: ignore[arg-type]
         _print_summary(frontend, config.host, store_kv, workers if not in_process else 0)
         await _wait_for_shutdown_or_children(children)
@@ -131,13 +130,13 @@ async def _serve(ctx: click.Context, **options: object) -> None:
 
 
 async def _wait_for_workers(
-    frontend: FrontendStack, children: list[subprocess.Popen[bytes]], expected: int, models: tuple[str, ...]
+    frontend: FrontendStack, children: list[asyncio.subprocess.Process], expected: int, models: tuple[str, ...]
 ) -> None:
     """Wait until ``expected`` distinct worker instances registered (and every asked model is served)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         for child in children:
-            if child.poll() is not None:
+            if child.returncode is not None:
                 raise DyntritonError(
                     f"a worker exited with code {child.returncode} before registering",
                     hint="read its error above; `dyntriton doctor` checks the Triton installation",
@@ -150,12 +149,12 @@ async def _wait_for_workers(
     raise DyntritonError(f"workers did not register within {STARTUP_TIMEOUT:g} s", status="DEADLINE_EXCEEDED")
 
 
-async def _wait_for_shutdown_or_children(children: list[subprocess.Popen[bytes]]) -> None:
+async def _wait_for_shutdown_or_children(children: list[asyncio.subprocess.Process]) -> None:
     """Return on SIGINT/SIGTERM, or when every worker child has exited."""
     shutdown = asyncio.ensure_future(wait_for_shutdown())
     try:
         while not shutdown.done():
-            if children and all(child.poll() is not None for child in children):
+            if children and all(child.returncode is not None for child in children):
                 log.error("every worker process exited; stopping")
                 return
             await asyncio.wait({shutdown}, timeout=0.5)
@@ -165,18 +164,18 @@ async def _wait_for_shutdown_or_children(children: list[subprocess.Popen[bytes]]
             await shutdown
 
 
-async def _stop_children(children: list[subprocess.Popen[bytes]], timeout: float = 40.0) -> None:
+async def _stop_children(children: list[asyncio.subprocess.Process], timeout: float = 40.0) -> None:
+    """SIGTERM every worker (they drain), then SIGKILL whichever is still there after ``timeout``."""
     for child in children:
-        if child.poll() is None:
+        if child.returncode is None:
             child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
     for child in children:
-        while child.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if child.poll() is None:
+        try:
+            await asyncio.wait_for(child.wait(), timeout)
+        except TimeoutError:
             log.warning("worker pid %d did not stop in %g s; killing it", child.pid, timeout)
             child.kill()
-            child.wait()
+            await child.wait()
 
 
 def _print_summary(frontend: FrontendStack, host: str, store_kv: str, workers: int) -> None:
