@@ -1,0 +1,41 @@
+"""nox sessions: tests, lint, typecheck, bench. `nox -s tests` is what CI runs."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite against real Triton, etcd and tritonclient (etcd-server must be installed)."""
+    session.install("-e", ".[triton,etcd,test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy on the core package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Side-by-side benchmarks (ratios, never pass/fail): Triton direct vs dyntriton."""
+    session.install("-e", ".[triton,etcd,test]")
+    scripts = session.posargs or ["benchmarks/bench_serving.py"]
+    for script in scripts:
+        session.run("python", script)
