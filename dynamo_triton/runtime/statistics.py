@@ -28,7 +28,7 @@ def _add_into(target: Message, source: Message) -> None:
                     _add_into(target_map[key], item)
                 else:
                     target_map[key] += item
-        elif fd.label == fd.LABEL_REPEATED:
+        elif fd.is_repeated:
             key_field = _KEY_FIELDS.get(name)
             target_list = getattr(target, name)
             for item in value:
