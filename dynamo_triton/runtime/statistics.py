@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2
 
@@ -15,6 +16,12 @@ __all__ = ["merge_statistics"]
 
 _MAX_FIELDS = {"last_inference"}
 _KEY_FIELDS = {"batch_stats": "batch_size"}
+
+
+def _is_repeated(fd: FieldDescriptor) -> bool:
+    # protobuf >= 6.32 deprecates ``label`` in favour of ``is_repeated``; we support 6.31 too.
+    is_repeated = getattr(fd, "is_repeated", None)
+    return bool(is_repeated) if is_repeated is not None else fd.label == fd.LABEL_REPEATED
 
 
 def _add_into(target: Message, source: Message) -> None:
@@ -28,7 +35,7 @@ def _add_into(target: Message, source: Message) -> None:
                     _add_into(target_map[key], item)
                 else:
                     target_map[key] += item
-        elif fd.is_repeated:
+        elif _is_repeated(fd):
             key_field = _KEY_FIELDS.get(name)
             target_list = getattr(target, name)
             for item in value:
