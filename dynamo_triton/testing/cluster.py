@@ -1,0 +1,171 @@
+"""Run real dyntriton processes for end-to-end tests and benchmarks.
+
+Every process binds 127.0.0.1 on free ports, keeps its state in a temp dir and
+is stopped (SIGTERM, then SIGKILL) when the owner is done with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Cluster", "Proc", "free_port", "http_get", "model_ready", "wait_until", "worker_requests"]
+
+#: The checkout whose model_repo/ the workers serve by default (an editable install).
+REPO = Path(__file__).resolve().parents[2]
+MODEL_REPO = REPO / "model_repo"
+
+#: Seconds a worker may take to start Triton and load its models.
+START_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def triton_missing() -> str | None:
+    """Why the embedded Triton cannot run here, or None when it can."""
+    try:
+        from dyntriton_backend_triton.locator import locate_triton  # type: ignore[import-not-found]
+    except ImportError as exc:
+        return f"the triton backend plugin is not importable: {exc}"
+    try:
+        locate_triton()
+    except Exception as exc:
+        return f"no Triton installation: {exc}"
+    return None
+
+
+@dataclass
+class Proc:
+    """A dyntriton child process with its log file."""
+
+    argv: list[str]
+    log: Path
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        handle = self.log.open("ab")
+        self.popen = subprocess.Popen(self.argv, stdout=handle, stderr=subprocess.STDOUT, env=self.env)
+        handle.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+@dataclass
+class Cluster:
+    """Processes sharing one store; helpers to start frontends and workers."""
+
+    tmp: Path
+    store: str = "file"
+    env: dict[str, str] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+    lease_ttl: float = 2.0
+    model_repo: Path = MODEL_REPO
+
+    def _proc(self, name: str, args: list[str]) -> Proc:
+        argv = [sys.executable, "-m", "dynamo_triton", *args]
+        proc = Proc(argv, self.tmp / f"{name}-{len(self.procs)}.log", self.env).start()
+        self.procs.append(proc)
+        return proc
+
+    def frontend(self, grpc_port: int | None = None, http_port: int | None = None) -> tuple[Proc, str, int]:
+        grpc_port = grpc_port or free_port()
+        http_port = http_port or free_port()
+        proc = self._proc(
+            "frontend",
+            [
+                "frontend",
+                "--store-kv",
+                self.store,
+                "--grpc-host",
+                "127.0.0.1",
+                "--grpc-port",
+                str(grpc_port),
+                "--http-port",
+                str(http_port),
+            ],
+        )
+        return proc, f"127.0.0.1:{grpc_port}", http_port
+
+    def worker(self, *models: str, system_port: int | None = None) -> tuple[Proc, int]:
+        system_port = system_port or free_port()
+        args = ["worker", "--store-kv", self.store, "--model-repository", str(self.model_repo)]
+        for model in models:
+            args += ["--model", model]
+        args += ["--lease-ttl", str(self.lease_ttl), "--system-port", str(system_port)]
+        return self._proc("worker", args), system_port
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.log.name} ---\n{p.output()[-4000:]}" for p in self.procs)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, cluster: Cluster | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.1)
+    logs = cluster.logs() if cluster else ""
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{logs}")
+
+
+def model_ready(url: str, model: str) -> bool:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return client.is_model_ready(model)
+    finally:
+        client.close()
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def worker_requests(system_port: int, model: str) -> float:
+    """The worker's ``dyntriton_worker_requests_total`` for ``model`` from its /metrics."""
+    _, text = http_get(system_port, "/metrics")
+    for line in text.splitlines():
+        if line.startswith("dyntriton_worker_requests_total") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
