@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import click
 from rich.console import Console
@@ -25,6 +27,7 @@ from dynamo_triton.cli.frontend_cmd import frontend_config
 from dynamo_triton.cli.options import backend_options, frontend_options, store_options, worker_options
 from dynamo_triton.cli.worker_cmd import backend_settings
 from dynamo_triton.errors import DyntritonError
+from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.launch import FrontendStack, WorkerStack, start_frontend, start_worker, wait_for_shutdown
 from dynamo_triton.runtime.worker import WorkerSettings
 
@@ -48,77 +51,93 @@ STARTUP_TIMEOUT = 300.0
     help="Run one worker inside this process (no sockets between frontend and worker). Implied by --store-kv mem.",
 )
 @click.pass_context
-def serve(ctx: click.Context, **options: object) -> None:
+def serve(ctx: click.Context, **options: Any) -> None:
     """Run a KServe frontend and workers for the models of a Triton model repository."""
-    asyncio.run(_serve(ctx, **options))  # type: ignore[arg-type]
+    asyncio.run(_serve(plugins_from(ctx), ServeOptions(**options)))
 
 
-def _worker_argv(options: dict[str, object], index: int) -> list[str]:
-    """The ``dyntriton worker`` command line for child ``index``, from serve's options."""
-    argv = [sys.executable, "-m", "dynamo_triton", "worker"]
-    argv += ["--store-kv", str(options["store_kv"]), "--namespace", str(options["namespace"])]
-    argv += ["--backend", str(options["backend"]), "--model-repository", str(options["model_repository"])]
-    for model in options["models"]:  # type: ignore[attr-defined]
-        argv += ["--model", str(model)]
-    if options["backend_directory"]:
-        argv += ["--backend-directory", str(options["backend_directory"])]
-    if options["triton_home"]:
-        argv += ["--triton-home", str(options["triton_home"])]
-    argv += ["--log-verbose", str(options["log_verbose"]), "--transport", str(options["transport"])]
-    argv += ["--host", str(options["host"]), "--lease-ttl", str(options["lease_ttl"])]
-    system_port = int(options["system_port"])  # type: ignore[call-overload]
-    argv += ["--system-port", str(system_port + index if system_port else 0)]
-    return argv
+@dataclass(frozen=True)
+class ServeOptions:
+    """Every option of ``serve``, typed (the click options are the source of names and defaults)."""
+
+    store_kv: str
+    namespace: str
+    backend: str
+    models: tuple[str, ...]
+    model_repository: str
+    backend_directory: str | None
+    log_verbose: int
+    triton_home: str | None
+    transport: str
+    host: str
+    lease_ttl: float
+    system_port: int
+    grpc_host: str
+    grpc_port: int
+    http_port: int
+    router: str
+    max_message_size: int
+    tls_cert: str | None
+    tls_key: str | None
+    tls_client_ca: str | None
+    workers: int
+    in_process: bool
+
+    def worker_argv(self, index: int) -> list[str]:
+        """The ``dyntriton worker`` command line for child ``index``."""
+        argv = [sys.executable, "-m", "dynamo_triton", "worker", "--store-kv", self.store_kv]
+        argv += ["--namespace", self.namespace, "--backend", self.backend]
+        argv += ["--model-repository", self.model_repository]
+        for model in self.models:
+            argv += ["--model", model]
+        if self.backend_directory:
+            argv += ["--backend-directory", self.backend_directory]
+        if self.triton_home:
+            argv += ["--triton-home", self.triton_home]
+        argv += ["--log-verbose", str(self.log_verbose), "--transport", self.transport]
+        argv += ["--host", self.host, "--lease-ttl", str(self.lease_ttl)]
+        argv += ["--system-port", str(self.system_port + index if self.system_port else 0)]
+        return argv
 
 
-async def _serve(ctx: click.Context, **options: object) -> None:
-    plugins = plugins_from(ctx)
-    store_kv = str(options["store_kv"])
-    in_process = bool(options.pop("in_process")) or store_kv == "mem"
-    workers = int(options.pop("workers"))  # type: ignore[call-overload]
-    if in_process and workers > 1:
+async def _serve(plugins: Plugins, opts: ServeOptions) -> None:
+    in_process = opts.in_process or opts.store_kv == "mem"
+    if in_process and opts.workers > 1:
         raise click.UsageError("--workers > 1 needs separate processes: use a shared store (file or etcd)")
     config = frontend_config(
-        namespace=str(options["namespace"]),
-        grpc_host=str(options["grpc_host"]),
-        grpc_port=int(options["grpc_port"]),  # type: ignore[call-overload]
-        http_port=int(options["http_port"]),  # type: ignore[call-overload]
-        router=str(options["router"]),
-        max_message_size=int(options["max_message_size"]),  # type: ignore[call-overload]
-        tls_cert=options["tls_cert"],  # type: ignore[arg-type]
-        tls_key=options["tls_key"],  # type: ignore[arg-type]
-        tls_client_ca=options["tls_client_ca"],  # type: ignore[arg-type]
+        namespace=opts.namespace,
+        grpc_host=opts.grpc_host,
+        grpc_port=opts.grpc_port,
+        http_port=opts.http_port,
+        router=opts.router,
+        max_message_size=opts.max_message_size,
+        tls_cert=opts.tls_cert,
+        tls_key=opts.tls_key,
+        tls_client_ca=opts.tls_client_ca,
     )
-    store = plugins.kv_store(store_kv)
+    store = plugins.kv_store(opts.store_kv)
     children: list[asyncio.subprocess.Process] = []
     frontend: FrontendStack | None = None
     local: WorkerStack | None = None
     try:
         frontend = await start_frontend(plugins, store, config)
         if in_process:
-            transport = "inproc" if options["transport"] == "tcp" else str(options["transport"])
             local = await start_worker(
                 plugins,
                 store,
-                backend=str(options["backend"]),
+                backend=opts.backend,
                 backend_settings=backend_settings(
-                    str(options["model_repository"]),
-                    options["backend_directory"],  # type: ignore[arg-type]
-                    int(options["log_verbose"]),  # type: ignore[call-overload]
-                    options["triton_home"],  # type: ignore[arg-type]
+                    opts.model_repository, opts.backend_directory, opts.log_verbose, opts.triton_home
                 ),
-                transport=transport,
-                settings=WorkerSettings(
-                    namespace=str(options["namespace"]),
-                    models=tuple(options["models"]),  # type: ignore[call-overload]
-                    lease_ttl=float(options["lease_ttl"]),  # type: ignore[arg-type]
-                ),
-                system_port=int(options["system_port"]),  # type: ignore[call-overload]
+                transport="inproc" if opts.transport == "tcp" else opts.transport,
+                settings=WorkerSettings(namespace=opts.namespace, models=opts.models, lease_ttl=opts.lease_ttl),
+                system_port=opts.system_port,
             )
         else:
-            children = [await asyncio.create_subprocess_exec(*_worker_argv(options, i)) for i in range(workers)]
-            await _wait_for_workers(frontend, children, workers, tuple(options["models"]))  # type: ignore[arg-type]
-        _print_summary(frontend, config.host, store_kv, workers if not in_process else 0)
+            for index in range(opts.workers):
+                children.append(await asyncio.create_subprocess_exec(*opts.worker_argv(index)))
+            await _wait_for_workers(frontend, children, opts.workers, opts.models)
+        _print_summary(frontend, config.host, opts.store_kv, 0 if in_process else opts.workers)
         await _wait_for_shutdown_or_children(children)
     finally:
         await _stop_children(children)

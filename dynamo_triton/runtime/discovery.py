@@ -65,14 +65,14 @@ def _instance_from(entry_key: str, raw: bytes) -> Instance:
 class ModelTable:
     """The live routing table of one namespace, fed by a store watch.
 
-    :param on_change: called (no arguments) after every change, e.g. to update health.
+    Listeners added with :meth:`subscribe` are called (no arguments) after every change.
     """
 
-    def __init__(self, store: KVStore, namespace: str, *, on_change: Callable[[], None] | None = None):
+    def __init__(self, store: KVStore, namespace: str):
         self._store, self._namespace = store, namespace
         self._prefix = models_prefix(namespace)
         self._models: dict[str, _Model] = {}
-        self._on_change = on_change
+        self._listeners: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
 
@@ -137,9 +137,13 @@ class ModelTable:
             self._apply_put(entry.key, entry.value)
         self._changed()
 
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change of the table."""
+        self._listeners.append(listener)
+
     def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change()
+        for listener in self._listeners:
+            listener()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, *, sync_timeout: float = 10.0) -> None:

@@ -68,10 +68,8 @@ class FrontendStack:
 
 async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfig) -> FrontendStack:
     """Start discovery and the KServe gRPC and HTTP frontends over ``store``."""
-    service_ref: list[RoutingService] = []
-    table = ModelTable(store, config.namespace, on_change=lambda: service_ref and service_ref[0].invalidate())
+    table = ModelTable(store, config.namespace)
     service = RoutingService(table, make_policy(config.router), plugins.transport)
-    service_ref.append(service)
     await table.start()
     grpc = plugins.frontend(
         "kserve-grpc", FrontendSettings(host=config.host, port=config.grpc_port, options=config.grpc_options), service
@@ -136,8 +134,13 @@ async def wait_for_shutdown() -> str:
     """Wait for SIGINT or SIGTERM; returns the signal's name."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[str] = loop.create_future()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig.name)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s.name))
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         return await received
     finally:

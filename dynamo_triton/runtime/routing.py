@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from dynamo_triton.errors import UnknownNameError
@@ -52,7 +52,11 @@ class LeastOutstanding:
         return self._tiebreak.pick(model, [inst for inst in candidates if inst.outstanding == fewest])
 
 
-POLICIES = {"round-robin": RoundRobin, "random": Random, "least-outstanding": LeastOutstanding}
+POLICIES: dict[str, Callable[[], Policy]] = {
+    "round-robin": RoundRobin,
+    "random": Random,
+    "least-outstanding": LeastOutstanding,
+}
 
 
 def make_policy(name: str) -> Policy:

@@ -48,6 +48,7 @@ class RoutingService:
         self._clients: dict[str, TransportClient] = {}
         self._seen: set[str] = set()
         self._served: dict[str, ServedModel] | None = None
+        table.subscribe(self.invalidate)
 
     def invalidate(self) -> None:
         """Called by the table after every change."""

@@ -61,9 +61,7 @@ class SystemServer:
                 f"cannot listen on {self._host}:{self._port} for the system port: {exc.strerror}",
                 hint="pick another port with --system-port / DYN_SYSTEM_PORT (0 = any free port)",
             ) from exc
-        server = site._server
-        if server is not None and server.sockets:  # type: ignore[union-attr]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         """Stop serving."""
