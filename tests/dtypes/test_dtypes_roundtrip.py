@@ -61,7 +61,8 @@ byte_elements = st.lists(st.binary(max_size=40), max_size=30)
 @settings(max_examples=200, deadline=None)
 @given(items=byte_elements)
 def test_bytes_codec_round_trips_any_binary(items: list[bytes]) -> None:
-    array = np.array(items + [b""], dtype=object)[:-1] if items else np.empty(0, dtype=object)
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
     raw = encode_bytes(array)
     assert len(raw) == sum(4 + len(x) for x in items)
     assert count_bytes_elements(raw) == len(items)
