@@ -1,0 +1,217 @@
+"""TritonBackend: the dyntriton Backend protocol over an embedded Triton server, in KServe terms."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2
+
+from dynamo_triton.backend import BackendSettings, ModelInfo
+from dynamo_triton.errors import BackendError, InvalidRequestError, ModelNotFoundError, TritonError
+from dynamo_triton.tensors import contents_to_raw
+from dyntriton_backend_triton.environment import (
+    backends_directory,
+    clean_stale_shm,
+    prepare_stub_environment,
+    shm_regions,
+)
+from dyntriton_backend_triton.locator import TritonInstall, locate_triton
+from dyntriton_backend_triton.server import InputTensor, ServerOptions, TritonResponse, TritonServer
+
+__all__ = ["TritonBackend"]
+
+log = logging.getLogger(__name__)
+
+#: KServe request parameters Triton's own frontends turn into request fields.
+_SPECIAL_PARAMETERS = {"priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "binary_data_output"}
+
+
+def _parameter_value(parameter: service_pb2.InferParameter) -> Any:
+    kind = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, kind) if kind else None
+
+
+def _version_number(version: str) -> int:
+    if not version:
+        return -1
+    try:
+        return int(version)
+    except ValueError:
+        raise InvalidRequestError(f"model version must be an integer, got '{version}'") from None
+
+
+class TritonBackend:
+    """Runs models of a Triton model repository in this process (see dynamo_triton.backend.Backend)."""
+
+    def __init__(self, settings: BackendSettings, install: TritonInstall | None = None):
+        self.settings = settings
+        self.repository = Path(settings.model_repository).resolve()
+        self._install = install
+        self._server: TritonServer | None = None
+        self._models: dict[str, ModelInfo] = {}
+        self._shm_before: set[str] = set()
+
+    @property
+    def server(self) -> TritonServer:
+        if self._server is None:
+            raise BackendError("the triton backend is not started", status="UNAVAILABLE")
+        return self._server
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if not self.repository.is_dir():
+            raise ModelNotFoundError(
+                f"model repository {self.repository} does not exist",
+                hint="pass --model-repository pointing at a folder of <model>/config.pbtxt",
+            )
+        install = self._install or locate_triton(self.settings.extra.get("triton_home"))
+        prepare_stub_environment(install)
+        clean_stale_shm()
+        self._shm_before = shm_regions()
+        options = ServerOptions(
+            model_repository=self.repository,
+            backend_directory=backends_directory(install, self.settings.backend_directory),
+            log_verbose=self.settings.log_verbose,
+        )
+        server = TritonServer(install, options)
+        await asyncio.to_thread(server.start_blocking)
+        self._server = server
+        log.info("embedded Triton %s from %s", server.server_metadata().get("version"), install.source)
+
+    async def stop(self, *, timeout: float = 30.0) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.to_thread(server.stop_blocking), timeout)
+        except TimeoutError:
+            log.warning("Triton did not stop within %.0f s; leaving it to process exit", timeout)
+        clean_stale_shm(only=shm_regions() - self._shm_before)
+
+    async def ready(self) -> bool:
+        return self._server is not None and await asyncio.to_thread(self._server.is_ready)
+
+    # -- models ----------------------------------------------------------------------------------
+    async def repository_index(self) -> list[str]:
+        index = await asyncio.to_thread(self.server.model_index)
+        return sorted({entry["name"] for entry in index})
+
+    async def load_model(self, name: str) -> ModelInfo:
+        known = await self.repository_index()
+        if name not in known:
+            raise ModelNotFoundError(
+                f"model '{name}' is not in the model repository {self.repository}; "
+                f"it has: {', '.join(known) or 'no models'}"
+            )
+        try:
+            await asyncio.to_thread(self.server.load_model, name)
+        except TritonError as exc:
+            raise TritonError(exc.code, f"failed to load model '{name}': {exc.message}") from exc
+        info = await asyncio.to_thread(self._describe, name)
+        self._models[name] = info
+        return info
+
+    def _describe(self, name: str) -> ModelInfo:
+        config = json_format.ParseDict(
+            self.server.model_config(name), model_config_pb2.ModelConfig(), ignore_unknown_fields=True
+        )
+        metadata = json_format.ParseDict(
+            self.server.model_metadata(name), service_pb2.ModelMetadataResponse(), ignore_unknown_fields=True
+        )
+        versions = list(metadata.versions)
+        return ModelInfo(
+            name=name,
+            version=versions[-1] if versions else "1",
+            config=config,
+            metadata=metadata,
+            decoupled=self.server.is_decoupled(name),
+        )
+
+    async def unload_model(self, name: str) -> None:
+        if name not in self._models:
+            raise ModelNotFoundError(f"model '{name}' is not loaded; loaded: {', '.join(sorted(self._models))}")
+        await asyncio.to_thread(self.server.unload_model, name)
+        del self._models[name]
+
+    def model(self, name: str) -> ModelInfo:
+        try:
+            return self._models[name]
+        except KeyError:
+            loaded = ", ".join(sorted(self._models)) or "none"
+            raise ModelNotFoundError(f"Request for unknown model: '{name}' is not loaded (loaded: {loaded})") from None
+
+    async def statistics(self, name: str = "") -> service_pb2.ModelStatisticsResponse:
+        stats = await asyncio.to_thread(self.server.model_statistics, name)
+        return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True)
+
+    # -- inference -------------------------------------------------------------------------------
+    async def infer(self, request: service_pb2.ModelInferRequest) -> AsyncIterator[service_pb2.ModelInferResponse]:
+        info = self.model(request.model_name)
+        inputs = self._inputs(request)
+        parameters: dict[str, Any] = {}
+        priority, timeout_us, correlation, flags = 0, 0, None, 0
+        for key, parameter in request.parameters.items():
+            value = _parameter_value(parameter)
+            if key == "priority":
+                priority = int(value)
+            elif key == "timeout":
+                timeout_us = int(value)
+            elif key == "sequence_id":
+                correlation = value
+            elif key == "sequence_start":
+                flags |= 1 if value else 0
+            elif key == "sequence_end":
+                flags |= 2 if value else 0
+            elif key not in _SPECIAL_PARAMETERS and value is not None:
+                parameters[key] = value
+        stream = self.server.infer(
+            request.model_name,
+            inputs,
+            version=_version_number(request.model_version),
+            outputs=[output.name for output in request.outputs],
+            request_id=request.id,
+            priority=priority,
+            timeout_us=timeout_us,
+            parameters=parameters,
+            correlation_id=correlation,
+            flags=flags,
+        )
+        try:
+            async for response in stream:
+                if response.outputs or not (response.final and info.decoupled):
+                    yield self._to_kserve(request, info, response)
+        finally:
+            await stream.aclose()
+
+    @staticmethod
+    def _inputs(request: service_pb2.ModelInferRequest) -> list[InputTensor]:
+        raw = request.raw_input_contents
+        if raw and len(raw) != len(request.inputs):
+            raise InvalidRequestError(
+                f"expected {len(request.inputs)} raw input contents (one per input), got {len(raw)}"
+            )
+        inputs = []
+        for index, tensor in enumerate(request.inputs):
+            data = raw[index] if raw else contents_to_raw(tensor.contents, tensor.datatype)
+            inputs.append(InputTensor(tensor.name, tensor.datatype, list(tensor.shape), data))
+        return inputs
+
+    @staticmethod
+    def _to_kserve(
+        request: service_pb2.ModelInferRequest, info: ModelInfo, response: TritonResponse
+    ) -> service_pb2.ModelInferResponse:
+        out = service_pb2.ModelInferResponse(
+            model_name=info.name, model_version=request.model_version or info.version, id=request.id
+        )
+        for tensor in response.outputs:
+            item = out.outputs.add(name=tensor.name, datatype=tensor.datatype)
+            item.shape.extend(tensor.shape)
+            out.raw_output_contents.append(tensor.data)
+        if info.decoupled and response.final:
+            out.parameters["triton_final_response"].bool_param = True
+        return out

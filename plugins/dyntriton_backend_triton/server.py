@@ -1,0 +1,516 @@
+"""A Pythonic, asyncio-friendly Triton server over the raw C API in ``capi.py``.
+
+Threading model: blocking C calls (server start/stop, model load) run in worker
+threads; inference is asynchronous in Triton. Triton calls our allocator,
+response and release callbacks on its own threads; they never raise (an
+exception there would look like success to Triton), and hand results to the
+request's event loop with ``call_soon_threadsafe``.
+
+Memory: input tensors are not copied. Triton reads them straight from the
+``bytes`` objects of the request, kept alive until Triton releases the request.
+Outputs are written into buffers this module allocates and frees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dynamo_triton.errors import BackendError, TritonError
+from dyntriton_backend_triton import capi
+from dyntriton_backend_triton.environment import load_library
+from dyntriton_backend_triton.locator import TritonInstall
+
+__all__ = ["InputTensor", "OutputTensor", "ServerOptions", "TritonResponse", "TritonServer"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Options of an embedded server (model control is always EXPLICIT: we load what we serve)."""
+
+    model_repository: Path
+    backend_directory: Path
+    log_verbose: int = 0
+    log_info: bool = False
+    strict_model_config: bool = True
+    exit_timeout: int = 10
+    metrics: bool = False
+    server_id: str = "dyntriton"
+
+
+@dataclass(frozen=True)
+class InputTensor:
+    """An input as Triton needs it; ``data`` must stay alive (we keep it until release)."""
+
+    name: str
+    datatype: str
+    shape: Sequence[int]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+
+@dataclass
+class TritonResponse:
+    """One response of a request: outputs, or Triton's error; ``final`` marks the last one."""
+
+    outputs: list[OutputTensor] = field(default_factory=list)
+    error: TritonError | None = None
+    final: bool = False
+    request_id: str = ""
+
+
+class _Error:
+    """Turn TRITONSERVER_Error pointers into TritonError, freeing them."""
+
+    def __init__(self, api: capi.TritonLib):
+        self.api = api
+
+    def take(self, err: int | None, *, free: bool = True) -> TritonError | None:
+        if not err:
+            return None
+        code = self.api.ErrorCode(err)
+        message = (self.api.ErrorMessage(err) or b"").decode(errors="replace")
+        if free:
+            self.api.ErrorDelete(err)
+        name = capi.ERROR_CODE_NAMES[code] if 0 <= code < len(capi.ERROR_CODE_NAMES) else "UNKNOWN"
+        return TritonError(name, message)
+
+    def check(self, err: int | None, what: str = "") -> None:
+        error = self.take(err)
+        if error is not None:
+            if what:
+                error.message = f"{what}: {error.message}"
+                error.args = (error.message,)
+            raise error
+
+
+class _Inflight:
+    """State of one request between InferAsync and its final response + release."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, keepalive: list[Any]):
+        self.loop = loop
+        self.queue: asyncio.Queue[TritonResponse] = asyncio.Queue()
+        self.keepalive = keepalive
+        self.request: int | None = None
+        self.lock = threading.Lock()
+        self.released = False
+        self.finished = False
+
+
+class TritonServer:
+    """One embedded Triton Inference Server (one per process: Triton keeps process-wide state)."""
+
+    def __init__(self, install: TritonInstall, options: ServerOptions):
+        self.install, self.options = install, options
+        self._api: capi.TritonLib | None = None
+        self._errors: _Error | None = None
+        self._server: int | None = None
+        self._allocator: int | None = None
+        self._inflight: dict[int, _Inflight] = {}
+        self._ids = itertools.count(1)
+        self._buffers: dict[int, ctypes.Array[ctypes.c_char]] = {}
+        self._callbacks: list[Any] = []
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def api(self) -> capi.TritonLib:
+        if self._api is None:
+            raise BackendError("the Triton server is not started")
+        return self._api
+
+    def _check(self, err: int | None, what: str = "") -> None:
+        assert self._errors is not None
+        self._errors.check(err, what)
+
+    def start_blocking(self) -> None:
+        """Load the library and create the server (blocking; call from a thread)."""
+        self._api = capi.declare(load_library(self.install))
+        self._errors = _Error(self._api)
+        api, o = self._api, self.options
+        options = ctypes.c_void_p()
+        self._check(api.ServerOptionsNew(ctypes.byref(options)), "creating server options")
+        try:
+            self._check(api.ServerOptionsSetServerId(options, o.server_id.encode()))
+            self._check(api.ServerOptionsSetModelRepositoryPath(options, str(o.model_repository).encode()))
+            self._check(api.ServerOptionsSetModelControlMode(options, capi.MODEL_CONTROL_EXPLICIT))
+            self._check(api.ServerOptionsSetStrictModelConfig(options, o.strict_model_config))
+            self._check(api.ServerOptionsSetBackendDirectory(options, str(o.backend_directory).encode()))
+            self._check(api.ServerOptionsSetLogVerbose(options, o.log_verbose))
+            self._check(api.ServerOptionsSetLogInfo(options, o.log_info or o.log_verbose > 0))
+            self._check(api.ServerOptionsSetLogWarn(options, True))
+            self._check(api.ServerOptionsSetLogError(options, True))
+            self._check(api.ServerOptionsSetExitTimeout(options, o.exit_timeout))
+            self._check(api.ServerOptionsSetMetrics(options, o.metrics))
+            self._check(api.ServerOptionsSetGpuMetrics(options, False))
+            self._check(api.ServerOptionsSetCpuMetrics(options, False))
+            self._check(api.ServerOptionsSetPinnedMemoryPoolByteSize(options, 0))
+            server = ctypes.c_void_p()
+            self._check(api.ServerNew(ctypes.byref(server), options), "starting Triton")
+            self._server = server.value
+        finally:
+            api.ServerOptionsDelete(options)
+        self._make_allocator()
+
+    def _make_allocator(self) -> None:
+        api = self.api
+        alloc = capi.ALLOC_FN(self._alloc)
+        release = capi.RELEASE_FN(self._release_buffer)
+        start = ctypes.cast(None, capi.START_FN)
+        response_done = capi.RESPONSE_COMPLETE_FN(self._on_response)
+        request_released = capi.REQUEST_RELEASE_FN(self._on_release)
+        # Triton holds raw pointers to these: they must outlive the server.
+        self._callbacks = [alloc, release, start, response_done, request_released]
+        allocator = ctypes.c_void_p()
+        self._check(api.ResponseAllocatorNew(ctypes.byref(allocator), alloc, release, start), "creating allocator")
+        self._allocator = allocator.value
+
+    def stop_blocking(self) -> None:
+        """Stop the server; in-flight requests end with an error. Bounded by the exit timeout."""
+        if self._server is None:
+            return
+        self._stopping = True
+        api = self.api
+        for inflight in list(self._inflight.values()):
+            self._cancel(inflight)
+        err = api.ServerStop(self._server)
+        if err:
+            log.warning("Triton stop: %s", self._errors.take(err) if self._errors else err)
+        for inflight in list(self._inflight.values()):
+            self._deliver(inflight, TritonResponse(error=TritonError("UNAVAILABLE", "Triton stopped"), final=True))
+        err = api.ServerDelete(self._server)
+        if err:
+            log.warning("Triton delete: %s", self._errors.take(err) if self._errors else err)
+        self._server = None
+        if self._allocator is not None:
+            api.ResponseAllocatorDelete(self._allocator)
+            self._allocator = None
+
+    # -- queries ---------------------------------------------------------------------------------
+    def _message_json(self, message: int) -> Any:
+        base, size = ctypes.c_void_p(), ctypes.c_size_t()
+        try:
+            self._check(self.api.MessageSerializeToJson(message, ctypes.byref(base), ctypes.byref(size)))
+            return json.loads(ctypes.string_at(base, size.value))
+        finally:
+            self.api.MessageDelete(message)
+
+    def _require_server(self) -> int:
+        if self._server is None:
+            raise BackendError("the Triton server is not running", status="UNAVAILABLE")
+        return self._server
+
+    def is_live(self) -> bool:
+        live = ctypes.c_bool()
+        self._check(self.api.ServerIsLive(self._require_server(), ctypes.byref(live)))
+        return live.value
+
+    def is_ready(self) -> bool:
+        ready = ctypes.c_bool()
+        self._check(self.api.ServerIsReady(self._require_server(), ctypes.byref(ready)))
+        return ready.value
+
+    def server_metadata(self) -> dict[str, Any]:
+        message = ctypes.c_void_p()
+        self._check(self.api.ServerMetadata(self._require_server(), ctypes.byref(message)))
+        return self._message_json(message.value)  # type: ignore[arg-type]
+
+    def model_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        message = ctypes.c_void_p()
+        flags = capi.INDEX_FLAG_READY if ready_only else 0
+        self._check(self.api.ServerModelIndex(self._require_server(), flags, ctypes.byref(message)))
+        return self._message_json(message.value)  # type: ignore[arg-type]
+
+    def load_model(self, name: str) -> None:
+        """Load (or reload) ``name``; raises TritonError with Triton's message on failure. Blocking."""
+        self._check(self.api.ServerLoadModel(self._require_server(), name.encode()))
+
+    def unload_model(self, name: str) -> None:
+        self._check(self.api.ServerUnloadModel(self._require_server(), name.encode()))
+
+    def model_ready(self, name: str, version: int = -1) -> bool:
+        ready = ctypes.c_bool()
+        self._check(self.api.ServerModelIsReady(self._require_server(), name.encode(), version, ctypes.byref(ready)))
+        return ready.value
+
+    def model_config(self, name: str, version: int = -1) -> dict[str, Any]:
+        message = ctypes.c_void_p()
+        self._check(
+            self.api.ServerModelConfig(self._require_server(), name.encode(), version, 1, ctypes.byref(message))
+        )
+        return self._message_json(message.value)  # type: ignore[arg-type]
+
+    def model_metadata(self, name: str, version: int = -1) -> dict[str, Any]:
+        message = ctypes.c_void_p()
+        self._check(self.api.ServerModelMetadata(self._require_server(), name.encode(), version, ctypes.byref(message)))
+        return self._message_json(message.value)  # type: ignore[arg-type]
+
+    def model_statistics(self, name: str = "", version: int = -1) -> dict[str, Any]:
+        message = ctypes.c_void_p()
+        server = self._require_server()
+        self._check(self.api.ServerModelStatistics(server, name.encode(), version, ctypes.byref(message)))
+        return self._message_json(message.value)  # type: ignore[arg-type]
+
+    def is_decoupled(self, name: str, version: int = -1) -> bool:
+        flags, voidp = ctypes.c_uint32(), ctypes.c_void_p()
+        server = self._require_server()
+        self._check(
+            self.api.ServerModelTransactionProperties(
+                server, name.encode(), version, ctypes.byref(flags), ctypes.byref(voidp)
+            )
+        )
+        return bool(flags.value & capi.TXN_DECOUPLED)
+
+    # -- callbacks (Triton threads; must never raise) --------------------------------------------
+    def _alloc(
+        self,
+        _allocator: int,
+        _name: bytes,
+        byte_size: int,
+        _memory_type: int,
+        _memory_type_id: int,
+        _userp: int,
+        buffer: Any,
+        buffer_userp: Any,
+        actual_memory_type: Any,
+        actual_memory_type_id: Any,
+    ) -> int | None:
+        try:
+            actual_memory_type[0] = capi.MEMORY_CPU
+            actual_memory_type_id[0] = 0
+            buffer_userp[0] = None
+            if byte_size == 0:
+                buffer[0] = None
+                return None
+            memory = (ctypes.c_char * byte_size)()
+            address = ctypes.addressof(memory)
+            self._buffers[address] = memory
+            buffer[0] = address
+            return None
+        except Exception as exc:  # an exception here would look like success with no buffer
+            log.exception("output allocation failed")
+            return self.api.ErrorNew(capi.ERROR_CODE_OF_NAME["INTERNAL"], f"output allocation failed: {exc}".encode())
+
+    def _release_buffer(self, _allocator: int, buffer: int, *_rest: Any) -> int | None:
+        if buffer:
+            self._buffers.pop(buffer, None)
+        return None
+
+    def _on_release(self, request: int, flags: int, userp: int) -> None:
+        try:
+            inflight = self._inflight.get(userp)
+            if inflight is None:
+                self.api.InferenceRequestDelete(request)
+                return
+            with inflight.lock:
+                inflight.released = True
+                inflight.request = None
+                self.api.InferenceRequestDelete(request)
+            inflight.loop.call_soon_threadsafe(self._maybe_forget, userp)
+        except Exception:
+            log.exception("request release callback failed")
+
+    def _on_response(self, response: int, flags: int, userp: int) -> None:
+        try:
+            inflight = self._inflight.get(userp)
+            final = bool(flags & capi.RESPONSE_COMPLETE_FINAL)
+            result = TritonResponse(final=final)
+            if response:
+                try:
+                    self._read_response(response, result)
+                except Exception as exc:
+                    result.error = TritonError("INTERNAL", f"reading Triton's response failed: {exc}")
+                finally:
+                    self.api.InferenceResponseDelete(response)
+            elif not final:
+                return
+            if inflight is not None:
+                self._deliver(inflight, result)
+        except Exception:
+            log.exception("response callback failed")
+
+    def _read_response(self, response: int, result: TritonResponse) -> None:
+        api = self.api
+        assert self._errors is not None
+        error = self._errors.take(api.InferenceResponseError(response), free=False)  # owned by the response
+        if error is not None:
+            result.error = error
+            return
+        request_id = ctypes.c_char_p()
+        if not api.InferenceResponseId(response, ctypes.byref(request_id)) and request_id.value:
+            result.request_id = request_id.value.decode()
+        count = ctypes.c_uint32()
+        self._check(api.InferenceResponseOutputCount(response, ctypes.byref(count)))
+        name, datatype = ctypes.c_char_p(), ctypes.c_int()
+        shape, dims = ctypes.POINTER(ctypes.c_int64)(), ctypes.c_uint64()
+        base, size = ctypes.c_void_p(), ctypes.c_size_t()
+        memory_type, memory_type_id, userp = ctypes.c_int(), ctypes.c_int64(), ctypes.c_void_p()
+        for index in range(count.value):
+            self._check(
+                api.InferenceResponseOutput(
+                    response,
+                    index,
+                    ctypes.byref(name),
+                    ctypes.byref(datatype),
+                    ctypes.byref(shape),
+                    ctypes.byref(dims),
+                    ctypes.byref(base),
+                    ctypes.byref(size),
+                    ctypes.byref(memory_type),
+                    ctypes.byref(memory_type_id),
+                    ctypes.byref(userp),
+                )
+            )
+            result.outputs.append(
+                OutputTensor(
+                    name=(name.value or b"").decode(),
+                    datatype=capi.DATATYPE_NAMES[datatype.value],
+                    shape=tuple(shape[i] for i in range(dims.value)),
+                    data=ctypes.string_at(base, size.value) if size.value else b"",
+                )
+            )
+
+    # -- inference -------------------------------------------------------------------------------
+    def _deliver(self, inflight: _Inflight, response: TritonResponse) -> None:
+        if inflight.finished:
+            return
+        if response.final:
+            inflight.finished = True
+        inflight.loop.call_soon_threadsafe(inflight.queue.put_nowait, response)
+
+    def _maybe_forget(self, key: int) -> None:
+        inflight = self._inflight.get(key)
+        if inflight is not None and inflight.released and inflight.finished:
+            del self._inflight[key]
+
+    def _cancel(self, inflight: _Inflight) -> None:
+        with inflight.lock:
+            if inflight.request is not None and not inflight.released:
+                err = self.api.InferenceRequestCancel(inflight.request)
+                if err:
+                    self.api.ErrorDelete(err)
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Sequence[InputTensor],
+        *,
+        version: int = -1,
+        outputs: Sequence[str] = (),
+        request_id: str = "",
+        priority: int = 0,
+        timeout_us: int = 0,
+        parameters: dict[str, Any] | None = None,
+        correlation_id: int | str | None = None,
+        flags: int = 0,
+    ) -> AsyncIterator[TritonResponse]:
+        """Run one request; yield every response until the final one.
+
+        Closing the iterator early cancels the request in Triton. Errors Triton
+        reports for the request are raised as TritonError.
+        """
+        if self._stopping:
+            raise BackendError("Triton is stopping", status="UNAVAILABLE")
+        api, server = self.api, self._require_server()
+        key = next(self._ids)
+        keepalive: list[Any] = []
+        inflight = _Inflight(asyncio.get_running_loop(), keepalive)
+        request = ctypes.c_void_p()
+        self._check(api.InferenceRequestNew(ctypes.byref(request), server, model.encode(), version))
+        submitted = False
+        try:
+            self._build(request.value, inputs, outputs, request_id, priority, timeout_us, parameters, keepalive)
+            if correlation_id is not None:
+                if isinstance(correlation_id, str):
+                    self._check(api.InferenceRequestSetCorrelationIdString(request, correlation_id.encode()))
+                else:
+                    self._check(api.InferenceRequestSetCorrelationId(request, correlation_id))
+            if flags:
+                self._check(api.InferenceRequestSetFlags(request, flags))
+            self._check(api.InferenceRequestSetReleaseCallback(request, self._callbacks[4], key))
+            self._check(
+                api.InferenceRequestSetResponseCallback(request, self._allocator, None, self._callbacks[3], key)
+            )
+            inflight.request = request.value
+            self._inflight[key] = inflight
+            self._check(api.ServerInferAsync(server, request, None))
+            submitted = True
+        finally:
+            if not submitted:
+                self._inflight.pop(key, None)
+                api.InferenceRequestDelete(request)
+        try:
+            while True:
+                response = await inflight.queue.get()
+                if response.error is not None:
+                    raise response.error
+                if response.outputs or not response.final:
+                    yield response
+                elif response.final and not response.outputs:
+                    # A decoupled model's closing flag carries no response; report it as final-only.
+                    yield response
+                if response.final:
+                    return
+        finally:
+            if not inflight.finished:
+                self._cancel(inflight)
+
+    def _build(
+        self,
+        request: int,
+        inputs: Sequence[InputTensor],
+        outputs: Sequence[str],
+        request_id: str,
+        priority: int,
+        timeout_us: int,
+        parameters: dict[str, Any] | None,
+        keepalive: list[Any],
+    ) -> None:
+        api = self.api
+        if request_id:
+            self._check(api.InferenceRequestSetId(request, request_id.encode()))
+        if priority:
+            self._check(api.InferenceRequestSetPriorityUInt64(request, priority))
+        if timeout_us:
+            self._check(api.InferenceRequestSetTimeoutMicroseconds(request, timeout_us))
+        for key, value in (parameters or {}).items():
+            if isinstance(value, bool):
+                self._check(api.InferenceRequestSetBoolParameter(request, key.encode(), value))
+            elif isinstance(value, int):
+                self._check(api.InferenceRequestSetIntParameter(request, key.encode(), value))
+            elif isinstance(value, float):
+                self._check(api.InferenceRequestSetDoubleParameter(request, key.encode(), value))
+            else:
+                self._check(api.InferenceRequestSetStringParameter(request, key.encode(), str(value).encode()))
+        for tensor in inputs:
+            datatype = capi.DATATYPE_OF_NAME.get(tensor.datatype)
+            if datatype is None:
+                raise TritonError("INVALID_ARG", f"input '{tensor.name}' has unknown datatype '{tensor.datatype}'")
+            name = tensor.name.encode()
+            shape = (ctypes.c_int64 * len(tensor.shape))(*tensor.shape)
+            self._check(api.InferenceRequestAddInput(request, name, datatype, shape, len(tensor.shape)))
+            pointer = ctypes.c_char_p(tensor.data)  # points into the bytes object: no copy
+            keepalive.append((tensor.data, pointer))
+            address = ctypes.cast(pointer, ctypes.c_void_p)
+            self._check(
+                api.InferenceRequestAppendInputData(request, name, address, len(tensor.data), capi.MEMORY_CPU, 0)
+            )
+        for output in outputs:
+            self._check(api.InferenceRequestAddRequestedOutput(request, output.encode()))
