@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from dynamo_triton.backend import BackendSettings, ModelInfo
@@ -111,10 +111,23 @@ class TritonBackend:
         try:
             await asyncio.to_thread(self.server.load_model, name)
         except TritonError as exc:
-            raise TritonError(exc.code, f"failed to load model '{name}': {exc.message}") from exc
+            detail = self._config_parse_error(name)
+            message = f"failed to load model '{name}': {exc.message}" + (f"; {detail}" if detail else "")
+            raise TritonError(exc.code, message) from exc
         info = await asyncio.to_thread(self._describe, name)
         self._models[name] = info
         return info
+
+    def _config_parse_error(self, name: str) -> str | None:
+        """Triton logs config.pbtxt parse errors instead of returning them: find the message ourselves."""
+        path = self.repository / name / "config.pbtxt"
+        try:
+            text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        except text_format.ParseError as exc:
+            return f"{path} does not parse: {exc}"
+        except (OSError, UnicodeDecodeError):
+            return None
+        return None
 
     def _describe(self, name: str) -> ModelInfo:
         config = json_format.ParseDict(
