@@ -1,0 +1,373 @@
+"""The request-plane transport contract, as a test class any transport plugin can run.
+
+Subclass :class:`TransportContract` in a test module and provide a ``transport``
+fixture returning the :class:`~dynamo_triton.transport.Transport` to check::
+
+    import pytest
+    from dynamo_triton.testing.transport_contract import TransportContract
+
+    class TestMyTransport(TransportContract):
+        @pytest.fixture
+        def transport(self):
+            return MyTransport()
+
+Override :meth:`TransportContract.kill_server` to make a server vanish the way
+a crashed process would (the default stops it with no grace). ``wait`` bounds
+every wait so a broken transport fails instead of hanging. Needs pytest-asyncio
+in auto mode (or mark the tests yourself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from dynamo_triton.errors import (
+    DeadlineExceededError,
+    DyntritonError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PeerGoneError,
+    TritonError,
+    error_from_status,
+)
+from dynamo_triton.transport import Handler, Transport, TransportClient, TransportRequest, TransportServer
+
+__all__ = ["TransportContract", "collect", "echo"]
+
+
+async def echo(request: TransportRequest) -> AsyncIterator[bytes]:
+    """A handler answering the request payload once."""
+    yield request.payload
+
+
+async def collect(stream: AsyncIterator[bytes], wait: float) -> list[bytes]:
+    """All responses of ``stream`` as bytes, or fail the test after ``wait`` seconds."""
+
+    async def gather() -> list[bytes]:
+        return [bytes(chunk) async for chunk in stream]
+
+    try:
+        return await asyncio.wait_for(gather(), wait)
+    except TimeoutError:
+        pytest.fail(f"the call did not finish within {wait} s")
+
+
+async def within(awaitable: Awaitable[Any], wait: float, what: str) -> Any:
+    """``await awaitable``, or fail the test saying ``what`` did not happen in ``wait`` seconds."""
+    try:
+        return await asyncio.wait_for(awaitable, wait)
+    except TimeoutError:
+        pytest.fail(f"{what} did not happen within {wait} s")
+
+
+class _Probe:
+    """A handler that records that it started and whether it was cancelled, then blocks."""
+
+    def __init__(self, first: bytes | None = None):
+        self.first = first
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.requests: list[TransportRequest] = []
+
+    async def __call__(self, request: TransportRequest) -> AsyncIterator[bytes]:
+        self.requests.append(request)
+        self.started.set()
+        try:
+            if self.first is not None:
+                yield self.first
+            await asyncio.sleep(3600)
+            yield b"never"
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+class TransportContract:
+    """Behaviour every Transport must have (see dynamo_triton/transport.py)."""
+
+    #: upper bound, in seconds, of any wait in these tests.
+    wait: float = 10.0
+
+    async def kill_server(self, server: TransportServer) -> None:
+        """Make ``server`` vanish abruptly; transports override this to simulate a crash."""
+        await server.stop(grace=0)
+
+    @pytest.fixture
+    async def client(self, transport: Transport) -> AsyncIterator[TransportClient]:
+        client = transport.client()
+        yield client
+        await client.close()
+
+    @pytest.fixture
+    async def serve(self, transport: Transport) -> AsyncIterator[Callable[[Handler], Awaitable[tuple[Any, str]]]]:
+        """``await serve(handler)`` starts a server and returns ``(server, address)``; all stop at teardown."""
+        servers: list[TransportServer] = []
+
+        async def start(handler: Handler) -> tuple[TransportServer, str]:
+            server = transport.server("127.0.0.1", 0)
+            address = await server.start(handler)
+            servers.append(server)
+            return server, address
+
+        yield start
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await server.stop(grace=0)
+
+    # -- responses ---------------------------------------------------------------------------
+
+    async def test_single_response_carries_payload_endpoint_and_timeout(
+        self, serve: Callable, client: TransportClient
+    ) -> None:
+        seen: list[TransportRequest] = []
+
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            seen.append(request)
+            yield request.endpoint.encode() + b":" + request.payload
+
+        _, address = await serve(handler)
+        payload = bytes(range(256)) * 3
+        assert await collect(client.call(address, "infer", payload, timeout=30.0), self.wait) == [b"infer:" + payload]
+        assert seen[0].endpoint == "infer" and bytes(seen[0].payload) == payload
+        assert seen[0].timeout is not None and 0 < seen[0].timeout <= 30.0
+        await collect(client.call(address, "statistics", b""), self.wait)
+        assert seen[1].endpoint == "statistics" and seen[1].timeout is None and bytes(seen[1].payload) == b""
+
+    async def test_streamed_responses_arrive_in_order(self, serve: Callable, client: TransportClient) -> None:
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            for i in range(int(request.payload)):
+                yield str(i).encode()
+                if i % 10 == 0:
+                    await asyncio.sleep(0)
+            yield b""
+
+        _, address = await serve(handler)
+        expected = [str(i).encode() for i in range(100)] + [b""]
+        assert await collect(client.call(address, "stream", b"100"), self.wait) == expected
+
+    async def test_no_response_at_all_is_an_empty_stream(self, serve: Callable, client: TransportClient) -> None:
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            return
+            yield b""
+
+        _, address = await serve(handler)
+        assert await collect(client.call(address, "x", b"p"), self.wait) == []
+
+    async def test_many_concurrent_requests_interleave(self, serve: Callable, client: TransportClient) -> None:
+        # Every handler sends its first response, then waits until all have started:
+        # this finishes only if the requests really are in flight at the same time.
+        count = 40
+        started = 0
+        everyone = asyncio.Event()
+
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            nonlocal started
+            started += 1
+            if started == count:
+                everyone.set()
+            yield b"first-" + request.payload
+            await everyone.wait()
+            yield b"second-" + request.payload
+
+        _, address = await serve(handler)
+        calls = [collect(client.call(address, "e", str(i).encode()), self.wait) for i in range(count)]
+        results = await asyncio.gather(*calls)
+        assert results == [[b"first-%d" % i, b"second-%d" % i] for i in range(count)]
+
+    async def test_large_payload_round_trip(self, serve: Callable, client: TransportClient) -> None:
+        payload = bytes(range(256)) * (64 * 1024 * 1024 // 256)
+
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            assert len(request.payload) == len(payload)
+            yield request.payload
+            yield b"done"
+
+        _, address = await serve(handler)
+        results = await collect(client.call(address, "big", payload), self.wait * 3)
+        assert len(results) == 2 and results[1] == b"done"
+        assert len(results[0]) == len(payload) and results[0] == payload
+
+    # -- errors ------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize(
+        "error",
+        [
+            InvalidRequestError("inference input 'X' data-type is 'FP32', but model 'm' expects 'INT32'"),
+            ModelNotFoundError("unknown model 'nope'"),
+            TritonError("UNSUPPORTED", "not supported here"),
+            DyntritonError("too big", status="RESOURCE_EXHAUSTED"),
+        ],
+        ids=lambda e: e.status,
+    )
+    async def test_handler_error_keeps_status_and_message(
+        self, serve: Callable, client: TransportClient, error: DyntritonError
+    ) -> None:
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            yield b"partial"
+            raise error
+
+        _, address = await serve(handler)
+        received: list[bytes] = []
+        with pytest.raises(DyntritonError) as caught:
+            async for chunk in client.call(address, "x", b""):
+                received.append(bytes(chunk))
+        assert received == [b"partial"]
+        assert caught.value.status == error.status
+        assert caught.value.message == error.message
+        assert type(caught.value) is type(error_from_status(error.status, error.message))
+
+    async def test_foreign_exception_arrives_as_internal(self, serve: Callable, client: TransportClient) -> None:
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            raise ValueError("boom in handler")
+            yield b""
+
+        _, address = await serve(handler)
+        with pytest.raises(DyntritonError) as caught:
+            await collect(client.call(address, "x", b""), self.wait)
+        assert caught.value.status == "INTERNAL"
+        assert "boom in handler" in caught.value.message
+
+    async def test_server_survives_failed_requests(self, serve: Callable, client: TransportClient) -> None:
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            if request.payload == b"fail":
+                raise RuntimeError("bad")
+            yield request.payload
+
+        _, address = await serve(handler)
+        for _ in range(3):
+            with pytest.raises(DyntritonError):
+                await collect(client.call(address, "x", b"fail"), self.wait)
+            assert await collect(client.call(address, "x", b"ok"), self.wait) == [b"ok"]
+
+    # -- cancellation and deadlines ----------------------------------------------------------
+
+    async def test_closing_the_iterator_cancels_the_handler(self, serve: Callable, client: TransportClient) -> None:
+        probe = _Probe(first=b"one")
+        _, address = await serve(probe)
+        stream = client.call(address, "x", b"")
+        iterator = stream.__aiter__()
+        assert bytes(await within(iterator.__anext__(), self.wait, "the first response")) == b"one"
+        await iterator.aclose()  # type: ignore[attr-defined]
+        await within(probe.cancelled.wait(), self.wait, "the handler's cancellation")
+
+    async def test_cancelling_the_consumer_cancels_the_handler(self, serve: Callable, client: TransportClient) -> None:
+        probe = _Probe()
+        _, address = await serve(probe)
+        task = asyncio.create_task(collect(client.call(address, "x", b""), 3600))
+        await within(probe.started.wait(), self.wait, "the handler's start")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await within(probe.cancelled.wait(), self.wait, "the handler's cancellation")
+
+    async def test_deadline_raises_and_cancels_the_handler(self, serve: Callable, client: TransportClient) -> None:
+        probe = _Probe(first=b"one")
+        _, address = await serve(probe)
+        received: list[bytes] = []
+        with pytest.raises(DeadlineExceededError) as caught:
+            async with contextlib.aclosing(client.call(address, "x", b"", timeout=0.3)) as stream:  # type: ignore[type-var]
+                async for chunk in within_each(stream, self.wait):
+                    received.append(bytes(chunk))
+        assert received == [b"one"]
+        assert caught.value.status == "DEADLINE_EXCEEDED"
+        await within(probe.cancelled.wait(), self.wait, "the handler's cancellation after the deadline")
+        assert probe.requests[0].timeout is not None and 0 < probe.requests[0].timeout <= 0.3
+
+    async def test_one_cancelled_call_leaves_the_others_alone(self, serve: Callable, client: TransportClient) -> None:
+        release = asyncio.Event()
+
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            await release.wait()
+            yield request.payload
+
+        _, address = await serve(handler)
+        doomed = asyncio.create_task(collect(client.call(address, "x", b"doomed"), 3600))
+        kept = asyncio.create_task(collect(client.call(address, "x", b"kept"), self.wait))
+        await asyncio.sleep(0.05)
+        doomed.cancel()
+        release.set()
+        assert await kept == [b"kept"]
+        assert doomed.cancelled()
+
+    # -- stopping and vanishing peers --------------------------------------------------------
+
+    async def test_stop_fails_requests_in_flight_promptly(self, serve: Callable, client: TransportClient) -> None:
+        probe = _Probe()
+        server, address = await serve(probe)
+        task = asyncio.create_task(collect(client.call(address, "x", b""), 3600))
+        await within(probe.started.wait(), self.wait, "the handler's start")
+        await within(server.stop(grace=0.1), self.wait, "stop(grace=0.1)")
+        with pytest.raises(DyntritonError) as caught:
+            await within(task, self.wait, "the client's error after stop")
+        assert caught.value.status == "UNAVAILABLE"
+        assert probe.cancelled.is_set()
+
+    async def test_stop_lets_requests_finish_within_grace(self, serve: Callable, client: TransportClient) -> None:
+        started = asyncio.Event()
+
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            started.set()
+            await asyncio.sleep(0.2)
+            yield b"finished"
+
+        server, address = await serve(handler)
+        task = asyncio.create_task(collect(client.call(address, "x", b""), self.wait))
+        await within(started.wait(), self.wait, "the handler's start")
+        await server.stop(grace=self.wait)
+        assert await task == [b"finished"]
+
+    async def test_peer_gone_fails_every_call_in_flight(self, serve: Callable, client: TransportClient) -> None:
+        probe = _Probe(first=b"one")
+        server, address = await serve(probe)
+        tasks = [asyncio.create_task(collect(client.call(address, "x", b""), 3600)) for _ in range(3)]
+        while len(probe.requests) < 3:
+            await within(asyncio.sleep(0.01), self.wait, "handler start")
+        await self.kill_server(server)
+        for task in tasks:
+            with pytest.raises(PeerGoneError) as caught:
+                await within(task, self.wait, "PeerGoneError after the server vanished")
+            assert caught.value.status == "UNAVAILABLE"
+
+    async def test_unknown_address_raises_peer_gone_quickly(
+        self, serve: Callable, client: TransportClient, transport: Transport
+    ) -> None:
+        server, address = await serve(echo)
+        await server.stop(grace=0)
+        with pytest.raises(PeerGoneError) as caught:
+            await collect(client.call(address, "x", b""), self.wait)
+        assert address in str(caught.value)
+
+    async def test_client_works_again_after_a_peer_vanished(self, serve: Callable, client: TransportClient) -> None:
+        server, address = await serve(echo)
+        assert await collect(client.call(address, "x", b"a"), self.wait) == [b"a"]
+        await self.kill_server(server)
+        with pytest.raises(PeerGoneError):
+            await collect(client.call(address, "x", b"b"), self.wait)
+        _, other = await serve(echo)
+        assert await collect(client.call(other, "x", b"c"), self.wait) == [b"c"]
+
+    async def test_client_close_fails_calls_in_flight(self, serve: Callable, transport: Transport) -> None:
+        probe = _Probe()
+        _, address = await serve(probe)
+        client = transport.client()
+        task = asyncio.create_task(collect(client.call(address, "x", b""), 3600))
+        await within(probe.started.wait(), self.wait, "the handler's start")
+        await client.close()
+        with pytest.raises(PeerGoneError):
+            await within(task, self.wait, "PeerGoneError after client.close()")
+
+
+async def within_each(stream: AsyncIterator[bytes], wait: float) -> AsyncIterator[bytes]:
+    """Yield from ``stream``, failing the test when one item takes longer than ``wait`` seconds."""
+    iterator = stream.__aiter__()
+    while True:
+        try:
+            item = await within(iterator.__anext__(), wait, "the next response")
+        except StopAsyncIteration:
+            return
+        yield item

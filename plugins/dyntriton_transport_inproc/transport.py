@@ -1,0 +1,165 @@
+"""The inproc transport: servers in a process-wide table, handlers called directly, no sockets.
+
+A call runs the handler in its own task and passes each response through a
+small queue, so cancellation, deadlines and server stop behave exactly as over
+tcp, and payloads are handed over as the very same objects (never copied).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from dynamo_triton.errors import (
+    DeadlineExceededError,
+    DyntritonError,
+    PeerGoneError,
+    TransportError,
+    error_from_status,
+)
+from dynamo_triton.transport import Handler, TransportRequest
+
+__all__ = ["InprocClient", "InprocServer", "InprocTransport"]
+
+log = logging.getLogger(__name__)
+
+#: Every started server of this process, by address.
+_SERVERS: dict[str, InprocServer] = {}
+
+_END = object()
+
+
+class InprocServer:
+    """Registers ``handler`` under ``inproc://<uuid>`` until stopped."""
+
+    def __init__(self) -> None:
+        self.address = f"inproc://{uuid.uuid4()}"
+        self.handler: Handler
+        self.stopping = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, handler: Handler) -> str:
+        """Make the server reachable; returns its address."""
+        self.handler = handler
+        _SERVERS[self.address] = self
+        return self.address
+
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Unregister, wait up to ``grace`` s for in-flight requests, then cancel the rest."""
+        if _SERVERS.get(self.address) is not self:
+            return
+        self.stopping = True
+        del _SERVERS[self.address]
+        if self.tasks and grace > 0:
+            await asyncio.wait(set(self.tasks), timeout=grace)
+        pending = {task for task in self.tasks if not task.done()}
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+
+    def submit(self, request: TransportRequest, queue: asyncio.Queue) -> asyncio.Task[None]:
+        """Run the handler for ``request`` in a task feeding ``queue``."""
+        task = asyncio.create_task(self._run(request, queue))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _run(self, request: TransportRequest, queue: asyncio.Queue) -> None:
+        try:
+            try:
+                async with asyncio.timeout(request.timeout) as deadline:
+                    stream = self.handler(request)
+                    try:
+                        async for chunk in stream:
+                            await queue.put(chunk)
+                    finally:
+                        aclose = getattr(stream, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
+            except TimeoutError as exc:
+                if not deadline.expired():
+                    raise
+                message = f"deadline of {request.timeout} s exceeded on the server for endpoint {request.endpoint!r}"
+                raise DeadlineExceededError(message) from exc
+            queue.put_nowait(_END)
+        except asyncio.CancelledError:
+            if self.stopping:
+                queue.put_nowait(PeerGoneError(f"the server at {self.address} is shutting down"))
+            raise
+        except DyntritonError as exc:
+            queue.put_nowait(_rebuilt(exc))
+        except Exception as exc:
+            log.exception("handler for endpoint %r failed", request.endpoint)
+            queue.put_nowait(DyntritonError(f"{type(exc).__name__}: {exc}", status="INTERNAL"))
+
+
+def _rebuilt(exc: DyntritonError) -> DyntritonError:
+    """A fresh error with the same status and message, as a remote client would see it."""
+    return error_from_status(exc.status, str(exc))
+
+
+@dataclass
+class InprocClient:
+    """Calls servers of this process by address."""
+
+    _calls: set[asyncio.Queue] = field(default_factory=set)
+
+    async def call(
+        self, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """Run the handler of the server at ``address`` and yield its responses; see the transport contract."""
+        if not address.startswith("inproc://"):
+            raise TransportError(f"bad inproc address {address!r}; expected 'inproc://<id>'")
+        server = _SERVERS.get(address)
+        if server is None:
+            raise PeerGoneError(
+                f"no in-process server at {address}",
+                hint="the worker stopped, or lives in another process (use the tcp transport)",
+            )
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        queue: asyncio.Queue = asyncio.Queue()
+        task = server.submit(TransportRequest(endpoint, payload, timeout), queue)
+        self._calls.add(queue)
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - loop.time()
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    raise DeadlineExceededError(
+                        f"deadline of {timeout} s exceeded waiting for {address} (endpoint {endpoint!r})"
+                    ) from None
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._calls.discard(queue)
+            task.cancel()
+
+    async def close(self) -> None:
+        """Make every call in flight raise PeerGoneError."""
+        for queue in list(self._calls):
+            queue.put_nowait(PeerGoneError("the inproc client was closed while the call was running"))
+        self._calls.clear()
+
+
+@dataclass
+class InprocTransport:
+    """Frontend and workers in one process and one event loop."""
+
+    name: str = "inproc"
+
+    def server(self, host: str = "127.0.0.1", port: int = 0) -> InprocServer:
+        """A server; ``host`` and ``port`` are ignored (there is no socket)."""
+        return InprocServer()
+
+    def client(self) -> InprocClient:
+        """A client reaching every inproc server of this process."""
+        return InprocClient()

@@ -1,0 +1,179 @@
+"""The tcp transport's client: one lazily opened, shared connection per address."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+from collections.abc import AsyncIterator
+
+from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, TransportError, error_from_status
+from dyntriton_transport_tcp.frames import Frame, FrameType, decode_error, read_frame, request_frame, simple_frame
+
+__all__ = ["TcpClient", "parse_address"]
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` from ``tcp://HOST:PORT``; raises TransportError otherwise."""
+    rest = address.removeprefix("tcp://")
+    host, sep, port = rest.rpartition(":")
+    if rest == address or not sep or not port.isdigit():
+        raise TransportError(f"bad tcp address {address!r}; expected 'tcp://HOST:PORT'")
+    return host.strip("[]"), int(port)
+
+
+class _Connection:
+    """A client connection: a reader task routes frames to each call's queue by request id."""
+
+    def __init__(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int):
+        self.address, self.reader, self.writer, self.max_frame = address, reader, writer, max_frame
+        self.queues: dict[int, asyncio.Queue[Frame | PeerGoneError]] = {}
+        self.ids = itertools.count(1)
+        self.failure: PeerGoneError | None = None
+        self.reader_task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        reason = "closed the connection"
+        try:
+            while True:
+                frame = await read_frame(self.reader, self.max_frame)
+                queue = self.queues.get(frame.request_id)
+                if queue is not None:
+                    queue.put_nowait(frame)
+        except asyncio.IncompleteReadError:
+            reason = "closed the connection"
+        except (ConnectionError, OSError) as exc:
+            reason = f"reset the connection ({exc})"
+        except TransportError as exc:
+            reason = f"broke the protocol ({exc})"
+        except asyncio.CancelledError:
+            reason = "was disconnected by this client's close()"
+        finally:
+            self.fail(reason)
+
+    def fail(self, reason: str) -> None:
+        """Mark the connection dead and fail every call in flight on it at once."""
+        if self.failure is None:
+            self.failure = PeerGoneError(
+                f"the peer at {self.address} {reason}",
+                hint="the worker probably stopped or crashed; retry on another instance",
+            )
+        for queue in self.queues.values():
+            queue.put_nowait(self.failure)
+        self.writer.close()
+
+    async def send(self, buffers: list) -> None:
+        if self.failure is not None:
+            raise self.failure
+        try:
+            self.writer.writelines(buffers)
+            await self.writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self.fail(f"reset the connection ({exc})")
+            raise PeerGoneError(f"the peer at {self.address} reset the connection ({exc})") from exc
+
+    async def close(self) -> None:
+        self.reader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader_task
+
+
+class TcpClient:
+    """Sends requests to ``tcp://`` addresses; see :class:`dynamo_triton.transport.TransportClient`.
+
+    :param connect_timeout: seconds to wait for a connection before PeerGoneError.
+    :param max_frame: largest frame accepted or sent, in bytes.
+    """
+
+    def __init__(self, *, connect_timeout: float, max_frame: int):
+        self.connect_timeout, self.max_frame = connect_timeout, max_frame
+        self._connections: dict[str, _Connection] = {}
+        self._connecting: dict[str, asyncio.Task[_Connection]] = {}
+
+    async def _connection(self, address: str) -> _Connection:
+        connection = self._connections.get(address)
+        if connection is not None and connection.failure is None:
+            return connection
+        task = self._connecting.get(address)
+        if task is None:
+            task = asyncio.create_task(self._connect(address))
+            self._connecting[address] = task
+            task.add_done_callback(lambda _: self._connecting.pop(address, None))
+        # shield: one caller cancelling must not abort the connect others wait on
+        return await asyncio.shield(task)
+
+    async def _connect(self, address: str) -> _Connection:
+        host, port = parse_address(address)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.connect_timeout)
+        except TimeoutError as exc:
+            raise PeerGoneError(
+                f"cannot connect to {address}: no answer within {self.connect_timeout} s",
+                hint="the worker is down or unreachable; check the address it advertised",
+            ) from exc
+        except OSError as exc:
+            raise PeerGoneError(
+                f"cannot connect to {address}: {exc.strerror or exc}",
+                hint="the worker is down or unreachable; check the address it advertised",
+            ) from exc
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = _Connection(address, reader, writer, self.max_frame)
+        self._connections[address] = connection
+        return connection
+
+    async def call(
+        self, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """Send one request to ``address`` and yield each response payload; see the transport contract."""
+        if len(payload) > self.max_frame - 1024:
+            raise TransportError(
+                f"request of {len(payload)} bytes exceeds the tcp frame limit of {self.max_frame} bytes",
+                hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME) on both sides",
+            )
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        connection = await self._connection(address)
+        rid = next(connection.ids)
+        queue: asyncio.Queue[Frame | PeerGoneError] = asyncio.Queue()
+        connection.queues[rid] = queue
+        finished = False
+        try:
+            await connection.send(request_frame(rid, endpoint, payload, timeout))
+            while True:
+                remaining = None if deadline is None else deadline - loop.time()
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    raise DeadlineExceededError(
+                        f"deadline of {timeout} s exceeded waiting for {address} (endpoint {endpoint!r})"
+                    ) from None
+                if isinstance(item, PeerGoneError):
+                    finished = True
+                    raise PeerGoneError(str(item.message), hint=item.hint)
+                if item.type is FrameType.DATA:
+                    yield item.body
+                elif item.type is FrameType.END:
+                    finished = True
+                    return
+                elif item.type is FrameType.ERROR:
+                    finished = True
+                    raise error_from_status(*decode_error(item.body))
+                elif item.type is FrameType.GONE:
+                    finished = True
+                    raise PeerGoneError(item.body.decode(errors="replace"), hint="retry on another instance")
+        finally:
+            connection.queues.pop(rid, None)
+            if not finished and connection.failure is None:
+                # Best effort: the CANCEL frame is tiny, so write it without waiting for drain.
+                with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                    connection.writer.writelines(simple_frame(FrameType.CANCEL, rid))
+
+    async def close(self) -> None:
+        """Close every connection; calls in flight raise PeerGoneError."""
+        connections = list(self._connections.values())
+        self._connections.clear()
+        for connection in connections:
+            await connection.close()

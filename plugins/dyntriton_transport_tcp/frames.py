@@ -1,0 +1,109 @@
+"""The tcp transport's wire format: fixed-size frame headers and their bodies.
+
+Every frame is a 17-byte header ``!BQQ`` (type, request id, body length)
+followed by the body. Bodies by type:
+
+- ``REQUEST``: ``!dH`` (timeout in seconds, negative for none; endpoint length),
+  the UTF-8 endpoint, then the request payload untouched.
+- ``DATA``: one response payload, untouched.
+- ``END``: empty; the request finished.
+- ``ERROR``: UTF-8 ``status`` and ``message`` separated by a newline; the request failed.
+- ``CANCEL``: empty; the client gave up, the server cancels the handler.
+- ``GONE``: UTF-8 message; the server is shutting down and cancelled the request
+  (the client raises PeerGoneError, so callers retry elsewhere as for a crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from dynamo_triton.errors import TransportError
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "HEADER",
+    "REQUEST_META",
+    "Frame",
+    "FrameType",
+    "decode_error",
+    "encode_error",
+    "read_frame",
+    "request_frame",
+    "simple_frame",
+]
+
+HEADER = struct.Struct("!BQQ")
+REQUEST_META = struct.Struct("!dH")
+#: Largest body accepted or sent, in bytes; 2 GiB leaves room for 64 MiB and 1 GiB tensors.
+DEFAULT_MAX_FRAME = 2 << 30
+
+
+class FrameType(IntEnum):
+    """What a frame carries."""
+
+    REQUEST = 1
+    DATA = 2
+    END = 3
+    ERROR = 4
+    CANCEL = 5
+    GONE = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame; ``endpoint`` and ``timeout`` are set only for REQUEST."""
+
+    type: FrameType
+    request_id: int
+    body: bytes
+    endpoint: str = ""
+    timeout: float | None = None
+
+
+def simple_frame(kind: FrameType, request_id: int, body: bytes | memoryview = b"") -> list[bytes | memoryview]:
+    """The buffers of one DATA/END/ERROR/CANCEL frame, for ``writer.writelines`` (body not copied)."""
+    return [HEADER.pack(kind, request_id, len(body)), body]
+
+
+def request_frame(request_id: int, endpoint: str, payload: bytes | memoryview, timeout: float | None) -> list:
+    """The buffers of one REQUEST frame (payload not copied)."""
+    name = endpoint.encode()
+    meta = REQUEST_META.pack(-1.0 if timeout is None else float(timeout), len(name))
+    length = len(meta) + len(name) + len(payload)
+    return [HEADER.pack(FrameType.REQUEST, request_id, length), meta, name, payload]
+
+
+def encode_error(status: str, message: str) -> bytes:
+    """The body of an ERROR frame."""
+    return f"{status}\n{message}".encode()
+
+
+def decode_error(body: bytes) -> tuple[str, str]:
+    """``(status, message)`` from an ERROR frame's body."""
+    status, _, message = body.decode(errors="replace").partition("\n")
+    return status, message
+
+
+async def read_frame(reader: asyncio.StreamReader, max_frame: int) -> Frame:
+    """Read one frame; raises ``IncompleteReadError`` at EOF and TransportError for a bad frame."""
+    kind, request_id, length = HEADER.unpack(await reader.readexactly(HEADER.size))
+    if length > max_frame:
+        raise TransportError(
+            f"peer sent a {length}-byte frame; the limit is {max_frame} bytes",
+            hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME) on both sides",
+        )
+    try:
+        frame_type = FrameType(kind)
+    except ValueError:
+        raise TransportError(f"peer sent unknown frame type {kind}; is it a dyntriton tcp peer?") from None
+    if frame_type is not FrameType.REQUEST:
+        body = await reader.readexactly(length) if length else b""
+        return Frame(frame_type, request_id, body)
+    timeout, name_len = REQUEST_META.unpack(await reader.readexactly(REQUEST_META.size))
+    endpoint = (await reader.readexactly(name_len)).decode()
+    rest = length - REQUEST_META.size - name_len
+    payload = await reader.readexactly(rest) if rest else b""
+    return Frame(frame_type, request_id, payload, endpoint, None if timeout < 0 else timeout)

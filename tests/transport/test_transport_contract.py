@@ -1,0 +1,28 @@
+"""Every shipped transport passes the one transport contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dynamo_triton.plugins import make_plugin_manager
+from dynamo_triton.testing.transport_contract import TransportContract
+from dynamo_triton.transport import Transport
+
+
+class TestTcpTransport(TransportContract):
+    @pytest.fixture
+    def transport(self) -> Transport:
+        return make_plugin_manager().transport("tcp")
+
+    async def kill_server(self, server: Any) -> None:
+        # What a crash looks like from the client: the listening socket and every
+        # connection vanish at once, nobody says goodbye.
+        server.abort()
+
+
+class TestInprocTransport(TransportContract):
+    @pytest.fixture
+    def transport(self) -> Transport:
+        return make_plugin_manager().transport("inproc")
