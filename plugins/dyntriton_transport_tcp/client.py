@@ -9,7 +9,16 @@ import socket
 from collections.abc import AsyncIterator
 
 from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, TransportError, error_from_status
-from dyntriton_transport_tcp.frames import Frame, FrameType, decode_error, read_frame, request_frame, simple_frame
+from dyntriton_transport_tcp.frames import (
+    READ_LIMIT,
+    Frame,
+    FrameType,
+    decode_error,
+    read_frame,
+    request_frame,
+    simple_frame,
+    write_frame,
+)
 
 __all__ = ["TcpClient", "parse_address"]
 
@@ -67,7 +76,7 @@ class _Connection:
         if self.failure is not None:
             raise self.failure
         try:
-            self.writer.writelines(buffers)
+            write_frame(self.writer, buffers)
             await self.writer.drain()
         except (ConnectionError, OSError) as exc:
             self.fail(f"reset the connection ({exc})")
@@ -106,7 +115,9 @@ class TcpClient:
     async def _connect(self, address: str) -> _Connection:
         host, port = parse_address(address)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.connect_timeout)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=READ_LIMIT), self.connect_timeout
+            )
         except TimeoutError as exc:
             raise PeerGoneError(
                 f"cannot connect to {address}: no answer within {self.connect_timeout} s",
@@ -169,7 +180,7 @@ class TcpClient:
             if not finished and connection.failure is None:
                 # Best effort: the CANCEL frame is tiny, so write it without waiting for drain.
                 with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-                    connection.writer.writelines(simple_frame(FrameType.CANCEL, rid))
+                    write_frame(connection.writer, simple_frame(FrameType.CANCEL, rid))
 
     async def close(self) -> None:
         """Close every connection; calls in flight raise PeerGoneError."""

@@ -33,10 +33,15 @@ __all__ = [
     "read_frame",
     "request_frame",
     "simple_frame",
+    "write_frame",
 ]
 
 HEADER = struct.Struct("!BQQ")
 REQUEST_META = struct.Struct("!dH")
+#: Frames up to this size are joined into one write; bigger bodies are written as they are.
+_JOIN_BELOW = 64 * 1024
+#: StreamReader buffer limit: big enough that a 1 MiB body arrives without pausing the socket often.
+READ_LIMIT = 8 << 20
 #: Largest body accepted or sent, in bytes; 2 GiB leaves room for 64 MiB and 1 GiB tensors.
 DEFAULT_MAX_FRAME = 2 << 30
 
@@ -74,6 +79,21 @@ def request_frame(request_id: int, endpoint: str, payload: bytes | memoryview, t
     meta = REQUEST_META.pack(-1.0 if timeout is None else float(timeout), len(name))
     length = len(meta) + len(name) + len(payload)
     return [HEADER.pack(FrameType.REQUEST, request_id, length), meta, name, payload]
+
+
+def write_frame(writer: asyncio.StreamWriter, buffers: list) -> None:
+    """Queue one frame's buffers on ``writer`` without copying large bodies.
+
+    Python 3.11's ``writelines`` joins its arguments (a full copy), so small frames
+    are joined here on purpose (one send) and large bodies go through ``write``
+    separately, which sends straight from the caller's buffer when the socket can take it.
+    """
+    if sum(len(buffer) for buffer in buffers) < _JOIN_BELOW:
+        writer.write(b"".join(buffers))
+        return
+    for buffer in buffers:
+        if len(buffer):
+            writer.write(buffer)
 
 
 def encode_error(status: str, message: str) -> bytes:

@@ -9,7 +9,15 @@ import socket
 
 from dynamo_triton.errors import DyntritonError
 from dynamo_triton.transport import Handler, TransportRequest
-from dyntriton_transport_tcp.frames import Frame, FrameType, encode_error, read_frame, simple_frame
+from dyntriton_transport_tcp.frames import (
+    READ_LIMIT,
+    Frame,
+    FrameType,
+    encode_error,
+    read_frame,
+    simple_frame,
+    write_frame,
+)
 
 __all__ = ["TcpServer", "advertised_host"]
 
@@ -71,7 +79,7 @@ class _Connection:
                 status="RESOURCE_EXHAUSTED",
                 hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME)",
             )
-        self.writer.writelines(simple_frame(kind, request_id, body))
+        write_frame(self.writer, simple_frame(kind, request_id, body))
         await self.writer.drain()
 
     async def _run(self, frame: Frame) -> None:
@@ -133,7 +141,7 @@ class TcpServer:
     async def start(self, handler: Handler) -> str:
         """Bind and start accepting; returns ``tcp://HOST:PORT``."""
         self.handler = handler
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self._server = await asyncio.start_server(self._accept, self.host, self.port, limit=READ_LIMIT)
         port = self._server.sockets[0].getsockname()[1]
         self.address = f"tcp://{advertised_host(self.host, self.advertise_host)}:{port}"
         return self.address

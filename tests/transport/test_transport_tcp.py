@@ -1,0 +1,137 @@
+"""tcp-only behaviour: a worker process killed mid-request, reconnects, addresses, frame limits."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from dyntriton_transport_tcp.transport import TcpTransport
+
+from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, TransportError
+from dynamo_triton.plugins import make_plugin_manager
+from dynamo_triton.testing.transport_contract import collect, echo
+from dynamo_triton.transport import TransportRequest
+
+WAIT = 10.0
+
+# A worker process: answers once, then blocks until killed.
+_WORKER = """
+import asyncio, sys
+from dyntriton_transport_tcp.transport import TcpTransport
+
+async def handler(request):
+    yield b"started:" + request.payload
+    await asyncio.sleep(3600)
+
+async def main():
+    server = TcpTransport().server("127.0.0.1", 0)
+    print(await server.start(handler), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+async def client() -> AsyncIterator:
+    client = make_plugin_manager().transport("tcp").client()
+    yield client
+    await client.close()
+
+
+async def test_sigkilled_worker_fails_every_call_in_flight(client) -> None:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _WORKER, stdout=asyncio.subprocess.PIPE)
+    try:
+        address = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode().strip()
+        assert address.startswith("tcp://127.0.0.1:")
+        streams = [client.call(address, "infer", b"%d" % i).__aiter__() for i in range(4)]
+        firsts = await asyncio.wait_for(asyncio.gather(*(s.__anext__() for s in streams)), WAIT)
+        assert [bytes(f) for f in firsts] == [b"started:%d" % i for i in range(4)]
+        proc.send_signal(signal.SIGKILL)
+        for stream in streams:
+            with pytest.raises(PeerGoneError) as caught:
+                await asyncio.wait_for(stream.__anext__(), WAIT)
+            assert address in str(caught.value)
+        # The kernel may still be tearing the process's sockets down: refused or reset, never a hang.
+        await proc.wait()
+        with pytest.raises(PeerGoneError) as caught:
+            await collect(client.call(address, "infer", b""), WAIT)
+        assert address in str(caught.value)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_connection_is_reused_and_recreated_after_failure(client) -> None:
+    transport = TcpTransport()
+    server = transport.server("127.0.0.1", 0)
+    address = await server.start(echo)
+    port = int(address.rsplit(":", 1)[1])
+    assert await collect(client.call(address, "x", b"1"), WAIT) == [b"1"]
+    first = client._connections[address]
+    assert await collect(client.call(address, "x", b"2"), WAIT) == [b"2"]
+    assert client._connections[address] is first, "one connection per address, reused"
+    server.abort()
+    with pytest.raises(PeerGoneError):
+        await collect(client.call(address, "x", b"3"), WAIT)
+    again = transport.server("127.0.0.1", port)
+    assert await again.start(echo) == address
+    try:
+        assert await collect(client.call(address, "x", b"4"), WAIT) == [b"4"]
+        assert client._connections[address] is not first
+    finally:
+        await again.stop(grace=0)
+
+
+async def test_wildcard_bind_advertises_a_routable_host() -> None:
+    server = TcpTransport().server("0.0.0.0", 0)
+    address = await server.start(echo)
+    await server.stop(grace=0)
+    assert address.startswith("tcp://") and "0.0.0.0" not in address
+    explicit = TcpTransport(advertise_host="worker-7.example").server("0.0.0.0", 0)
+    address = await explicit.start(echo)
+    await explicit.stop(grace=0)
+    assert address.startswith("tcp://worker-7.example:")
+
+
+async def test_frames_over_the_limit_are_refused_with_a_clear_error() -> None:
+    transport = TcpTransport(max_frame_size=64 * 1024)
+    server = transport.server("127.0.0.1", 0)
+
+    async def big_answer(request: TransportRequest) -> AsyncIterator[bytes]:
+        yield b"x" * (128 * 1024)
+
+    address = await server.start(big_answer)
+    client = transport.client()
+    try:
+        with pytest.raises(TransportError, match="frame limit"):
+            await collect(client.call(address, "x", b"y" * (128 * 1024)), WAIT)
+        with pytest.raises(Exception, match="frame limit") as caught:
+            await collect(client.call(address, "x", b"small"), WAIT)
+        assert getattr(caught.value, "status", None) == "RESOURCE_EXHAUSTED"
+    finally:
+        await client.close()
+        await server.stop(grace=0)
+
+
+async def test_bad_addresses_are_named(client) -> None:
+    with pytest.raises(TransportError, match="expected 'tcp://HOST:PORT'"):
+        await collect(client.call("inproc://abc", "x", b""), WAIT)
+
+
+async def test_deadline_holds_when_the_server_never_answers(client) -> None:
+    # A peer that accepts and then says nothing (a stuck process): only the deadline ends the call.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(DeadlineExceededError):
+            await collect(client.call(f"tcp://127.0.0.1:{port}", "x", b"", timeout=0.2), WAIT)
+    finally:
+        listener.close()
