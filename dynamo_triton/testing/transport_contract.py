@@ -232,6 +232,20 @@ class TransportContract:
         assert caught.value.status == "INTERNAL"
         assert "boom in handler" in caught.value.message
 
+    async def test_bytes_like_responses_and_bad_chunks(self, serve: Callable, client: TransportClient) -> None:
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            yield bytearray(b"array")
+            yield memoryview(b"view")
+            if request.payload == b"bad":
+                yield "a str is not bytes"  # type: ignore[misc]
+
+        _, address = await serve(handler)
+        assert await collect(client.call(address, "x", b""), self.wait) == [b"array", b"view"]
+        with pytest.raises(DyntritonError) as caught:
+            await collect(client.call(address, "x", b"bad"), self.wait)
+        assert caught.value.status == "INTERNAL"
+        assert await collect(client.call(address, "x", b""), self.wait) == [b"array", b"view"]
+
     async def test_server_survives_failed_requests(self, serve: Callable, client: TransportClient) -> None:
         async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
             if request.payload == b"fail":

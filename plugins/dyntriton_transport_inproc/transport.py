@@ -75,7 +75,9 @@ class InprocServer:
                     stream = self.handler(request)
                     try:
                         async for chunk in stream:
-                            await queue.put(chunk)
+                            if not isinstance(chunk, bytes | bytearray | memoryview):
+                                raise TypeError(f"handler yielded {type(chunk).__name__}; responses must be bytes")
+                            queue.put_nowait(chunk)
                     finally:
                         aclose = getattr(stream, "aclose", None)
                         if aclose is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import socket
 from collections.abc import AsyncIterator
 
 from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, TransportError, error_from_status
@@ -17,6 +16,7 @@ from dyntriton_transport_tcp.frames import (
     read_frame,
     request_frame,
     simple_frame,
+    tune_socket,
     write_frame,
 )
 
@@ -128,9 +128,7 @@ class TcpClient:
                 f"cannot connect to {address}: {exc.strerror or exc}",
                 hint="the worker is down or unreachable; check the address it advertised",
             ) from exc
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_socket(writer)
         connection = _Connection(address, reader, writer, self.max_frame)
         self._connections[address] = connection
         return connection
@@ -139,7 +137,7 @@ class TcpClient:
         self, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
     ) -> AsyncIterator[bytes]:
         """Send one request to ``address`` and yield each response payload; see the transport contract."""
-        if len(payload) > self.max_frame - 1024:
+        if memoryview(payload).nbytes > self.max_frame - 1024:
             raise TransportError(
                 f"request of {len(payload)} bytes exceeds the tcp frame limit of {self.max_frame} bytes",
                 hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME) on both sides",

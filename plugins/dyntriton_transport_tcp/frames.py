@@ -16,6 +16,7 @@ followed by the body. Bodies by type:
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -28,11 +29,13 @@ __all__ = [
     "REQUEST_META",
     "Frame",
     "FrameType",
+    "as_bytes_view",
     "decode_error",
     "encode_error",
     "read_frame",
     "request_frame",
     "simple_frame",
+    "tune_socket",
     "write_frame",
 ]
 
@@ -68,17 +71,44 @@ class Frame:
     timeout: float | None = None
 
 
+def as_bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
+    """A flat byte view of ``data`` (no copy); TypeError for anything that is not contiguous bytes.
+
+    Checked before any byte of a frame is written, so a bad payload fails its
+    request instead of corrupting the connection shared with other requests.
+    """
+    if isinstance(data, str):
+        raise TypeError(f"transport payloads must be bytes-like, not str ({data[:20]!r}...)")
+    return memoryview(data).cast("B")
+
+
 def simple_frame(kind: FrameType, request_id: int, body: bytes | memoryview = b"") -> list[bytes | memoryview]:
-    """The buffers of one DATA/END/ERROR/CANCEL frame, for ``writer.writelines`` (body not copied)."""
+    """The buffers of one DATA/END/ERROR/CANCEL frame, for :func:`write_frame` (body not copied)."""
+    if not isinstance(body, bytes):
+        body = as_bytes_view(body)
     return [HEADER.pack(kind, request_id, len(body)), body]
 
 
 def request_frame(request_id: int, endpoint: str, payload: bytes | memoryview, timeout: float | None) -> list:
     """The buffers of one REQUEST frame (payload not copied)."""
+    if not isinstance(payload, bytes):
+        payload = as_bytes_view(payload)
     name = endpoint.encode()
     meta = REQUEST_META.pack(-1.0 if timeout is None else float(timeout), len(name))
     length = len(meta) + len(name) + len(payload)
     return [HEADER.pack(FrameType.REQUEST, request_id, length), meta, name, payload]
+
+
+def tune_socket(writer: asyncio.StreamWriter) -> None:
+    """No Nagle delay (small frames go out at once); keepalive so a vanished host is noticed in ~30 s."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def write_frame(writer: asyncio.StreamWriter, buffers: list) -> None:

@@ -16,6 +16,7 @@ from dyntriton_transport_tcp.frames import (
     encode_error,
     read_frame,
     simple_frame,
+    tune_socket,
     write_frame,
 )
 
@@ -73,13 +74,14 @@ class _Connection:
         return str(self.writer.get_extra_info("peername"))
 
     async def _send(self, kind: FrameType, request_id: int, body: bytes | memoryview = b"") -> None:
-        if len(body) > self.server.max_frame:
+        frame = simple_frame(kind, request_id, body)
+        if len(frame[1]) > self.server.max_frame:
             raise DyntritonError(
-                f"response of {len(body)} bytes exceeds the tcp frame limit of {self.server.max_frame} bytes",
+                f"response of {len(frame[1])} bytes exceeds the tcp frame limit of {self.server.max_frame} bytes",
                 status="RESOURCE_EXHAUSTED",
                 hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME)",
             )
-        write_frame(self.writer, simple_frame(kind, request_id, body))
+        write_frame(self.writer, frame)
         await self.writer.drain()
 
     async def _run(self, frame: Frame) -> None:
@@ -150,9 +152,7 @@ class TcpServer:
         return f"the server at {self.address} is shutting down".encode()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_socket(writer)
         connection = _Connection(self, reader, writer)
         self._connections.add(connection)
         try:
