@@ -9,16 +9,15 @@ from collections.abc import AsyncIterator
 
 from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, TransportError, error_from_status
 from dyntriton_transport_tcp.frames import (
-    READ_LIMIT,
     Frame,
     FrameType,
     decode_error,
-    read_frame,
     request_frame,
     simple_frame,
     tune_socket,
     write_frame,
 )
+from dyntriton_transport_tcp.protocol import FrameProtocol
 
 __all__ = ["TcpClient", "parse_address"]
 
@@ -33,33 +32,27 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 class _Connection:
-    """A client connection: a reader task routes frames to each call's queue by request id."""
+    """A client connection: its protocol routes frames to each call's queue by request id."""
 
-    def __init__(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int):
-        self.address, self.reader, self.writer, self.max_frame = address, reader, writer, max_frame
+    def __init__(self, address: str):
+        self.address = address
+        self.writer: asyncio.StreamWriter
         self.queues: dict[int, asyncio.Queue[Frame | PeerGoneError]] = {}
         self.ids = itertools.count(1)
         self.failure: PeerGoneError | None = None
-        self.reader_task = asyncio.create_task(self._read())
 
-    async def _read(self) -> None:
-        reason = "closed the connection"
-        try:
-            while True:
-                frame = await read_frame(self.reader, self.max_frame)
-                queue = self.queues.get(frame.request_id)
-                if queue is not None:
-                    queue.put_nowait(frame)
-        except asyncio.IncompleteReadError:
-            reason = "closed the connection"
-        except (ConnectionError, OSError) as exc:
-            reason = f"reset the connection ({exc})"
-        except TransportError as exc:
-            reason = f"broke the protocol ({exc})"
-        except asyncio.CancelledError:
-            reason = "was disconnected by this client's close()"
-        finally:
-            self.fail(reason)
+    def on_frame(self, frame: Frame) -> None:
+        queue = self.queues.get(frame.request_id)
+        if queue is not None:  # else the call was cancelled; drop its late responses
+            queue.put_nowait(frame)
+
+    def on_lost(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.fail("closed the connection")
+        elif isinstance(exc, TransportError):
+            self.fail(f"broke the protocol ({exc})")
+        else:
+            self.fail(f"reset the connection ({exc})")
 
     def fail(self, reason: str) -> None:
         """Mark the connection dead and fail every call in flight on it at once."""
@@ -83,9 +76,7 @@ class _Connection:
             raise PeerGoneError(f"the peer at {self.address} reset the connection ({exc})") from exc
 
     async def close(self) -> None:
-        self.reader_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.reader_task
+        self.fail("was disconnected by this client's close()")
 
 
 class TcpClient:
@@ -114,9 +105,14 @@ class TcpClient:
 
     async def _connect(self, address: str) -> _Connection:
         host, port = parse_address(address)
+        loop = asyncio.get_running_loop()
+        connection = _Connection(address)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=READ_LIMIT), self.connect_timeout
+            transport, protocol = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: FrameProtocol(connection.on_frame, connection.on_lost, self.max_frame), host, port
+                ),
+                self.connect_timeout,
             )
         except TimeoutError as exc:
             raise PeerGoneError(
@@ -128,8 +124,8 @@ class TcpClient:
                 f"cannot connect to {address}: {exc.strerror or exc}",
                 hint="the worker is down or unreachable; check the address it advertised",
             ) from exc
-        tune_socket(writer)
-        connection = _Connection(address, reader, writer, self.max_frame)
+        connection.writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        tune_socket(connection.writer)
         self._connections[address] = connection
         return connection
 

@@ -21,8 +21,6 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from dynamo_triton.errors import TransportError
-
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "HEADER",
@@ -32,7 +30,6 @@ __all__ = [
     "as_bytes_view",
     "decode_error",
     "encode_error",
-    "read_frame",
     "request_frame",
     "simple_frame",
     "tune_socket",
@@ -43,8 +40,6 @@ HEADER = struct.Struct("!BQQ")
 REQUEST_META = struct.Struct("!dH")
 #: Frames up to this size are joined into one write; bigger bodies are written as they are.
 _JOIN_BELOW = 64 * 1024
-#: StreamReader buffer limit: big enough that a 1 MiB body arrives without pausing the socket often.
-READ_LIMIT = 8 << 20
 #: Largest body accepted or sent, in bytes; 2 GiB leaves room for 64 MiB and 1 GiB tensors.
 DEFAULT_MAX_FRAME = 2 << 30
 
@@ -135,25 +130,3 @@ def decode_error(body: bytes) -> tuple[str, str]:
     """``(status, message)`` from an ERROR frame's body."""
     status, _, message = body.decode(errors="replace").partition("\n")
     return status, message
-
-
-async def read_frame(reader: asyncio.StreamReader, max_frame: int) -> Frame:
-    """Read one frame; raises ``IncompleteReadError`` at EOF and TransportError for a bad frame."""
-    kind, request_id, length = HEADER.unpack(await reader.readexactly(HEADER.size))
-    if length > max_frame:
-        raise TransportError(
-            f"peer sent a {length}-byte frame; the limit is {max_frame} bytes",
-            hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME) on both sides",
-        )
-    try:
-        frame_type = FrameType(kind)
-    except ValueError:
-        raise TransportError(f"peer sent unknown frame type {kind}; is it a dyntriton tcp peer?") from None
-    if frame_type is not FrameType.REQUEST:
-        body = await reader.readexactly(length) if length else b""
-        return Frame(frame_type, request_id, body)
-    timeout, name_len = REQUEST_META.unpack(await reader.readexactly(REQUEST_META.size))
-    endpoint = (await reader.readexactly(name_len)).decode()
-    rest = length - REQUEST_META.size - name_len
-    payload = await reader.readexactly(rest) if rest else b""
-    return Frame(frame_type, request_id, payload, endpoint, None if timeout < 0 else timeout)

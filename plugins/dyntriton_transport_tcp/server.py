@@ -10,15 +10,14 @@ import socket
 from dynamo_triton.errors import DyntritonError
 from dynamo_triton.transport import Handler, TransportRequest
 from dyntriton_transport_tcp.frames import (
-    READ_LIMIT,
     Frame,
     FrameType,
     encode_error,
-    read_frame,
     simple_frame,
     tune_socket,
     write_frame,
 )
+from dyntriton_transport_tcp.protocol import FrameProtocol
 
 __all__ = ["TcpServer", "advertised_host"]
 
@@ -38,36 +37,34 @@ def advertised_host(bound: str, explicit: str | None) -> str:
 
 
 class _Connection:
-    """One accepted connection: reads frames, runs a handler task per REQUEST."""
+    """One accepted connection: runs a handler task per REQUEST frame, cancels it on CANCEL."""
 
-    def __init__(self, server: TcpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.server, self.reader, self.writer = server, reader, writer
+    def __init__(self, server: TcpServer):
+        self.server = server
+        self.writer: asyncio.StreamWriter
         self.tasks: dict[int, asyncio.Task[None]] = {}
 
-    async def serve(self) -> None:
-        try:
-            while True:
-                frame = await read_frame(self.reader, self.server.max_frame)
-                if frame.type is FrameType.REQUEST:
-                    if self.server.stopping:
-                        await self._send(FrameType.GONE, frame.request_id, self.server.stopping_error())
-                        continue
-                    task = asyncio.create_task(self._run(frame))
-                    self.tasks[frame.request_id] = task
-                    self.server.tasks.add(task)
-                    task.add_done_callback(self.server.tasks.discard)
-                elif frame.type is FrameType.CANCEL:
-                    task = self.tasks.get(frame.request_id)
-                    if task is not None:
-                        task.cancel()
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass  # the client went away; its requests are cancelled below
-        except DyntritonError as exc:
-            log.warning("closing tcp connection from %s: %s", self.peer, exc)
-        finally:
-            for task in list(self.tasks.values()):
+    def on_frame(self, frame: Frame) -> None:
+        if frame.type is FrameType.REQUEST:
+            if self.server.stopping:
+                write_frame(self.writer, simple_frame(FrameType.GONE, frame.request_id, self.server.stopping_error()))
+                return
+            task = asyncio.create_task(self._run(frame))
+            self.tasks[frame.request_id] = task
+            self.server.tasks.add(task)
+            task.add_done_callback(self.server.tasks.discard)
+        elif frame.type is FrameType.CANCEL:
+            task = self.tasks.get(frame.request_id)
+            if task is not None:
                 task.cancel()
-            self.writer.close()
+
+    def on_lost(self, exc: BaseException | None) -> None:
+        if isinstance(exc, DyntritonError):
+            log.warning("closed tcp connection from %s: %s", self.peer, exc)
+        # the client went away: nobody waits for these requests any more
+        for task in list(self.tasks.values()):
+            task.cancel()
+        self.server.connections.discard(self)
 
     @property
     def peer(self) -> str:
@@ -138,12 +135,12 @@ class TcpServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self.address = ""
         self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
+        self.connections: set[_Connection] = set()
 
     async def start(self, handler: Handler) -> str:
         """Bind and start accepting; returns ``tcp://HOST:PORT``."""
         self.handler = handler
-        self._server = await asyncio.start_server(self._accept, self.host, self.port, limit=READ_LIMIT)
+        self._server = await asyncio.get_running_loop().create_server(self._accept, self.host, self.port)
         port = self._server.sockets[0].getsockname()[1]
         self.address = f"tcp://{advertised_host(self.host, self.advertise_host)}:{port}"
         return self.address
@@ -151,21 +148,26 @@ class TcpServer:
     def stopping_error(self) -> bytes:
         return f"the server at {self.address} is shutting down".encode()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tune_socket(writer)
-        connection = _Connection(self, reader, writer)
-        self._connections.add(connection)
-        try:
-            await connection.serve()
-        finally:
-            self._connections.discard(connection)
+    def _accept(self) -> FrameProtocol:
+        connection = _Connection(self)
+        server = self
+
+        class _Protocol(FrameProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                loop = asyncio.get_running_loop()
+                connection.writer = asyncio.StreamWriter(transport, self, None, loop)  # type: ignore[arg-type]
+                tune_socket(connection.writer)
+                server.connections.add(connection)
+
+        return _Protocol(connection.on_frame, connection.on_lost, self.max_frame)
 
     def abort(self) -> None:
         """Drop the listening socket and every connection at once, like a crash (handlers are cancelled)."""
         if self._server is None:
             return
         self._server.close()
-        for connection in list(self._connections):
+        for connection in list(self.connections):
             connection.writer.transport.abort()
         self._server = None
 
@@ -183,7 +185,7 @@ class TcpServer:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=5.0)
-        for connection in list(self._connections):
+        for connection in list(self.connections):
             connection.writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 5.0)

@@ -1,0 +1,122 @@
+"""The tcp transport's receiving side: a buffered protocol that cuts the byte stream into frames.
+
+Small frames are parsed out of one reusable scratch buffer (many per ``recv``);
+a large body is received straight into a buffer of its exact size, so a 64 MiB
+tensor costs one copy out of the kernel and one into the ``bytes`` handed on,
+instead of the four a StreamReader makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from asyncio.streams import FlowControlMixin
+from collections.abc import Callable
+
+from dynamo_triton.errors import TransportError
+from dyntriton_transport_tcp.frames import HEADER, REQUEST_META, Frame, FrameType
+
+__all__ = ["FrameProtocol"]
+
+#: Bodies at least this big are received into their own buffer.
+_BIG = 64 * 1024
+_SCRATCH = 4 * _BIG
+
+
+def _decode(kind: int, request_id: int, body: memoryview) -> Frame:
+    """One frame from its header fields and a view of its body (the body is copied once, into bytes)."""
+    try:
+        frame_type = FrameType(kind)
+    except ValueError:
+        raise TransportError(f"peer sent unknown frame type {kind}; is it a dyntriton tcp peer?") from None
+    if frame_type is not FrameType.REQUEST:
+        return Frame(frame_type, request_id, bytes(body))
+    if len(body) < REQUEST_META.size:
+        raise TransportError(f"peer sent a REQUEST frame of {len(body)} bytes, shorter than its fixed part")
+    timeout, name_len = REQUEST_META.unpack_from(body)
+    start = REQUEST_META.size + name_len
+    endpoint = bytes(body[REQUEST_META.size : start]).decode()
+    return Frame(frame_type, request_id, bytes(body[start:]), endpoint, None if timeout < 0 else timeout)
+
+
+class FrameProtocol(FlowControlMixin, asyncio.BufferedProtocol):
+    """Calls ``on_frame(frame)`` for each frame received and ``on_lost(exc)`` once when the connection ends.
+
+    Pair it with an ``asyncio.StreamWriter(transport, protocol, None, loop)`` for
+    sending: FlowControlMixin gives the writer's ``drain()`` its backpressure.
+    A frame over ``max_frame`` bytes or of an unknown type aborts the connection
+    and reaches ``on_lost`` as a TransportError.
+    """
+
+    def __init__(
+        self, on_frame: Callable[[Frame], None], on_lost: Callable[[BaseException | None], None], max_frame: int
+    ):
+        super().__init__()
+        self.on_frame, self.on_lost, self.max_frame = on_frame, on_lost, max_frame
+        self.transport: asyncio.Transport | None = None
+        self._scratch = bytearray(_SCRATCH)
+        self._view = memoryview(self._scratch)
+        self._start = self._end = 0
+        self._big: bytearray | None = None
+        self._big_pos = 0
+        self._big_header: tuple[int, int] = (0, 0)
+        self._error: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._big is not None:
+            return memoryview(self._big)[self._big_pos :]
+        if self._start and len(self._scratch) - self._end < _BIG:
+            pending = self._end - self._start
+            self._scratch[:pending] = self._view[self._start : self._end]
+            self._start, self._end = 0, pending
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            if self._big is not None:
+                self._big_pos += nbytes
+                if self._big_pos == len(self._big):
+                    big, self._big = self._big, None
+                    self.on_frame(_decode(*self._big_header, memoryview(big)))
+                return
+            self._end += nbytes
+            self._parse()
+        except TransportError as exc:
+            self._error = exc
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _parse(self) -> None:
+        view = self._view
+        while self._end - self._start >= HEADER.size:
+            kind, request_id, length = HEADER.unpack_from(view, self._start)
+            if length > self.max_frame:
+                raise TransportError(
+                    f"peer sent a {length}-byte frame; the limit is {self.max_frame} bytes",
+                    hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME) on both sides",
+                )
+            body_start = self._start + HEADER.size
+            available = self._end - body_start
+            if available >= length:
+                self._start = body_start + length
+                self.on_frame(_decode(kind, request_id, view[body_start : self._start]))
+            elif length >= _BIG:
+                self._big = bytearray(length)
+                self._big[:available] = view[body_start : self._end]
+                self._big_pos = available
+                self._big_header = (kind, request_id)
+                self._start = self._end = 0
+                return
+            else:
+                break
+        if self._start == self._end:
+            self._start = self._end = 0
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.on_lost(self._error or exc)
