@@ -111,12 +111,23 @@ class TritonBackend:
         try:
             await asyncio.to_thread(self.server.load_model, name)
         except TritonError as exc:
-            detail = self._config_parse_error(name)
+            detail = self._config_parse_error(name) or self._backend_search_note(exc.message)
             message = f"failed to load model '{name}': {exc.message}" + (f"; {detail}" if detail else "")
             raise TritonError(exc.code, message) from exc
         info = await asyncio.to_thread(self._describe, name)
         self._models[name] = info
         return info
+
+    def _backend_search_note(self, message: str) -> str | None:
+        """Name the folders searched when Triton cannot find a model's backend."""
+        if "unable to find backend" not in message or self._server is None:
+            return None
+        folder = self._server.options.backend_directory
+        present = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        return (
+            f"backends are searched in {folder} (and the model's own folder); found: {', '.join(present) or 'none'}; "
+            "install the backend there or pass --backend-directory"
+        )
 
     def _config_parse_error(self, name: str) -> str | None:
         """Triton logs config.pbtxt parse errors instead of returning them: find the message ourselves."""

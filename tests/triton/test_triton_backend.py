@@ -38,16 +38,16 @@ def outputs(response: service_pb2.ModelInferResponse) -> dict[str, np.ndarray]:
 
 
 async def test_identity_round_trip_with_raw_and_typed_contents(backend) -> None:
-    data = np.arange(-5, 11, dtype=np.int32)
+    data = np.arange(-5, 11, dtype=np.int32).reshape(1, 16)
     [response] = await run(backend, request("identity", INPUT0=("INT32", data)))
     assert response.model_name == "identity" and response.id == "req-1"
     np.testing.assert_array_equal(outputs(response)["OUTPUT0"], data)
 
     typed = service_pb2.ModelInferRequest(model_name="identity")
-    item = typed.inputs.add(name="INPUT0", datatype="INT32", shape=[3])
+    item = typed.inputs.add(name="INPUT0", datatype="INT32", shape=[1, 3])
     item.contents.int_contents.extend([7, 8, 9])
     [response] = await run(backend, typed)
-    np.testing.assert_array_equal(outputs(response)["OUTPUT0"], [7, 8, 9])
+    np.testing.assert_array_equal(outputs(response)["OUTPUT0"], [[7, 8, 9]])
 
 
 async def test_every_dtype_round_trips_including_bytes_and_bf16(backend) -> None:
@@ -115,9 +115,12 @@ async def test_closing_the_stream_cancels_a_slow_request(backend) -> None:
 @pytest.mark.parametrize(
     ("tensors", "expected"),
     [
-        ({"INPUT0": ("FP32", np.ones(3, np.float32))}, "data-type is 'FP32', but model 'identity' expects 'INT32'"),
-        ({"INPUT0": ("INT32", np.ones((2, 3), np.int32))}, "unexpected shape for input 'INPUT0'"),
-        ({"WRONG": ("INT32", np.ones(3, np.int32))}, "unexpected inference input 'WRONG'"),
+        (
+            {"INPUT0": ("FP32", np.ones((1, 3), np.float32))},
+            "data-type is 'FP32', but model 'identity' expects 'INT32'",
+        ),
+        ({"INPUT0": ("INT32", np.ones((1, 2, 3), np.int32))}, "unexpected shape for input 'INPUT0'"),
+        ({"WRONG": ("INT32", np.ones((1, 3), np.int32))}, "unexpected inference input 'WRONG'"),
     ],
 )
 async def test_bad_requests_surface_tritons_own_message(backend, tensors, expected) -> None:
@@ -132,7 +135,7 @@ async def test_unknown_model_names_the_repository_and_its_models(backend) -> Non
         await backend.load_model("resnet")
     assert "resnet" in str(info.value) and "model_repo" in str(info.value) and "identity_multi" in str(info.value)
     with pytest.raises(ModelNotFoundError):
-        await run(backend, request("resnet", INPUT0=("INT32", np.ones(1, np.int32))))
+        await run(backend, request("resnet", INPUT0=("INT32", np.ones((1, 1), np.int32))))
 
 
 async def test_unload_and_reload(backend) -> None:
@@ -144,7 +147,7 @@ async def test_unload_and_reload(backend) -> None:
 
 
 async def test_statistics_count_requests(backend) -> None:
-    await run(backend, request("identity", INPUT0=("INT32", np.ones(2, np.int32))))
+    await run(backend, request("identity", INPUT0=("INT32", np.ones((1, 2), np.int32))))
     stats = await backend.statistics("identity")
     assert stats.model_stats[0].name == "identity"
     assert stats.model_stats[0].inference_count >= 1
@@ -159,7 +162,7 @@ def rss_kib() -> int:
 
 
 async def test_thousand_sequential_inferences_leave_rss_flat(backend) -> None:
-    message = request("identity", INPUT0=("INT32", np.arange(4096, dtype=np.int32)))
+    message = request("identity", INPUT0=("INT32", np.arange(4096, dtype=np.int32).reshape(1, -1)))
     for _ in range(200):  # warm up allocator pools
         await run(backend, message)
     before = rss_kib()

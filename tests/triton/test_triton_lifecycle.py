@@ -53,6 +53,7 @@ async def test_a_missing_backend_is_named(tmp_path: Path, require_triton: None) 
         with pytest.raises(TritonError) as info:
             await backend.load_model("nobackend")
         assert "tensorrt_llm_nonexistent" in info.value.message
+        assert "backends are searched in" in info.value.message and "python" in info.value.message
     finally:
         await backend.stop()
 

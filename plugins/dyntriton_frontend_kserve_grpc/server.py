@@ -1,0 +1,352 @@
+"""KServe v2 gRPC frontend on grpc.aio.
+
+The inference RPCs are registered with no (de)serializers: ModelInfer receives
+the request *bytes*, parses them once to validate and route, forwards the same
+bytes to the routing core and returns the worker's response bytes untouched.
+ModelStreamInfer wraps each response into a ``ModelStreamInferResponse`` by
+prefixing the protobuf field header, without re-encoding the tensor data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2
+
+from dynamo_triton.errors import ConfigError, DyntritonError, InvalidRequestError, ModelNotFoundError
+from dynamo_triton.frontend import FrontendSettings, InferenceService
+from dynamo_triton.runtime.frontend_metrics import frontend_metrics
+from dynamo_triton.runtime.validation import validate_request
+
+__all__ = ["KServeGrpcFrontend", "stream_response_bytes"]
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024
+IMPLEMENTED = {
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+    "ModelStreamInfer",
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
+}
+EXTENSIONS = ["model_configuration", "statistics", "parameters", "model_repository"]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def stream_response_bytes(infer_response: bytes) -> bytes:
+    """``ModelStreamInferResponse(infer_response=...)`` built by prefixing field 2's header: no re-parse."""
+    return b"\x12" + _varint(len(infer_response)) + infer_response
+
+
+def _code(error: DyntritonError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, error.status, grpc.StatusCode.INTERNAL)
+
+
+def _package_version() -> str:
+    try:
+        return version("dynamo-triton")
+    except PackageNotFoundError:
+        return "0"
+
+
+class KServeGrpcFrontend:
+    """The Frontend protocol (dynamo_triton.frontend) for KServe v2 gRPC."""
+
+    def __init__(self, settings: FrontendSettings, service: InferenceService):
+        self.settings, self.service = settings, service
+        self.metrics = frontend_metrics(service)
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._health_task: asyncio.Task[None] | None = None
+        self._port = settings.port
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        max_message = int(self.settings.options.get("max_message_bytes") or DEFAULT_MAX_MESSAGE)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", max_message),
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers((self._handlers(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            credentials = self._credentials()
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError as exc:
+            port = 0
+            reason = str(exc)
+        else:
+            reason = "the port is taken or the address is not valid"
+        if not port:
+            raise ConfigError(
+                f"cannot listen for KServe gRPC on {address}: {reason}",
+                hint="pick another port with --grpc-port / DYN_GRPC_PORT (0 = any free port)",
+            )
+        self._port = port
+        await server.start()
+        self._server = server
+        self._health_task = asyncio.create_task(self._follow_health(), name="dyntriton-grpc-health")
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        options = self.settings.options
+        if not options.get("tls_cert"):
+            return None
+        try:
+            cert = Path(options["tls_cert"]).read_bytes()
+            key = Path(options["tls_key"]).read_bytes()
+            client_ca = Path(options["tls_client_ca"]).read_bytes() if options.get("tls_client_ca") else None
+        except OSError as exc:
+            raise ConfigError(f"cannot read a TLS file for the gRPC frontend: {exc}") from exc
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=bool(client_ca)
+        )
+
+    async def _follow_health(self) -> None:
+        previous = None
+        while True:
+            ready = self.service.ready()
+            if ready != previous:
+                status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self._health.set("", status)
+                await self._health.set(SERVICE, status)
+                previous = ready
+            self.metrics.models.set(len(self.service.models()))
+            await asyncio.sleep(0.25)
+
+    async def stop(self, *, grace: float = 5.0) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    # -- handlers --------------------------------------------------------------------------------
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        def unary(method: Callable[[Any, Any], Awaitable[Any]], request_type: Any, response_type: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                method,
+                request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+
+        handlers: dict[str, Any] = {
+            "ServerLive": unary(self.server_live, service_pb2.ServerLiveRequest, service_pb2.ServerLiveResponse),
+            "ServerReady": unary(self.server_ready, service_pb2.ServerReadyRequest, service_pb2.ServerReadyResponse),
+            "ModelReady": unary(self.model_ready, service_pb2.ModelReadyRequest, service_pb2.ModelReadyResponse),
+            "ServerMetadata": unary(
+                self.server_metadata, service_pb2.ServerMetadataRequest, service_pb2.ServerMetadataResponse
+            ),
+            "ModelMetadata": unary(
+                self.model_metadata, service_pb2.ModelMetadataRequest, service_pb2.ModelMetadataResponse
+            ),
+            "ModelConfig": unary(self.model_config, service_pb2.ModelConfigRequest, service_pb2.ModelConfigResponse),
+            "ModelStatistics": unary(
+                self.model_statistics, service_pb2.ModelStatisticsRequest, service_pb2.ModelStatisticsResponse
+            ),
+            "RepositoryIndex": unary(
+                self.repository_index, service_pb2.RepositoryIndexRequest, service_pb2.RepositoryIndexResponse
+            ),
+            # Raw bytes in and out: the tensor data passes through untouched.
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
+        }
+        descriptor = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+        for method in descriptor.methods:
+            if method.name not in IMPLEMENTED:
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(self._unimplemented(method.name))
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    @staticmethod
+    def _unimplemented(name: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        async def handler(_request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{name} is not supported by dyntriton: models are loaded by workers (dyntriton worker --model), "
+                "and shared-memory, trace and log settings are not available through the frontend",
+            )
+            raise AssertionError("unreachable")
+
+        return handler
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: DyntritonError) -> None:
+        await context.abort(_code(error), error.message)
+
+    async def server_live(self, _request: Any, _context: Any) -> service_pb2.ServerLiveResponse:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def server_ready(self, _request: Any, _context: Any) -> service_pb2.ServerReadyResponse:
+        return service_pb2.ServerReadyResponse(ready=self.service.ready())
+
+    async def model_ready(self, request: Any, _context: Any) -> service_pb2.ModelReadyResponse:
+        try:
+            self.service.model(request.name, request.version)
+        except DyntritonError:
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    async def server_metadata(self, _request: Any, _context: Any) -> service_pb2.ServerMetadataResponse:
+        return service_pb2.ServerMetadataResponse(name="dyntriton", version=_package_version(), extensions=EXTENSIONS)
+
+    async def model_metadata(self, request: Any, context: Any) -> Any:
+        try:
+            return self.service.model(request.name, request.version).metadata
+        except DyntritonError as exc:
+            await self._abort(context, exc)
+
+    async def model_config(self, request: Any, context: Any) -> Any:
+        try:
+            return service_pb2.ModelConfigResponse(config=self.service.model(request.name, request.version).config)
+        except DyntritonError as exc:
+            await self._abort(context, exc)
+
+    async def model_statistics(self, request: Any, context: Any) -> Any:
+        try:
+            return await self.service.statistics(request.name)
+        except DyntritonError as exc:
+            await self._abort(context, exc)
+
+    async def repository_index(self, _request: Any, _context: Any) -> service_pb2.RepositoryIndexResponse:
+        response = service_pb2.RepositoryIndexResponse()
+        for model in self.service.models():
+            response.models.add(name=model.name, version=model.version, state="READY")
+        return response
+
+    # -- inference -------------------------------------------------------------------------------
+    def _prepare(self, raw: bytes) -> tuple[service_pb2.ModelInferRequest, Any]:
+        """Parse once, find the model, validate; raises DyntritonError."""
+        try:
+            request = service_pb2.ModelInferRequest.FromString(raw)
+        except Exception as exc:  # protobuf's DecodeError
+            raise InvalidRequestError(f"the request is not a valid ModelInferRequest: {exc}") from exc
+        if not request.model_name:
+            raise ModelNotFoundError("the request names no model (model_name is empty)")
+        served = self.service.model(request.model_name, request.model_version)
+        validate_request(request, served.config)
+        return request, served
+
+    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
+        model = "unknown"
+        code = "OK"
+        try:
+            _, served = self._prepare(raw)
+            model = served.name
+            self.metrics.requests.labels(model, "grpc").inc()
+            self.metrics.in_flight.labels(model).inc()
+            try:
+                if served.decoupled:
+                    raise InvalidRequestError(
+                        f"ModelInfer RPC doesn't support models with decoupled transaction policy: use "
+                        f"ModelStreamInfer for model '{model}'"
+                    )
+                async for chunk in self.service.infer(model, raw, timeout=context.time_remaining()):
+                    return chunk
+                raise DyntritonError(f"model '{model}' sent no response", status="INTERNAL")
+            finally:
+                self.metrics.in_flight.labels(model).dec()
+        except DyntritonError as exc:
+            code = exc.status
+            await self._abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            if code != "OK":
+                self.metrics.failures.labels(model, "grpc", code).inc()
+            if model != "unknown":
+                self.metrics.latency.labels(model, "grpc").observe(time.perf_counter() - started)
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """Each request runs concurrently; responses (and per-request errors) go back in-stream."""
+        outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def run(raw: bytes) -> None:
+            request_id, model, started = "", "unknown", time.perf_counter()
+            try:
+                request, served = self._prepare(raw)
+                request_id, model = request.id, served.name
+                self.metrics.requests.labels(model, "grpc-stream").inc()
+                async for chunk in self.service.infer(model, raw, timeout=context.time_remaining()):
+                    outbox.put_nowait(stream_response_bytes(chunk))
+                enable_final = request.parameters.get("triton_enable_empty_final_response")
+                if served.decoupled and enable_final is not None and enable_final.bool_param:
+                    final = service_pb2.ModelInferResponse(model_name=model, id=request_id)
+                    final.parameters["triton_final_response"].bool_param = True
+                    outbox.put_nowait(stream_response_bytes(final.SerializeToString()))
+            except DyntritonError as exc:
+                self.metrics.failures.labels(model, "grpc-stream", exc.status).inc()
+                error = service_pb2.ModelStreamInferResponse(error_message=exc.message)
+                error.infer_response.model_name = model if model != "unknown" else ""
+                error.infer_response.id = request_id
+                outbox.put_nowait(error.SerializeToString())
+            finally:
+                if model != "unknown":
+                    self.metrics.latency.labels(model, "grpc-stream").observe(time.perf_counter() - started)
+
+        async def read_all() -> None:
+            async for raw in requests:
+                task = asyncio.create_task(run(raw))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+            outbox.put_nowait(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while True:
+                item = await outbox.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
