@@ -129,9 +129,12 @@ class InprocClient:
         self._calls.add(queue)
         try:
             while True:
-                remaining = None if deadline is None else deadline - loop.time()
                 try:
-                    item = await asyncio.wait_for(queue.get(), remaining)
+                    if queue.empty():
+                        async with asyncio.timeout_at(deadline):
+                            item = await queue.get()
+                    else:
+                        item = queue.get_nowait()
                 except TimeoutError:
                     raise DeadlineExceededError(
                         f"deadline of {timeout} s exceeded waiting for {address} (endpoint {endpoint!r})"

@@ -99,9 +99,14 @@ class TcpClient:
         if task is None:
             task = asyncio.create_task(self._connect(address))
             self._connecting[address] = task
-            task.add_done_callback(lambda _: self._connecting.pop(address, None))
+            task.add_done_callback(lambda done: self._connected(address, done))
         # shield: one caller cancelling must not abort the connect others wait on
         return await asyncio.shield(task)
+
+    def _connected(self, address: str, task: asyncio.Task[_Connection]) -> None:
+        self._connecting.pop(address, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here: the callers that gave up (deadline) no longer await it
 
     async def _connect(self, address: str) -> _Connection:
         host, port = parse_address(address)
@@ -140,7 +145,13 @@ class TcpClient:
             )
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        connection = await self._connection(address)
+        try:
+            async with asyncio.timeout_at(deadline):
+                connection = await self._connection(address)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"deadline of {timeout} s exceeded while connecting to {address} (endpoint {endpoint!r})"
+            ) from None
         rid = next(connection.ids)
         queue: asyncio.Queue[Frame | PeerGoneError] = asyncio.Queue()
         connection.queues[rid] = queue
@@ -148,9 +159,12 @@ class TcpClient:
         try:
             await connection.send(request_frame(rid, endpoint, payload, timeout))
             while True:
-                remaining = None if deadline is None else deadline - loop.time()
                 try:
-                    item = await asyncio.wait_for(queue.get(), remaining)
+                    if queue.empty():
+                        async with asyncio.timeout_at(deadline):
+                            item = await queue.get()
+                    else:
+                        item = queue.get_nowait()
                 except TimeoutError:
                     raise DeadlineExceededError(
                         f"deadline of {timeout} s exceeded waiting for {address} (endpoint {endpoint!r})"

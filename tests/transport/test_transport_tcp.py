@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from dyntriton_transport_tcp.transport import TcpTransport
@@ -135,3 +138,34 @@ async def test_deadline_holds_when_the_server_never_answers(client) -> None:
             await collect(client.call(f"tcp://127.0.0.1:{port}", "x", b"", timeout=0.2), WAIT)
     finally:
         listener.close()
+
+
+@pytest.fixture
+def unanswered_address() -> Iterator[str]:
+    """An address whose SYNs go unanswered: a listener with a full backlog that never accepts (Linux)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.1)
+    yield f"tcp://127.0.0.1:{port}"
+    for sock in [*fillers, listener]:
+        sock.close()
+
+
+async def test_connect_timeout_is_bounded(unanswered_address: str) -> None:
+    client = TcpTransport(connect_timeout=0.3).client()
+    try:
+        with pytest.raises(PeerGoneError, match=r"no answer within 0.3 s"):
+            await collect(client.call(unanswered_address, "x", b""), WAIT)
+        with pytest.raises(DeadlineExceededError, match="while connecting"):
+            await collect(client.call(unanswered_address, "x", b"", timeout=0.1), WAIT)
+    finally:
+        await client.close()
