@@ -128,7 +128,10 @@ async def test_bad_addresses_are_named(client) -> None:
 
 async def test_deadline_holds_when_the_server_never_answers(client) -> None:
     # A peer that accepts and then says nothing (a stuck process): only the deadline ends the call.
+    accepted: list[asyncio.StreamWriter] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
         await reader.read()
 
     listener = await asyncio.start_server(silent, "127.0.0.1", 0)
@@ -138,6 +141,10 @@ async def test_deadline_holds_when_the_server_never_answers(client) -> None:
             await collect(client.call(f"tcp://127.0.0.1:{port}", "x", b"", timeout=0.2), WAIT)
     finally:
         listener.close()
+        for writer in accepted:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
 
 @pytest.fixture
