@@ -233,7 +233,7 @@ class TransportContract:
         assert "boom in handler" in caught.value.message
 
     async def test_bytes_like_responses_and_bad_chunks(self, serve: Callable, client: TransportClient) -> None:
-        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes | bytearray | memoryview]:
             yield bytearray(b"array")
             yield memoryview(b"view")
             if request.payload == b"bad":

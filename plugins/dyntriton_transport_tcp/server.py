@@ -54,9 +54,9 @@ class _Connection:
             self.server.tasks.add(task)
             task.add_done_callback(self.server.tasks.discard)
         elif frame.type is FrameType.CANCEL:
-            task = self.tasks.get(frame.request_id)
-            if task is not None:
-                task.cancel()
+            running = self.tasks.get(frame.request_id)
+            if running is not None:
+                running.cancel()
 
     def on_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, DyntritonError):
