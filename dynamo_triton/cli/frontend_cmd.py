@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import click
 
 from dynamo_triton.cli.context import plugins_from
 from dynamo_triton.cli.options import frontend_options, store_options
-from dynamo_triton.runtime.launch import FrontendConfig, start_frontend, wait_for_shutdown
+from dynamo_triton.runtime.launch import FrontendConfig, Shutdown, start_frontend
 
 __all__ = ["frontend", "frontend_config"]
 
@@ -54,11 +55,13 @@ def frontend(ctx: click.Context, store_kv: str, **options: object) -> None:
     """Serve KServe v2 gRPC (and HTTP health/metrics) for every model live workers register."""
     plugins = plugins_from(ctx)
     config = frontend_config(**options)  # type: ignore[arg-type]
-    asyncio.run(_run(plugins, store_kv, config))
+    with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
+        asyncio.run(_run(plugins, store_kv, config))
 
 
 async def _run(plugins, store_kv: str, config: FrontendConfig) -> None:
     store = plugins.kv_store(store_kv)
+    shutdown = Shutdown()
     try:
         stack = await start_frontend(plugins, store, config)
         click.echo(
@@ -66,8 +69,10 @@ async def _run(plugins, store_kv: str, config: FrontendConfig) -> None:
             f"{stack.http.port if stack.http else '-'}, store {store_kv}, namespace {config.namespace}",
             err=True,
         )
-        signame = await wait_for_shutdown()
+        shutdown.started()
+        signame = await shutdown.wait()
         log.info("%s received: stopping", signame)
         await stack.stop()
     finally:
+        shutdown.close()
         await store.close()

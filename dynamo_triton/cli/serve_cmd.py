@@ -28,7 +28,7 @@ from dynamo_triton.cli.options import backend_options, frontend_options, store_o
 from dynamo_triton.cli.worker_cmd import backend_settings
 from dynamo_triton.errors import DyntritonError
 from dynamo_triton.plugins import Plugins
-from dynamo_triton.runtime.launch import FrontendStack, WorkerStack, start_frontend, start_worker, wait_for_shutdown
+from dynamo_triton.runtime.launch import FrontendStack, Shutdown, WorkerStack, start_frontend, start_worker
 from dynamo_triton.runtime.worker import WorkerSettings
 
 __all__ = ["serve"]
@@ -53,7 +53,8 @@ STARTUP_TIMEOUT = 300.0
 @click.pass_context
 def serve(ctx: click.Context, **options: Any) -> None:
     """Run a KServe frontend and workers for the models of a Triton model repository."""
-    asyncio.run(_serve(plugins_from(ctx), ServeOptions(**options)))
+    with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
+        asyncio.run(_serve(plugins_from(ctx), ServeOptions(**options)))
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ async def _serve(plugins: Plugins, opts: ServeOptions) -> None:
         tls_client_ca=opts.tls_client_ca,
     )
     store = plugins.kv_store(opts.store_kv)
+    shutdown = Shutdown()
     children: list[asyncio.subprocess.Process] = []
     frontend: FrontendStack | None = None
     local: WorkerStack | None = None
@@ -138,8 +140,10 @@ async def _serve(plugins: Plugins, opts: ServeOptions) -> None:
                 children.append(await asyncio.create_subprocess_exec(*opts.worker_argv(index)))
             await _wait_for_workers(frontend, children, opts.workers, opts.models)
         _print_summary(frontend, config.host, opts.store_kv, 0 if in_process else opts.workers)
-        await _wait_for_shutdown_or_children(children)
+        shutdown.started()
+        await _wait_for_shutdown_or_children(shutdown, children)
     finally:
+        shutdown.close()
         await _stop_children(children)
         if local is not None:
             await local.stop()
@@ -168,19 +172,19 @@ async def _wait_for_workers(
     raise DyntritonError(f"workers did not register within {STARTUP_TIMEOUT:g} s", status="DEADLINE_EXCEEDED")
 
 
-async def _wait_for_shutdown_or_children(children: list[asyncio.subprocess.Process]) -> None:
+async def _wait_for_shutdown_or_children(shutdown: Shutdown, children: list[asyncio.subprocess.Process]) -> None:
     """Return on SIGINT/SIGTERM, or when every worker child has exited."""
-    shutdown = asyncio.ensure_future(wait_for_shutdown())
+    waiter = asyncio.ensure_future(shutdown.wait())
     try:
-        while not shutdown.done():
+        while not waiter.done():
             if children and all(child.returncode is not None for child in children):
                 log.error("every worker process exited; stopping")
                 return
-            await asyncio.wait({shutdown}, timeout=0.5)
+            await asyncio.wait({waiter}, timeout=0.5)
     finally:
-        shutdown.cancel()
+        waiter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await shutdown
+            await waiter
 
 
 async def _stop_children(children: list[asyncio.subprocess.Process], timeout: float = 40.0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import click
@@ -10,7 +11,7 @@ import click
 from dynamo_triton.backend import BackendSettings
 from dynamo_triton.cli.context import plugins_from
 from dynamo_triton.cli.options import backend_options, store_options, worker_options
-from dynamo_triton.runtime.launch import start_worker, wait_for_shutdown
+from dynamo_triton.runtime.launch import Shutdown, start_worker
 from dynamo_triton.runtime.worker import WorkerSettings
 
 __all__ = ["backend_settings", "worker"]
@@ -39,7 +40,8 @@ def backend_settings(
 def worker(ctx: click.Context, **options: object) -> None:
     """Run a worker: load models, publish their cards under a lease, serve requests, drain on SIGTERM."""
     plugins = plugins_from(ctx)
-    asyncio.run(_run(plugins, **options))  # type: ignore[arg-type]
+    with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
+        asyncio.run(_run(plugins, **options))  # type: ignore[arg-type]
 
 
 async def _run(
@@ -59,6 +61,7 @@ async def _run(
     system_port: int,
 ) -> None:
     store = plugins.kv_store(store_kv)
+    shutdown = Shutdown()
     try:
         stack = await start_worker(
             plugins,
@@ -75,8 +78,10 @@ async def _run(
             f"{stack.system.port if stack.system else '-'})",
             err=True,
         )
-        signame = await wait_for_shutdown()
+        shutdown.started()
+        signame = await shutdown.wait()
         log.info("%s received: draining", signame)
         await stack.stop()
     finally:
+        shutdown.close()
         await store.close()

@@ -26,10 +26,10 @@ from dynamo_triton.runtime.worker import Worker, WorkerSettings
 __all__ = [
     "FrontendConfig",
     "FrontendStack",
+    "Shutdown",
     "WorkerStack",
     "start_frontend",
     "start_worker",
-    "wait_for_shutdown",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,19 +130,45 @@ async def start_worker(
     return WorkerStack(worker, system)
 
 
-async def wait_for_shutdown() -> str:
-    """Wait for SIGINT or SIGTERM; returns the signal's name."""
-    loop = asyncio.get_running_loop()
-    received: asyncio.Future[str] = loop.create_future()
+class Shutdown:
+    """SIGINT/SIGTERM handling for a long-running command, installed before anything starts.
 
-    def on_signal(sig: signal.Signals) -> None:
-        if not received.done():
-            received.set_result(sig.name)
+    A signal during start-up cancels the task that created this object (start-up
+    code cleans up in its ``finally`` blocks); after :meth:`started`, a signal only
+    wakes :meth:`wait`, so the command drains in order.
+    """
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        return await received
-    finally:
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._event = asyncio.Event()
+        self._task = asyncio.current_task()
+        self._starting = True
+        self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        first = self.signal_name is None
+        self.signal_name = sig.name
+        self._event.set()
+        if first and self._starting and self._task is not None:
+            log.info("%s during start-up: stopping", sig.name)
+            self._task.cancel()
+
+    def started(self) -> None:
+        """Start-up is over: from now on a signal asks for an orderly stop."""
+        self._starting = False
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> str:
+        """Wait for SIGINT or SIGTERM; returns the signal's name."""
+        await self._event.wait()
+        return self.signal_name or "signal"
+
+    def close(self) -> None:
+        """Restore default signal handling."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.remove_signal_handler(sig)

@@ -125,6 +125,16 @@ class Cluster:
         args += ["--lease-ttl", str(self.lease_ttl), "--system-port", str(system_port)]
         return self._proc("worker", args), system_port
 
+    def serve(self, *models: str, extra: tuple[str, ...] = ()) -> tuple[Proc, str]:
+        """``dyntriton serve`` for ``models`` with this cluster's store; returns it and its gRPC url."""
+        grpc_port = free_port()
+        args = ["serve", "--store-kv", self.store, "--model-repository", str(self.model_repo)]
+        for model in models:
+            args += ["--model", model]
+        args += ["--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", str(free_port())]
+        args += ["--system-port", str(free_port()), "--lease-ttl", str(self.lease_ttl), *extra]
+        return self._proc("serve", args), f"127.0.0.1:{grpc_port}"
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
