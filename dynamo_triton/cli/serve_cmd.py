@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -137,7 +138,8 @@ async def _serve(plugins: Plugins, opts: ServeOptions) -> None:
             )
         else:
             for index in range(opts.workers):
-                children.append(await asyncio.create_subprocess_exec(*opts.worker_argv(index)))
+                argv = opts.worker_argv(index)
+                children.append(await asyncio.create_subprocess_exec(*argv, preexec_fn=_die_with_parent))
             await _wait_for_workers(frontend, children, opts.workers, opts.models)
         _print_summary(frontend, config.host, opts.store_kv, 0 if in_process else opts.workers)
         shutdown.started()
@@ -150,6 +152,13 @@ async def _serve(plugins: Plugins, opts: ServeOptions) -> None:
         if frontend is not None:
             await frontend.stop()
         await store.close()
+
+
+def _die_with_parent() -> None:
+    """In a worker child: get SIGTERM (and drain) if ``serve`` dies, even by SIGKILL (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 async def _wait_for_workers(

@@ -1,19 +1,58 @@
-"""Triton server lifecycle against real Triton: broken configs, missing backends, stopping mid-flight."""
+"""Triton server lifecycle against real Triton: broken configs, missing backends, stopping mid-flight.
+
+Triton keeps process-wide state, so each scenario runs a fresh embedded server in its
+own Python process (as a worker does); the hard subprocess timeout also proves nothing hangs.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import json
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
-import numpy as np
-import pytest
-from tritonclient.grpc import service_pb2
-
-from dynamo_triton.backend import BackendSettings
-from dynamo_triton.errors import DyntritonError, TritonError
-
 MODEL_REPO = Path(__file__).resolve().parents[2] / "model_repo"
+
+PRELUDE = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import numpy as np
+    from tritonclient.grpc import service_pb2
+    from dynamo_triton.backend import BackendSettings
+    from dynamo_triton.errors import DyntritonError
+    from dyntriton_backend_triton.backend import TritonBackend
+
+    async def started(repo):
+        backend = TritonBackend(BackendSettings(model_repository=repo))
+        await backend.start()
+        return backend
+
+    async def load_error(repo, name):
+        backend = await started(repo)
+        try:
+            await backend.load_model(name)
+            result = {"error": None}
+        except DyntritonError as exc:
+            result = {"error": exc.message, "status": exc.status}
+        result["identity_loads"] = (await backend.load_model("identity")).name == "identity"
+        await backend.stop()
+        return result
+    """
+)
+
+
+def run(script: str, *args: str, timeout: float = 90) -> dict:
+    """Run PRELUDE + script in a fresh interpreter; it prints one JSON line as its last output."""
+    completed = subprocess.run(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def repository_with(tmp_path: Path, name: str, config: str) -> Path:
@@ -24,60 +63,45 @@ def repository_with(tmp_path: Path, name: str, config: str) -> Path:
     return repo
 
 
-async def start(repo: Path):
-    from dyntriton_backend_triton.backend import TritonBackend
-
-    backend = TritonBackend(BackendSettings(model_repository=str(repo)))
-    await backend.start()
-    return backend
-
-
-async def test_a_config_syntax_error_surfaces_tritons_parse_message(tmp_path: Path, require_triton: None) -> None:
+def test_a_config_syntax_error_surfaces_tritons_parse_message(tmp_path: Path, require_triton: None) -> None:
     repo = repository_with(tmp_path, "broken", 'name: "broken"\nbackend: "python"\ninput [ { name: "X" data_type: ')
-    backend = await start(repo)
-    try:
-        with pytest.raises(TritonError) as info:
-            await backend.load_model("broken")
-        assert "failed to load model 'broken'" in info.value.message
-        assert "config.pbtxt" in info.value.message or "parse" in info.value.message.lower()
-        assert (await backend.load_model("identity")).name == "identity", "other models still load"
-    finally:
-        await backend.stop()
+    result = run("print(json.dumps(asyncio.run(load_error(sys.argv[1], 'broken'))))", str(repo))
+    assert "failed to load model 'broken'" in result["error"]
+    assert "config.pbtxt does not parse" in result["error"] and "3:" in result["error"]
+    assert result["identity_loads"], "other models still load"
 
 
-async def test_a_missing_backend_is_named(tmp_path: Path, require_triton: None) -> None:
-    config = 'name: "nobackend"\nbackend: "tensorrt_llm_nonexistent"\nmax_batch_size: 0\n'
-    repo = repository_with(tmp_path, "nobackend", config)
-    backend = await start(repo)
-    try:
-        with pytest.raises(TritonError) as info:
-            await backend.load_model("nobackend")
-        assert "tensorrt_llm_nonexistent" in info.value.message
-        assert "backends are searched in" in info.value.message and "python" in info.value.message
-    finally:
-        await backend.stop()
+def test_a_missing_backend_is_named_with_the_folders_searched(tmp_path: Path, require_triton: None) -> None:
+    repo = repository_with(tmp_path, "nobackend", 'name: "nobackend"\nbackend: "no_such_backend"\nmax_batch_size: 0\n')
+    result = run("print(json.dumps(asyncio.run(load_error(sys.argv[1], 'nobackend'))))", str(repo))
+    assert "no_such_backend" in result["error"]
+    assert "backends are searched in" in result["error"] and "python" in result["error"]
 
 
-async def test_stopping_with_requests_in_flight_ends_them_with_an_error(require_triton: None) -> None:
-    backend = await start(MODEL_REPO)
-    await backend.load_model("delay")
-    message = service_pb2.ModelInferRequest(model_name="delay")
-    for name, datatype, array in (
-        ("INPUT0", "INT32", np.ones(2, np.int32)),
-        ("DELAY_MS", "UINT32", np.array([3000], np.uint32)),
-    ):
-        message.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        message.raw_input_contents.append(array.tobytes())
+def test_stopping_with_requests_in_flight_ends_them_with_an_error(require_triton: None) -> None:
+    script = """
+    async def main(repo):
+        backend = await started(repo)
+        await backend.load_model("delay")
+        message = service_pb2.ModelInferRequest(model_name="delay")
+        for name, datatype, array in (("INPUT0", "INT32", np.ones(2, np.int32)),
+                                      ("DELAY_MS", "UINT32", np.array([3000], np.uint32))):
+            message.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
+            message.raw_input_contents.append(array.tobytes())
 
-    async def call() -> object:
-        try:
-            return [r async for r in backend.infer(message)]
-        except DyntritonError as exc:
-            return exc
+        async def call():
+            try:
+                return [r async for r in backend.infer(message)] and "answered"
+            except DyntritonError as exc:
+                return "error: " + exc.message
 
-    pending = [asyncio.ensure_future(call()) for _ in range(3)]
-    await asyncio.sleep(0.3)
-    await asyncio.wait_for(backend.stop(), 30)
-    results = await asyncio.wait_for(asyncio.gather(*pending), 15)
-    assert all(isinstance(result, (DyntritonError, list)) for result in results)
-    assert any(isinstance(result, DyntritonError) for result in results), results
+        pending = [asyncio.ensure_future(call()) for _ in range(3)]
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(backend.stop(), 30)
+        return await asyncio.wait_for(asyncio.gather(*pending), 15)
+
+    print(json.dumps(asyncio.run(main(sys.argv[1]))))
+    """
+    outcomes = run(script, str(MODEL_REPO))
+    assert len(outcomes) == 3
+    assert any(outcome.startswith("error:") for outcome in outcomes), outcomes
