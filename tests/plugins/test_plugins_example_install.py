@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # pip-installs a distribution and runs real processes
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dyntriton-kv-sqlite"
 
 

@@ -180,6 +180,7 @@ def test_a_plugin_command_that_fails_to_load_only_fails_itself(tmp_path: Path) -
     assert dyntriton("plugins", "list", env=env).returncode == 0
 
 
+@pytest.mark.slow  # builds a wheel in a subprocess (a few seconds)
 def test_the_wheel_holds_only_our_packages_and_the_entry_points(tmp_path: Path) -> None:
     import zipfile
 

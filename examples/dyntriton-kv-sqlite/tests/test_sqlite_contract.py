@@ -15,6 +15,9 @@ class TestSqliteStore(KVStoreContract):
     @pytest.fixture
     async def kv_store(self, tmp_path: Path) -> AsyncIterator[object]:
         # Through the plugin manager, as users get it: proves the entry point is installed.
-        store = make_plugin_manager().kv_store("sqlite", path=str(tmp_path / "kv.sqlite"))
+        plugins = make_plugin_manager()
+        if "sqlite" not in plugins.names("kv-store"):
+            pytest.fail("dyntriton-kv-sqlite is not installed; run `pip install ./examples/dyntriton-kv-sqlite` first")
+        store = plugins.kv_store("sqlite", path=str(tmp_path / "kv.sqlite"))
         yield store
         await store.close()
