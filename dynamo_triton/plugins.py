@@ -114,18 +114,20 @@ def _install_hint(dist: md.Distribution | None, missing: str | None, plugin: str
     return f"pip install {missing.split('.')[0]} ({disable})"
 
 
-def import_optional(module: str, *, extra: str, purpose: str) -> Any:
+def import_optional(module: str, *, extra: str, purpose: str, distribution: str = OWN_DISTRIBUTION) -> Any:
     """Import ``module`` for a plugin factory, or raise PluginError with the pip command to fix it.
 
-    :param extra: the dynamo-triton extra that brings the module, e.g. ``"etcd"``.
+    :param extra: the extra of ``distribution`` that brings the module, e.g. ``"etcd"``.
     :param purpose: what needs it, e.g. ``"the etcd KV store"``.
+    :param distribution: whose extra it is; third-party plugins pass their own distribution name
+        (the default, dynamo-triton, is right only for the plugins we ship).
     """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise PluginError(
             f"{purpose} needs the Python package providing {module!r}, which failed to import: {exc}",
-            hint=f"pip install '{OWN_DISTRIBUTION}[{extra}]'",
+            hint=f"pip install '{distribution}[{extra}]'",
         ) from exc
 
 

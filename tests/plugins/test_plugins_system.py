@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from dynamo_triton import hookimpl
-from dynamo_triton.errors import PluginConflictError, UnknownNameError
-from dynamo_triton.plugins import make_plugin_manager
+from dynamo_triton.errors import PluginConflictError, PluginError, UnknownNameError
+from dynamo_triton.plugins import import_optional, make_plugin_manager
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = {
@@ -224,3 +224,15 @@ def test_the_wheel_holds_only_our_packages_and_the_entry_points(tmp_path: Path) 
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[dyntriton]" in text and "kv-etcd = dyntriton_kv_etcd" in text
+
+
+def test_import_optional_names_the_module_and_the_pip_command_of_the_right_distribution() -> None:
+    with pytest.raises(PluginError) as shipped:
+        import_optional("dyntriton_no_such_module", extra="etcd", purpose="the etcd KV store")
+    assert "the etcd KV store" in str(shipped.value) and "dyntriton_no_such_module" in str(shipped.value)
+    assert "pip install 'dynamo-triton[etcd]'" in str(shipped.value.hint)
+    with pytest.raises(PluginError) as third_party:
+        import_optional(
+            "dyntriton_no_such_module", extra="redis", purpose="the redis KV store", distribution="dyntriton-kv-redis"
+        )
+    assert "pip install 'dyntriton-kv-redis[redis]'" in str(third_party.value.hint)
