@@ -253,12 +253,18 @@ class KServeGrpcFrontend:
         return response
 
     # -- inference -------------------------------------------------------------------------------
-    def _prepare(self, raw: bytes) -> tuple[service_pb2.ModelInferRequest, Any]:
-        """Parse once, find the model, validate; raises DyntritonError."""
+    @staticmethod
+    def _parse(raw: bytes) -> service_pb2.ModelInferRequest:
         try:
-            request = service_pb2.ModelInferRequest.FromString(raw)
+            return service_pb2.ModelInferRequest.FromString(raw)
         except Exception as exc:  # protobuf's DecodeError
             raise InvalidRequestError(f"the request is not a valid ModelInferRequest: {exc}") from exc
+
+    def _prepare(self, raw: bytes) -> tuple[service_pb2.ModelInferRequest, Any]:
+        """Parse once, find the model, validate; raises DyntritonError."""
+        return self._route(self._parse(raw))
+
+    def _route(self, request: service_pb2.ModelInferRequest) -> tuple[service_pb2.ModelInferRequest, Any]:
         if not request.model_name:
             raise ModelNotFoundError("the request names no model (model_name is empty)")
         served = self.service.model(request.model_name, request.model_version)
@@ -308,8 +314,10 @@ class KServeGrpcFrontend:
         async def run(raw: bytes) -> None:
             request_id, model, started = "", "unknown", time.perf_counter()
             try:
-                request, served = self._prepare(raw)
-                request_id, model = request.id, served.name
+                request = self._parse(raw)
+                request_id = request.id
+                _, served = self._route(request)
+                model = served.name
                 self.metrics.requests.labels(model, "grpc-stream").inc()
                 async for chunk in self.service.infer(model, raw, timeout=context.time_remaining()):
                     outbox.put_nowait(stream_response_bytes(chunk))
