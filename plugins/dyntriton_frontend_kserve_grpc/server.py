@@ -326,7 +326,10 @@ class KServeGrpcFrontend:
                     final = service_pb2.ModelInferResponse(model_name=model, id=request_id)
                     final.parameters["triton_final_response"].bool_param = True
                     outbox.put_nowait(stream_response_bytes(final.SerializeToString()))
-            except DyntritonError as exc:
+            except Exception as exc:  # every failure is answered in-stream; the stream stays open
+                if not isinstance(exc, DyntritonError):
+                    log.exception("stream request %r for model %r failed", request_id, model)
+                    exc = DyntritonError(f"internal error in the frontend: {exc!r}")
                 self.metrics.failures.labels(model, "grpc-stream", exc.status).inc()
                 error = service_pb2.ModelStreamInferResponse(error_message=exc.message)
                 error.infer_response.model_name = model if model != "unknown" else ""

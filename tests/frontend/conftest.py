@@ -29,7 +29,14 @@ class EchoService:
 
     def __init__(self) -> None:
         self._models = {
-            m.name: m for m in (_model("identity"), _model("slow"), _model("dead"), _model("repeat", decoupled=True))
+            m.name: m
+            for m in (
+                _model("identity"),
+                _model("slow"),
+                _model("dead"),
+                _model("broken"),
+                _model("repeat", decoupled=True),
+            )
         }
         self.cancelled: list[str] = []
         self.timeouts: list[float | None] = []
@@ -57,6 +64,8 @@ class EchoService:
 
     async def infer(self, name: str, payload: bytes, *, timeout: float | None = None) -> AsyncIterator[bytes]:
         self.timeouts.append(timeout)
+        if name == "broken":
+            raise RuntimeError("a bug in the routing core")
         if name == "dead":
             raise NoInstanceError(f"no live instance of model '{name}'")
         if name == "slow":

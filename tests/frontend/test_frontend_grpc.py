@@ -39,7 +39,7 @@ async def test_frontend_grpc_server_and_model_rpcs(grpc_frontend, service):
         config = await client.get_model_config("identity")
         assert config.config.input[0].name == "INPUT0"
         index = await client.get_model_repository_index()
-        assert [m.name for m in index.models] == ["dead", "identity", "repeat", "slow"]
+        assert [m.name for m in index.models] == ["broken", "dead", "identity", "repeat", "slow"]
         stats = await client.get_inference_statistics("identity")
         assert [s.name for s in stats.model_stats] == ["identity"]
         assert stats.model_stats[0].inference_count == 7
@@ -151,6 +151,7 @@ async def test_frontend_grpc_stream_infer_with_in_stream_errors(grpc_frontend):
         request("identity", "c", name="X"),
         request("repeat", "d"),
         request("dead", "e"),
+        request("broken", "f"),
     ]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_frontend.port}") as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -158,7 +159,8 @@ async def test_frontend_grpc_stream_infer_with_in_stream_errors(grpc_frontend):
     ok = sorted(r.infer_response.id for r in responses if not r.error_message)
     errors = {r.infer_response.id: r.error_message for r in responses if r.error_message}
     assert ok == ["a", "d", "d", "d"]
-    assert set(errors) == {"b", "c", "e"}
+    assert set(errors) == {"b", "c", "e", "f"}
+    assert errors["f"].startswith("internal error in the frontend: RuntimeError('a bug in the routing core')")
     assert "model 'nope' is not served" in errors["b"]
     assert errors["c"] == "unexpected inference input 'X' for model 'identity'"
     assert "no live instance" in errors["e"]
