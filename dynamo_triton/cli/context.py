@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
 import click
 
 from dynamo_triton.plugins import Plugins, make_plugin_manager
 
-__all__ = ["plugins_from"]
+__all__ = ["plugins_from", "run_service"]
+
+T = TypeVar("T")
 
 
 def plugins_from(ctx: click.Context) -> Plugins:
@@ -16,3 +22,13 @@ def plugins_from(ctx: click.Context) -> Plugins:
     if "dyntriton.plugins" not in meta:
         meta["dyntriton.plugins"] = make_plugin_manager()
     return meta["dyntriton.plugins"]
+
+
+
+def run_service(main: Coroutine[Any, Any, T]) -> T:
+    """Run a long-lived command's coroutine on the standard asyncio loop.
+
+    uvloop measured ~16% more requests/s through ``serve`` but hung the tcp
+    transport's buffered protocol in the end-to-end tests; kept off until that is understood.
+    """
+    return asyncio.run(main)

@@ -8,7 +8,7 @@ import logging
 
 import click
 
-from dynamo_triton.cli.context import plugins_from
+from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.options import frontend_options, store_options
 from dynamo_triton.runtime.launch import FrontendConfig, Shutdown, start_frontend
 
@@ -56,7 +56,7 @@ def frontend(ctx: click.Context, store_kv: str, **options: object) -> None:
     plugins = plugins_from(ctx)
     config = frontend_config(**options)  # type: ignore[arg-type]
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        asyncio.run(_run(plugins, store_kv, config))
+        run_service(_run(plugins, store_kv, config))
 
 
 async def _run(plugins, store_kv: str, config: FrontendConfig) -> None:

@@ -23,7 +23,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from dynamo_triton.cli.context import plugins_from
+from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.frontend_cmd import frontend_config
 from dynamo_triton.cli.options import backend_options, frontend_options, store_options, worker_options
 from dynamo_triton.cli.worker_cmd import backend_settings
@@ -55,7 +55,7 @@ STARTUP_TIMEOUT = 300.0
 def serve(ctx: click.Context, **options: Any) -> None:
     """Run a KServe frontend and workers for the models of a Triton model repository."""
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        asyncio.run(_serve(plugins_from(ctx), ServeOptions(**options)))
+        run_service(_serve(plugins_from(ctx), ServeOptions(**options)))
 
 
 @dataclass(frozen=True)

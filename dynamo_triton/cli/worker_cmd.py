@@ -9,7 +9,7 @@ import logging
 import click
 
 from dynamo_triton.backend import BackendSettings
-from dynamo_triton.cli.context import plugins_from
+from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.options import backend_options, store_options, worker_options
 from dynamo_triton.runtime.launch import Shutdown, start_worker
 from dynamo_triton.runtime.worker import WorkerSettings
@@ -41,7 +41,7 @@ def worker(ctx: click.Context, **options: object) -> None:
     """Run a worker: load models, publish their cards under a lease, serve requests, drain on SIGTERM."""
     plugins = plugins_from(ctx)
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        asyncio.run(_run(plugins, **options))  # type: ignore[arg-type]
+        run_service(_run(plugins, **options))  # type: ignore[arg-type]
 
 
 async def _run(

@@ -193,8 +193,8 @@ class TritonServer:
         err = api.ServerStop(self._server)
         if err:
             log.warning("Triton stop: %s", self._errors.take(err) if self._errors else err)
-        for inflight in list(self._inflight.values()):
-            self._deliver(inflight, TritonResponse(error=TritonError("UNAVAILABLE", "Triton stopped"), final=True))
+        for key, inflight in list(self._inflight.items()):
+            self._deliver(inflight, TritonResponse(error=TritonError("UNAVAILABLE", "Triton stopped"), final=True), key)
         err = api.ServerDelete(self._server)
         if err:
             log.warning("Triton delete: %s", self._errors.take(err) if self._errors else err)
@@ -316,14 +316,15 @@ class TritonServer:
     def _on_release(self, request: int, flags: int, userp: int) -> None:
         try:
             inflight = self._inflight.get(userp)
-            if inflight is None:
-                self.api.InferenceRequestDelete(request)
-                return
-            with inflight.lock:
-                inflight.released = True
-                inflight.request = None
-                self.api.InferenceRequestDelete(request)
-            inflight.loop.call_soon_threadsafe(self._maybe_forget, userp)
+            if inflight is not None:
+                with inflight.lock:
+                    inflight.released = True
+                    inflight.request = None
+                    inflight.keepalive.clear()  # Triton no longer reads the inputs
+                    if inflight.finished:
+                        self._inflight.pop(userp, None)
+            # Outside the lock: deleting a request may run the response callback on this thread.
+            self.api.InferenceRequestDelete(request)
         except Exception:
             log.exception("request release callback failed")
 
@@ -342,7 +343,7 @@ class TritonServer:
             elif not final:
                 return
             if inflight is not None:
-                self._deliver(inflight, result)
+                self._deliver(inflight, result, userp)
         except Exception:
             log.exception("response callback failed")
 
@@ -388,17 +389,15 @@ class TritonServer:
             )
 
     # -- inference -------------------------------------------------------------------------------
-    def _deliver(self, inflight: _Inflight, response: TritonResponse) -> None:
-        if inflight.finished:
-            return
-        if response.final:
-            inflight.finished = True
+    def _deliver(self, inflight: _Inflight, response: TritonResponse, key: int | None = None) -> None:
+        with inflight.lock:
+            if inflight.finished:
+                return
+            if response.final:
+                inflight.finished = True
+                if inflight.released and key is not None:
+                    self._inflight.pop(key, None)
         inflight.loop.call_soon_threadsafe(inflight.queue.put_nowait, response)
-
-    def _maybe_forget(self, key: int) -> None:
-        inflight = self._inflight.get(key)
-        if inflight is not None and inflight.released and inflight.finished:
-            del self._inflight[key]
 
     def _cancel(self, inflight: _Inflight) -> None:
         with inflight.lock:
