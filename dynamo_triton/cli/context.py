@@ -24,7 +24,6 @@ def plugins_from(ctx: click.Context) -> Plugins:
     return meta["dyntriton.plugins"]
 
 
-
 def run_service(main: Coroutine[Any, Any, T]) -> T:
     """Run a long-lived command's coroutine on the standard asyncio loop.
 
