@@ -47,7 +47,11 @@ def test_launch_script_and_client(tmp_path: Path, require_triton: None) -> None:
         code = script.wait(60)
         log.close()
     assert code in (0, 143), (tmp_path / "launch.log").read_text()[-3000:]
-    leftovers = subprocess.run(
-        ["pgrep", "-f", f"--grpc-port {grpc_port}|DYN_GRPC_PORT={grpc_port}"], capture_output=True
-    )
-    assert leftovers.stdout.strip() == b""
+    for port in (grpc_port, int(env["DYN_SYSTEM_PORT"])):  # frontend and worker are gone: nobody listens
+        wait_until(lambda p=port: not listening(p), 30, f"port {port} to close")
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
