@@ -86,6 +86,12 @@ def _plugin_command(item: Any) -> click.Command:
     return command
 
 
+def _configure_process() -> None:
+    # Triton's python backend forks a stub process per model instance; with grpc's fork handlers
+    # enabled, a process that runs a grpc server (serve --in-process) aborts in that fork.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+
 def _configure_logging() -> None:
     level = os.environ.get("DYN_LOG", "info").upper()
     logging.basicConfig(
@@ -104,6 +110,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI; dyntriton errors print as one line plus a hint."""
+    _configure_process()
     try:
         cli.main(args=argv, prog_name="dyntriton", standalone_mode=False)
     except click.exceptions.Abort:
