@@ -34,19 +34,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def triton_missing() -> str | None:
-    """Why the embedded Triton cannot run here, or None when it can."""
-    try:
-        from dyntriton_backend_triton.locator import locate_triton  # type: ignore[import-not-found]
-    except ImportError as exc:
-        return f"the triton backend plugin is not importable: {exc}"
-    try:
-        locate_triton()
-    except Exception as exc:
-        return f"no Triton installation: {exc}"
-    return None
-
-
 @dataclass
 class Proc:
     """A dyntriton child process with its log file."""

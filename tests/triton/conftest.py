@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 
 from dynamo_triton.backend import BackendSettings
 
 MODEL_REPO = Path(__file__).resolve().parents[2] / "model_repo"
 MODELS = ("identity", "identity_multi", "repeat", "add_sub", "delay")
-
-
-def triton_missing() -> str | None:
-    try:
-        from dyntriton_backend_triton.locator import locate_triton
-
-        locate_triton()
-    except Exception as exc:
-        return str(exc)
-    return None
-
-
-@pytest.fixture(scope="session")
-def require_triton() -> None:
-    reason = triton_missing()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Triton tests must run in CI: {reason}")
-        pytest.skip(reason)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
