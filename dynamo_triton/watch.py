@@ -9,8 +9,10 @@ nothing is lost between them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from types import TracebackType
+from typing import Any
 
 from dynamo_triton.kv import KVEntry, WatchEvent
 
@@ -36,10 +38,15 @@ class QueueWatch:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self.snapshot: list[KVEntry] = []
         self._closed = False
+        self._feeders: list[asyncio.Task[None]] = []
 
     def set_snapshot(self, entries: list[KVEntry]) -> None:
         """Record the entries present when the watch opened (sorted by key)."""
         self.snapshot = sorted(entries, key=lambda entry: entry.key)
+
+    def feed(self, feeder: Coroutine[Any, Any, None], *, name: str | None = None) -> None:
+        """Run ``feeder`` (which calls :meth:`push`/:meth:`fail`) until the watch closes; then cancel it."""
+        self._feeders.append(asyncio.create_task(feeder, name=name))
 
     def push(self, event: WatchEvent) -> None:
         """Deliver one event (non-blocking; call from the watch's event loop)."""
@@ -79,5 +86,10 @@ class QueueWatch:
             return
         self._closed = True
         self._queue.put_nowait(_CLOSED)
+        for task in self._feeders:
+            task.cancel()
+        for task in self._feeders:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._closer is not None:
             await self._closer(self)

@@ -184,7 +184,6 @@ class EtcdStore:
         return [KVEntry(kv.key.decode(), kv.value, kv.mod_revision, kv.lease or None) for kv in response.kvs]
 
     def watch(self, prefix: str) -> QueueWatch:
-        tasks: list[asyncio.Task[None]] = []
 
         async def opener(watch: QueueWatch) -> None:
             response = await self._range(prefix)
@@ -192,15 +191,9 @@ class EtcdStore:
                 [KVEntry(kv.key.decode(), kv.value, kv.mod_revision, kv.lease or None) for kv in response.kvs]
             )
             start = int(response.header.revision) + 1
-            tasks.append(asyncio.create_task(self._follow(watch, prefix, start), name=f"dyntriton-etcd-watch:{prefix}"))
+            watch.feed(self._follow(watch, prefix, start), name=f"dyntriton-etcd-watch:{prefix}")
 
-        async def closer(watch: QueueWatch) -> None:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-        return QueueWatch(opener, closer)
+        return QueueWatch(opener)
 
     async def _follow(self, watch: QueueWatch, prefix: str, start_revision: int) -> None:
         """Feed ``watch`` from etcd; etcd3aio resumes from the last revision after transient errors."""

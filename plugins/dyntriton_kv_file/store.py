@@ -280,22 +280,15 @@ class FileStore:
         return await asyncio.to_thread(self._list, prefix)
 
     def watch(self, prefix: str) -> QueueWatch:
-        task: list[asyncio.Task[None]] = []
 
         async def opener(watch: QueueWatch) -> None:
             await asyncio.to_thread(self._sweep_leases)
             stamps = await asyncio.to_thread(self._scan, prefix)
             entries = await asyncio.to_thread(lambda: {n: self._read_entry(n) for n in stamps})
             watch.set_snapshot([e for e in entries.values() if e is not None and e.key.startswith(prefix)])
-            task.append(asyncio.create_task(self._poll(watch, prefix, stamps), name=f"dyntriton-file-watch:{prefix}"))
+            watch.feed(self._poll(watch, prefix, stamps), name=f"dyntriton-file-watch:{prefix}")
 
-        async def closer(watch: QueueWatch) -> None:
-            for t in task:
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-
-        return QueueWatch(opener, closer)
+        return QueueWatch(opener)
 
     async def _poll(self, watch: QueueWatch, prefix: str, stamps: dict[str, _Stamp]) -> None:
         last_sweep = 0.0

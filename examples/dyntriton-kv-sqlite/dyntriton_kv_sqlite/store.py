@@ -165,20 +165,13 @@ class SqliteStore:
         return entries
 
     def watch(self, prefix: str) -> QueueWatch:
-        tasks: list[asyncio.Task[None]] = []
 
         async def opener(watch: QueueWatch) -> None:
             entries, revision = await asyncio.to_thread(self._list, prefix)
             watch.set_snapshot(entries)
-            tasks.append(asyncio.create_task(self._poll(watch, prefix, revision)))
+            watch.feed(self._poll(watch, prefix, revision))
 
-        async def closer(watch: QueueWatch) -> None:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-        return QueueWatch(opener, closer)
+        return QueueWatch(opener)
 
     async def _poll(self, watch: QueueWatch, prefix: str, revision: int) -> None:
         try:
