@@ -94,6 +94,9 @@ class Backend(Protocol):
         engine. Errors raise subclasses of :class:`~dynamo_triton.errors.DyntritonError`.
         """
 
+    # Optional fast path: ``infer_serialized(request) -> AsyncIterator[bytes]`` yielding serialized
+    # ModelInferResponses; the worker uses it when present instead of serializing ``infer``'s messages.
+
     async def statistics(self, name: str = "") -> Any:
         """``service_pb2.ModelStatisticsResponse`` for one model, or all when ``name`` is empty."""
 

@@ -179,6 +179,11 @@ class Worker:
             request = service_pb2.ModelInferRequest.FromString(payload)
         except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
             raise InvalidRequestError(f"the request is not a valid ModelInferRequest: {exc}") from exc
+        serialized = getattr(self.backend, "infer_serialized", None)
         with self.metrics.track(request.model_name):
-            async for response in self.backend.infer(request):
-                yield response.SerializeToString()
+            if serialized is not None:
+                async for chunk in serialized(request):
+                    yield chunk
+            else:
+                async for response in self.backend.infer(request):
+                    yield response.SerializeToString()

@@ -27,6 +27,7 @@ from dynamo_triton.errors import ConfigError, DyntritonError, InvalidRequestErro
 from dynamo_triton.frontend import FrontendSettings, InferenceService
 from dynamo_triton.runtime.frontend_metrics import frontend_metrics
 from dynamo_triton.runtime.validation import validate_request
+from dynamo_triton.wire import field_header
 
 __all__ = ["KServeGrpcFrontend", "stream_response_bytes"]
 
@@ -49,21 +50,9 @@ IMPLEMENTED = {
 EXTENSIONS = ["model_configuration", "statistics", "parameters", "model_repository"]
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def stream_response_bytes(infer_response: bytes) -> bytes:
     """``ModelStreamInferResponse(infer_response=...)`` built by prefixing field 2's header: no re-parse."""
-    return b"\x12" + _varint(len(infer_response)) + infer_response
+    return field_header(2, len(infer_response)) + infer_response
 
 
 def _code(error: DyntritonError) -> grpc.StatusCode:

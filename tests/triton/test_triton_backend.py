@@ -170,3 +170,22 @@ async def test_thousand_sequential_inferences_leave_rss_flat(backend) -> None:
         await run(backend, message)
     growth = rss_kib() - before
     assert growth < 8 * 1024, f"RSS grew by {growth} KiB over 1,000 requests"
+
+
+async def test_serialized_responses_equal_the_protobuf_ones(backend) -> None:
+    arrays = {
+        "FP32_IN": ("FP32", np.arange(5, dtype=np.float32)),
+        "FP16_IN": ("FP16", np.ones(5, np.float16)),
+        "BF16_IN": ("BF16", np.ones(5, ml_dtypes.bfloat16)),
+        "INT64_IN": ("INT64", np.arange(5)),
+        "BOOL_IN": ("BOOL", np.ones(5, bool)),
+        "BYTES_IN": ("BYTES", np.array([b"a", b"", b"ccc", b"d", b"e"], dtype=object)),
+    }
+    message = request("identity_multi", **arrays)
+    [expected] = await run(backend, message)
+    [raw] = [chunk async for chunk in backend.infer_serialized(message)]
+    assert service_pb2.ModelInferResponse.FromString(raw) == expected
+    streamed = [
+        chunk async for chunk in backend.infer_serialized(request("repeat", IN=("INT32", np.arange(3, dtype=np.int32))))
+    ]
+    assert [int(outputs(service_pb2.ModelInferResponse.FromString(c))["OUT"][0]) for c in streamed] == [0, 1, 2]
