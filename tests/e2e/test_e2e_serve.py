@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
+import subprocess
+import sys
 import time
 
 import ml_dtypes
@@ -55,6 +58,17 @@ def test_serve_with_etcd(cluster: Cluster, etcd_server: str) -> None:
     cluster.env["ETCD_ENDPOINTS"] = etcd_server
     url = serve(cluster, "identity")
     check_identity(url)
+    # `dyntriton infer` as the README shows it: metadata, random input, verified identity answer.
+    command = ["infer", "--url", url, "--model", "identity", "--shape", "1", "5", "--json"]
+    infer = subprocess.run(
+        [sys.executable, "-m", "dynamo_triton", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert infer.returncode == 0, infer.stderr
+    summary = json.loads(infer.stdout)
+    assert summary["verified"] is True and summary["outputs"]["OUTPUT0"]["shape"] == [1, 5]
     assert cluster.procs[0].stop() == 0
 
 
