@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import ml_dtypes
 import numpy as np
 
-from dynamo_triton.errors import ConfigError, UnknownNameError
+from dynamo_triton.errors import ConfigError, PluginConflictError, UnknownNameError
 
 if TYPE_CHECKING:
     from dynamo_triton.plugins import Plugins
@@ -29,6 +29,18 @@ __all__ = [
     "table_with_plugins",
     "triton_to_kserve",
 ]
+
+#: The typed ``InferTensorContents`` fields of KServe v2 (a DType names one of them, or None).
+CONTENTS_FIELDS = (
+    "bool_contents",
+    "int_contents",
+    "int64_contents",
+    "uint_contents",
+    "uint64_contents",
+    "fp32_contents",
+    "fp64_contents",
+    "bytes_contents",
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,24 @@ class DType:
     dynamo: str
     itemsize: int
     contents_field: str | None
+
+    def __post_init__(self) -> None:
+        # Plugins may pass a scalar type (np.float32); the table keys on np.dtype objects.
+        object.__setattr__(self, "numpy", np.dtype(self.numpy))
+        variable = self.numpy == np.dtype(object)
+        expected = 0 if variable else self.numpy.itemsize
+        if self.itemsize != expected:
+            raise ConfigError(
+                f"dtype {self.kserve}: itemsize {self.itemsize} does not match numpy dtype {self.numpy} "
+                f"(expected {expected}; 0 means variable-length, only for object dtypes)"
+            )
+        if self.contents_field is not None and self.contents_field not in CONTENTS_FIELDS:
+            raise ConfigError(
+                f"dtype {self.kserve}: contents_field {self.contents_field!r} is not an InferTensorContents field; "
+                f"expected None or one of {', '.join(CONTENTS_FIELDS)}"
+            )
+        if not self.triton.startswith("TYPE_"):
+            raise ConfigError(f"dtype {self.kserve}: Triton name {self.triton!r} must start with 'TYPE_'")
 
 
 def _row(kserve: str, numpy: Any, dynamo: str, contents: str | None, triton: str | None = None) -> DType:
@@ -102,9 +132,11 @@ class DTypeTable:
         return [row.kserve for row in self._rows]
 
     def rows(self) -> list[DType]:
+        """Every row, in table order."""
         return list(self._rows)
 
     def by_kserve(self, name: str) -> DType:
+        """The row of KServe datatype ``name`` (``"FP32"``)."""
         try:
             return self._kserve[name]
         except KeyError:
@@ -119,16 +151,23 @@ class DTypeTable:
             raise UnknownNameError("Triton dtype", name, self._triton) from None
 
     def by_dynamo(self, name: str) -> DType:
+        """The row of Dynamo datatype ``name`` (``"Float32"``)."""
         try:
             return self._dynamo[name]
         except KeyError:
             raise UnknownNameError("Dynamo dtype", name, self._dynamo) from None
 
     def by_numpy(self, dtype: Any) -> DType:
-        """numpy bytes_/str_ arrays map to BYTES, like object arrays."""
+        """The row of a numpy dtype (or anything ``np.dtype`` accepts).
+
+        bytes_ / str_ / object dtypes map to BYTES; non-native byte orders map like native ones
+        (``array_to_raw`` converts them).
+        """
         resolved = np.dtype(dtype)
-        if resolved.kind in ("S", "U", "O"):
+        if resolved.kind in ("S", "U", "O") and "BYTES" in self._kserve:
             return self._kserve["BYTES"]
+        if not resolved.isnative:
+            resolved = resolved.newbyteorder("=")
         try:
             return self._numpy[resolved]
         except KeyError:
@@ -142,24 +181,50 @@ def default_table() -> DTypeTable:
 
 
 def table_with_plugins(plugins: Plugins) -> DTypeTable:
-    """The core table plus every DType registered through ``dyntriton_register_dtypes``."""
+    """A new table: the core rows plus every DType registered through ``dyntriton_register_dtypes``.
+
+    :raises PluginConflictError: two plugins registered the same dtype name.
+    :raises ConfigError: a plugin registered something that is not a DType, under a name other
+        than its ``kserve`` name, or a name the table already has; the message names the plugin.
+    """
+    for conflict in plugins.registry.conflicts:
+        if isinstance(conflict, PluginConflictError) and conflict.kind == "dtype":
+            raise conflict
     table = DTypeTable(_CORE)
-    for row in plugins.dtypes():
-        table.add(row)
+    for item in plugins.registry.items("dtype"):
+        row = item.obj
+        if not isinstance(row, DType):
+            raise ConfigError(
+                f"plugin {item.provider!r} registered dtype {item.name!r} as {type(row).__name__}, expected a "
+                "dynamo_triton.dtypes.DType"
+            )
+        if row.kserve != item.name:
+            raise ConfigError(
+                f"plugin {item.provider!r} registered dtype {row.kserve!r} under the name {item.name!r}; "
+                "register each DType under its kserve name"
+            )
+        try:
+            table.add(row)
+        except ConfigError as exc:
+            raise ConfigError(f"plugin {item.provider!r}: {exc}", hint="pick names no other dtype uses") from None
     return table
 
 
 def kserve_to_numpy(name: str) -> np.dtype[Any]:
+    """numpy dtype of KServe datatype ``name`` (core table)."""
     return default_table().by_kserve(name).numpy
 
 
 def numpy_to_kserve(dtype: Any) -> str:
+    """KServe datatype of a numpy dtype (core table)."""
     return default_table().by_numpy(dtype).kserve
 
 
-def triton_to_kserve(name: str) -> str:
-    return default_table().by_triton(name).kserve
+def triton_to_kserve(type_name: str) -> str:
+    """KServe datatype of a Triton ``TYPE_*`` name, prefix optional (core table)."""
+    return default_table().by_triton(type_name).kserve
 
 
 def kserve_to_triton(name: str) -> str:
+    """Triton ``TYPE_*`` name of KServe datatype ``name`` (core table)."""
     return default_table().by_kserve(name).triton
