@@ -61,31 +61,36 @@ def _encode_items(items: list[Any]) -> bytes:
     if not items:
         return b""
     try:
-        lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
-        encoded = _join_with_lengths(items, lengths)
-    except TypeError:  # str, int, ... elements: convert them all (the rare path)
+        encoded = _join_with_lengths(items)
+    except TypeError:  # str, int, ... elements (the rare path)
         encoded = None
-    # A str or a non-byte memoryview has a len() that is not its byte count: the total gives it away.
-    if encoded is None or len(encoded) != 4 * len(items) + int(lengths.sum()):
-        items = [_as_bytes(item) for item in items]
-        lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
-        encoded = _join_with_lengths(items, lengths)
+    if encoded is None:
+        encoded = _join_with_lengths([_as_bytes(item) for item in items])
+    if encoded is None:  # cannot happen: every bytes object's len() is its byte count
+        raise AssertionError("BYTES encoding lost track of element lengths")
     return encoded
 
 
-def _join_with_lengths(items: list[Any], lengths: np.ndarray) -> bytes:
-    width = int(lengths[0])
+def _join_with_lengths(items: list[Any]) -> bytes | None:
+    """Length-prefixed join; None when some element's len() is not its byte count (e.g. a memoryview of ints)."""
+    lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
     if int(lengths.max()) > _MAX_ELEMENT:
         raise InvalidRequestError(f"a BYTES element of {int(lengths.max())} bytes exceeds the 4 GiB - 1 limit")
+    expected = int(lengths.sum())
+    width = int(lengths[0])
     if width and (lengths == width).all():  # equal lengths: one structured numpy array, no per-element objects
+        payload = b"".join(items)
+        if len(payload) != expected:
+            return None
         records = np.empty(len(items), dtype=np.dtype([("length", "<u4"), ("data", f"V{width}")]))
         records["length"] = width
-        records["data"] = np.frombuffer(b"".join(items), dtype=f"V{width}")
+        records["data"] = np.frombuffer(payload, dtype=f"V{width}")
         return records.tobytes()
     parts: list[Any] = [None] * (2 * len(items))
     parts[0::2] = lengths.astype("<u4").view("V4").tolist()  # V4 items are 4-byte ``bytes``
     parts[1::2] = items
-    return b"".join(parts)
+    encoded = b"".join(parts)
+    return encoded if len(encoded) == 4 * len(items) + expected else None
 
 
 def encode_bytes(array: Any) -> bytes:

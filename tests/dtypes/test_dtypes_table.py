@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 
 from dynamo_triton import hookimpl
-from dynamo_triton.dtypes import DType, DTypeTable, default_table, table_with_plugins
-from dynamo_triton.errors import ConfigError, UnknownNameError
+from dynamo_triton.dtypes import (
+    DType,
+    DTypeTable,
+    default_table,
+    kserve_to_numpy,
+    kserve_to_triton,
+    numpy_to_kserve,
+    table_with_plugins,
+    triton_to_kserve,
+)
+from dynamo_triton.errors import ConfigError, PluginConflictError, UnknownNameError
 from dynamo_triton.plugins import make_plugin_manager
 
 KSERVE = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"]
@@ -75,7 +84,7 @@ def test_plugins_add_dtypes_through_the_hook() -> None:
 
 def test_a_plugin_redefining_a_core_dtype_is_an_error() -> None:
     plugins = make_plugin_manager(entry_points=False, plugins=[("clash", ClashingPlugin())])
-    with pytest.raises(ConfigError, match="INT32"):
+    with pytest.raises(ConfigError, match=r"plugin 'clash'.*INT32"):
         table_with_plugins(plugins)
 
 
@@ -83,3 +92,61 @@ def test_a_fresh_table_rejects_duplicates() -> None:
     table = DTypeTable(default_table().rows())
     with pytest.raises(ConfigError):
         table.add(default_table().by_kserve("FP32"))
+
+
+def test_module_level_conversions_use_the_core_table() -> None:
+    assert kserve_to_numpy("FP32") == np.dtype(np.float32)
+    assert numpy_to_kserve(np.uint64) == "UINT64"
+    assert numpy_to_kserve(np.dtype(">i4")) == "INT32", "non-native byte order maps like native"
+    assert triton_to_kserve("TYPE_STRING") == "BYTES" and triton_to_kserve("BF16") == "BF16"
+    assert kserve_to_triton("BYTES") == "TYPE_STRING"
+
+
+def test_every_unknown_lookup_lists_the_known_names() -> None:
+    table = default_table()
+    with pytest.raises(UnknownNameError, match="Float32"):
+        table.by_dynamo("Float128")
+    with pytest.raises(UnknownNameError, match="float32"):
+        table.by_numpy(np.complex64)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("X", np.float32, "TYPE_X", "X", 8, None), "itemsize 8"),
+        (("X", np.object_, "TYPE_X", "X", 4, None), "itemsize 4"),
+        (("X", np.float32, "TYPE_X", "X", 4, "float_contents"), "float_contents"),
+        (("X", np.float32, "X", "X", 4, None), "TYPE_"),
+    ],
+)
+def test_inconsistent_dtypes_are_rejected(args: tuple[object, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DType(*args)  # type: ignore[arg-type]
+
+
+def test_dtype_accepts_a_scalar_type_for_numpy() -> None:
+    assert DType("X", np.float32, "TYPE_X", "X", 4, None).numpy == np.dtype(np.float32)  # type: ignore[arg-type]
+
+
+class OtherFloat8Plugin:
+    @hookimpl
+    def dyntriton_register_dtypes(self, register: object) -> None:
+        register("FP8E4M3", DType("FP8E4M3", np.dtype(ml_dtypes.float8_e4m3fn), "TYPE_FP8B", "Float8B", 1, None))  # type: ignore[operator]
+
+
+class MisnamedPlugin:
+    @hookimpl
+    def dyntriton_register_dtypes(self, register: object) -> None:
+        register("FP8", DType("FP8E5M2", np.dtype(ml_dtypes.float8_e5m2), "TYPE_FP8E5M2", "Float8E5M2", 1, None))  # type: ignore[operator]
+
+
+def test_two_plugins_registering_one_dtype_name_both_named() -> None:
+    plugins = make_plugin_manager(entry_points=False, plugins=[("fp8", Float8Plugin()), ("fp8b", OtherFloat8Plugin())])
+    with pytest.raises(PluginConflictError, match=r"'fp8'.*'fp8b'"):
+        table_with_plugins(plugins)
+
+
+def test_a_dtype_registered_under_another_name_names_the_plugin() -> None:
+    plugins = make_plugin_manager(entry_points=False, plugins=[("misnamed", MisnamedPlugin())])
+    with pytest.raises(ConfigError, match=r"plugin 'misnamed'.*'FP8E5M2'.*'FP8'"):
+        table_with_plugins(plugins)
