@@ -8,7 +8,7 @@ hashes, ids); otherwise element boundaries depend on every previous length, so
 a single tight loop over offsets finds them (numpy has no sequential scan).
 ``benchmarks/bench_bytes_codec.py`` measures both against a naive loop.
 
-Every function takes an optional ``table`` (default: the core dtype table) so
+Every function taking a dtype name also takes an optional ``table`` (default: the core table) so
 plugin dtypes from :func:`dynamo_triton.dtypes.table_with_plugins` work too.
 """
 
