@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2, service_pb2
 
+    from dynamo_triton.runtime.sequences import SequenceStep
+
 __all__ = ["Frontend", "FrontendFactory", "FrontendSettings", "InferenceService", "ServedModel"]
 
 
@@ -60,11 +62,14 @@ class InferenceService(Protocol):
     def model(self, name: str, version: str = "") -> ServedModel:
         """The model, or raise ModelNotFoundError naming the models that are served."""
 
-    def infer(self, name: str, payload: bytes, *, timeout: float | None = None) -> AsyncIterator[bytes]:
+    def infer(
+        self, name: str, payload: bytes, *, timeout: float | None = None, sequence: SequenceStep | None = None
+    ) -> AsyncIterator[bytes]:
         """Route a serialized ``ModelInferRequest`` to an instance; yield serialized responses.
 
         Raises NoInstanceError (UNAVAILABLE) when no instance can take it, after one
-        retry on another instance if the first failed before answering.
+        retry on another instance if the first failed before answering. A request with
+        a ``sequence`` goes to the instance its sequence is pinned to (docs/sequences.md).
         """
 
     async def statistics(self, name: str = "") -> service_pb2.ModelStatisticsResponse:

@@ -24,6 +24,7 @@ from dynamo_triton.errors import (
 from dynamo_triton.frontend import ServedModel
 from dynamo_triton.runtime.discovery import Instance, ModelTable
 from dynamo_triton.runtime.routing import Policy
+from dynamo_triton.runtime.sequences import SequenceStep
 from dynamo_triton.runtime.statistics import merge_statistics
 from dynamo_triton.transport import Transport, TransportClient
 
@@ -98,7 +99,9 @@ class RoutingService:
             )
         return served
 
-    async def infer(self, name: str, payload: bytes, *, timeout: float | None = None) -> AsyncIterator[bytes]:
+    async def infer(
+        self, name: str, payload: bytes, *, timeout: float | None = None, sequence: SequenceStep | None = None
+    ) -> AsyncIterator[bytes]:
         deadline = None if timeout is None else time.monotonic() + timeout
         tried: set[str] = set()
         failure: DyntritonError | None = None
