@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 
 from tritonclient.grpc import service_pb2
 
+from dynamo_triton.dtypes import DTypeTable, default_table
 from dynamo_triton.errors import (
     DeadlineExceededError,
     DyntritonError,
@@ -23,6 +24,7 @@ from dynamo_triton.errors import (
 )
 from dynamo_triton.frontend import ServedModel
 from dynamo_triton.runtime.discovery import Instance, ModelTable
+from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.routing import Policy
 from dynamo_triton.runtime.sequences import SequenceStep
 from dynamo_triton.runtime.statistics import merge_statistics
@@ -42,10 +44,22 @@ class RoutingService:
 
     :param transports: builds a Transport by plugin name (the name cards carry).
     :param policy: the router policy.
+    :param metrics: the frontend process's metrics, shared by every protocol frontend.
+    :param dtypes: the dtype table (core rows plus plugin rows) requests are validated with.
     """
 
-    def __init__(self, table: ModelTable, policy: Policy, transports: Callable[[str], Transport]):
+    def __init__(
+        self,
+        table: ModelTable,
+        policy: Policy,
+        transports: Callable[[str], Transport],
+        *,
+        metrics: FrontendMetrics | None = None,
+        dtypes: DTypeTable | None = None,
+    ):
         self._table, self._policy, self._transports = table, policy, transports
+        self.metrics = metrics or FrontendMetrics()
+        self.dtypes = dtypes or default_table()
         self._clients: dict[str, TransportClient] = {}
         self._seen: set[str] = set()
         self._served: dict[str, ServedModel] | None = None
