@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2, service_pb2
 
+    from dynamo_triton.dtypes import DTypeTable
+    from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
     from dynamo_triton.runtime.sequences import SequenceStep
 
 __all__ = ["Frontend", "FrontendFactory", "FrontendSettings", "InferenceService", "ServedModel"]
@@ -39,6 +41,7 @@ class ServedModel:
     """A model as the frontend sees it: what the workers published in their model cards.
 
     :param instances: how many live worker instances serve it now.
+    :param server_version: the version of the inference server the workers embed (Triton's), or "".
     """
 
     name: str
@@ -47,11 +50,22 @@ class ServedModel:
     metadata: service_pb2.ModelMetadataResponse
     decoupled: bool
     instances: int
+    server_version: str = ""
 
 
 @runtime_checkable
 class InferenceService(Protocol):
-    """The routing core a frontend serves from."""
+    """The routing core a frontend serves from.
+
+    Frontends run requests through :class:`dynamo_triton.runtime.pipeline.RequestPipeline`
+    (parse, validate, route, count), which uses ``metrics`` and ``dtypes`` from here.
+
+    :ivar metrics: the frontend process's metrics (shared by every protocol frontend).
+    :ivar dtypes: the dtype table, core rows plus plugin rows, that requests are validated with.
+    """
+
+    metrics: FrontendMetrics
+    dtypes: DTypeTable
 
     def ready(self) -> bool:
         """True when at least one model has a live instance."""

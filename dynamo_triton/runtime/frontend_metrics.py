@@ -1,4 +1,8 @@
-"""Prometheus metrics of a frontend process, shared by its protocol frontends (gRPC, HTTP)."""
+"""Prometheus metrics of a frontend process, shared by its protocol frontends (gRPC, HTTP).
+
+One :class:`FrontendMetrics` is made per frontend stack and handed to the routing service;
+frontends reach it as ``service.metrics``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dynamo_triton.runtime.worker_metrics import LATENCY_BUCKETS
 
-__all__ = ["FrontendMetrics", "frontend_metrics"]
+__all__ = ["FrontendMetrics"]
 
 
 class FrontendMetrics:
@@ -36,14 +40,3 @@ class FrontendMetrics:
         self.models = Gauge(
             "dyntriton_frontend_models", "Models with at least one live instance", registry=self.registry
         )
-
-
-_BY_SERVICE: dict[int, FrontendMetrics] = {}
-
-
-def frontend_metrics(service: object) -> FrontendMetrics:
-    """The metrics shared by every frontend serving ``service`` (one set per routing core)."""
-    key = id(service)
-    if key not in _BY_SERVICE:
-        _BY_SERVICE[key] = FrontendMetrics()
-    return _BY_SERVICE[key]

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamo_triton.backend import BackendSettings
+from dynamo_triton.dtypes import table_with_plugins
 from dynamo_triton.frontend import Frontend, FrontendSettings
 from dynamo_triton.kv import KVStore
 from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.discovery import ModelTable
+from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.routing import make_policy
 from dynamo_triton.runtime.service import RoutingService
 from dynamo_triton.runtime.system_server import SystemServer
@@ -69,7 +71,13 @@ class FrontendStack:
 async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfig) -> FrontendStack:
     """Start discovery and the KServe gRPC and HTTP frontends over ``store``."""
     table = ModelTable(store, config.namespace)
-    service = RoutingService(table, make_policy(config.router), plugins.transport)
+    service = RoutingService(
+        table,
+        make_policy(config.router),
+        plugins.transport,
+        metrics=FrontendMetrics(),
+        dtypes=table_with_plugins(plugins),
+    )
     await table.start()
     grpc = plugins.frontend(
         "kserve-grpc", FrontendSettings(host=config.host, port=config.grpc_port, options=config.grpc_options), service

@@ -17,7 +17,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dynamo_triton.errors import ConfigError, DyntritonError
 from dynamo_triton.frontend import FrontendSettings, InferenceService
-from dynamo_triton.runtime.frontend_metrics import frontend_metrics
 
 __all__ = ["HttpFrontend"]
 
@@ -37,7 +36,7 @@ class HttpFrontend:
 
     def __init__(self, settings: FrontendSettings, service: InferenceService):
         self.settings, self.service = settings, service
-        self.metrics = frontend_metrics(service)
+        self.metrics = service.metrics
         self._runner: web.AppRunner | None = None
         self._port = settings.port
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +21,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2
 
-from dynamo_triton.errors import ConfigError, DyntritonError, InvalidRequestError, ModelNotFoundError
+from dynamo_triton.errors import ConfigError, DyntritonError
 from dynamo_triton.frontend import FrontendSettings, InferenceService
-from dynamo_triton.runtime.frontend_metrics import frontend_metrics
-from dynamo_triton.runtime.validation import validate_request
+from dynamo_triton.runtime.identity import server_identity
+from dynamo_triton.runtime.pipeline import PreparedRequest, RequestPipeline
+from dynamo_triton.runtime.streams import DEFAULT_MAX_PENDING_BYTES, DEFAULT_WINDOW, StreamFormat, run_stream
 from dynamo_triton.wire import field_header
 
 __all__ = ["KServeGrpcFrontend", "stream_response_bytes"]
@@ -47,7 +46,6 @@ IMPLEMENTED = {
     "ModelStatistics",
     "RepositoryIndex",
 }
-EXTENSIONS = ["model_configuration", "statistics", "parameters", "model_repository"]
 
 
 def stream_response_bytes(infer_response: bytes) -> bytes:
@@ -59,19 +57,18 @@ def _code(error: DyntritonError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, error.status, grpc.StatusCode.INTERNAL)
 
 
-def _package_version() -> str:
-    try:
-        return version("dynamo-triton")
-    except PackageNotFoundError:
-        return "0"
-
-
 class KServeGrpcFrontend:
     """The Frontend protocol (dynamo_triton.frontend) for KServe v2 gRPC."""
 
     def __init__(self, settings: FrontendSettings, service: InferenceService):
         self.settings, self.service = settings, service
-        self.metrics = frontend_metrics(service)
+        self.metrics = service.metrics
+        self.pipeline = RequestPipeline(service, "grpc")
+        self.stream_pipeline = RequestPipeline(service, "grpc-stream")
+        options = settings.options
+        self._stream_window = int(options.get("stream_window") or DEFAULT_WINDOW)
+        self._stream_max_pending_bytes = int(options.get("stream_max_pending_bytes") or DEFAULT_MAX_PENDING_BYTES)
+        self._server_name = options.get("server_name") or None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
@@ -215,7 +212,10 @@ class KServeGrpcFrontend:
         return service_pb2.ModelReadyResponse(ready=True)
 
     async def server_metadata(self, _request: Any, _context: Any) -> service_pb2.ServerMetadataResponse:
-        return service_pb2.ServerMetadataResponse(name="dyntriton", version=_package_version(), extensions=EXTENSIONS)
+        identity = server_identity(self.service, self._server_name)
+        return service_pb2.ServerMetadataResponse(
+            name=identity.name, version=identity.version, extensions=list(identity.extensions)
+        )
 
     async def model_metadata(self, request: Any, context: Any) -> Any:
         try:
@@ -242,111 +242,51 @@ class KServeGrpcFrontend:
         return response
 
     # -- inference -------------------------------------------------------------------------------
-    @staticmethod
-    def _parse(raw: bytes) -> service_pb2.ModelInferRequest:
-        try:
-            return service_pb2.ModelInferRequest.FromString(raw)
-        except Exception as exc:  # protobuf's DecodeError
-            raise InvalidRequestError(f"the request is not a valid ModelInferRequest: {exc}") from exc
-
-    def _prepare(self, raw: bytes) -> tuple[service_pb2.ModelInferRequest, Any]:
-        """Parse once, find the model, validate; raises DyntritonError."""
-        return self._route(self._parse(raw))
-
-    def _route(self, request: service_pb2.ModelInferRequest) -> tuple[service_pb2.ModelInferRequest, Any]:
-        if not request.model_name:
-            raise ModelNotFoundError("the request names no model (model_name is empty)")
-        served = self.service.model(request.model_name, request.model_version)
-        validate_request(request, served.config)
-        return request, served
-
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        started = time.perf_counter()
-        model = "unknown"
-        code = "OK"
         try:
-            _, served = self._prepare(raw)
-            model = served.name
-            self.metrics.requests.labels(model, "grpc").inc()
-            self.metrics.in_flight.labels(model).inc()
-            try:
-                if served.decoupled:
-                    raise InvalidRequestError(
-                        f"ModelInfer RPC doesn't support models with decoupled transaction policy: use "
-                        f"ModelStreamInfer for model '{model}'"
-                    )
-                async for chunk in self.service.infer(model, raw, timeout=context.time_remaining()):
-                    return chunk
-                raise DyntritonError(f"model '{model}' sent no response", status="INTERNAL")
-            finally:
-                self.metrics.in_flight.labels(model).dec()
+            prepared = self.pipeline.prepare(self.pipeline.parse(raw), raw)
+            return await self.pipeline.unary(prepared, timeout=context.time_remaining())
         except DyntritonError as exc:
-            code = exc.status
             await self._abort(context, exc)
             raise AssertionError("unreachable") from exc
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        finally:
-            if code != "OK":
-                self.metrics.failures.labels(model, "grpc", code).inc()
-            if model != "unknown":
-                self.metrics.latency.labels(model, "grpc").observe(time.perf_counter() - started)
 
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        """Each request runs concurrently; responses (and per-request errors) go back in-stream."""
-        outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def run(raw: bytes) -> None:
-            request_id, model, started = "", "unknown", time.perf_counter()
-            try:
-                request = self._parse(raw)
-                request_id = request.id
-                _, served = self._route(request)
-                model = served.name
-                self.metrics.requests.labels(model, "grpc-stream").inc()
-                async for chunk in self.service.infer(model, raw, timeout=context.time_remaining()):
-                    outbox.put_nowait(stream_response_bytes(chunk))
-                enable_final = request.parameters.get("triton_enable_empty_final_response")
-                if served.decoupled and enable_final is not None and enable_final.bool_param:
-                    final = service_pb2.ModelInferResponse(model_name=model, id=request_id)
-                    final.parameters["triton_final_response"].bool_param = True
-                    outbox.put_nowait(stream_response_bytes(final.SerializeToString()))
-            except Exception as exc:  # every failure is answered in-stream; the stream stays open
-                if not isinstance(exc, DyntritonError):
-                    log.exception("stream request %r for model %r failed", request_id, model)
-                    exc = DyntritonError(f"internal error in the frontend: {exc!r}")
-                self.metrics.failures.labels(model, "grpc-stream", exc.status).inc()
-                error = service_pb2.ModelStreamInferResponse(error_message=exc.message)
-                error.infer_response.model_name = model if model != "unknown" else ""
-                error.infer_response.id = request_id
-                outbox.put_nowait(error.SerializeToString())
-            finally:
-                if model != "unknown":
-                    self.metrics.latency.labels(model, "grpc-stream").observe(time.perf_counter() - started)
-
-        async def read_all() -> None:
-            async for raw in requests:
-                task = asyncio.create_task(run(raw))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*list(tasks), return_exceptions=True)
-            outbox.put_nowait(None)
-
-        reader = asyncio.create_task(read_all())
+        """Triton's stream semantics (request order for non-decoupled models, bounded): runtime/streams.py."""
+        answers = run_stream(
+            self.stream_pipeline,
+            requests,
+            _GRPC_STREAM,
+            window=self._stream_window,
+            max_pending_bytes=self._stream_max_pending_bytes,
+        )
         try:
-            while True:
-                item = await outbox.get()
-                if item is None:
-                    break
-                yield item
+            async for answer in answers:  # grpc.aio needs an async generator function here
+                yield answer
         finally:
-            reader.cancel()
-            for task in list(tasks):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await answers.aclose()
+
+
+class _GrpcStreamFormat(StreamFormat):
+    """Answers framed as serialized ``ModelStreamInferResponse`` messages."""
+
+    def response(self, prepared: PreparedRequest, chunk: bytes) -> bytes:
+        return stream_response_bytes(chunk)
+
+    def final(self, prepared: PreparedRequest) -> bytes | None:
+        enable = prepared.request.parameters.get("triton_enable_empty_final_response")
+        if enable is None or not enable.bool_param:
+            return None
+        final = service_pb2.ModelInferResponse(model_name=prepared.model, id=prepared.request_id)
+        final.parameters["triton_final_response"].bool_param = True
+        return stream_response_bytes(final.SerializeToString())
+
+    def error(self, model: str, request_id: str, error: DyntritonError) -> bytes:
+        answer = service_pb2.ModelStreamInferResponse(error_message=error.message)
+        answer.infer_response.model_name = model
+        answer.infer_response.id = request_id
+        return answer.SerializeToString()
+
+
+_GRPC_STREAM = _GrpcStreamFormat()

@@ -8,8 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 from tritonclient.grpc import model_config_pb2, service_pb2
 
+from dynamo_triton.dtypes import default_table
 from dynamo_triton.errors import ModelNotFoundError, NoInstanceError
 from dynamo_triton.frontend import FrontendSettings, ServedModel
+from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
+from dynamo_triton.runtime.sequences import SequenceStep
 
 
 def _model(name: str, *, decoupled: bool = False, max_batch_size: int = 0) -> ServedModel:
@@ -25,7 +28,8 @@ def _model(name: str, *, decoupled: bool = False, max_batch_size: int = 0) -> Se
 
 class EchoService:
     """Routing-core double: 'identity' echoes INPUT0 as OUTPUT0, 'slow' waits until cancelled,
-    'dead' has no live instance, 'repeat' (decoupled) answers three times."""
+    'dead' has no live instance, 'repeat' (decoupled) answers three times, 'gated' echoes once the
+    test sets ``gates[request_id]``."""
 
     def __init__(self) -> None:
         self._models = {
@@ -36,11 +40,17 @@ class EchoService:
                 _model("dead"),
                 _model("broken"),
                 _model("repeat", decoupled=True),
+                _model("gated"),
             )
         }
+        self.gates: dict[str, asyncio.Event] = {}
+        self.calls = 0
         self.cancelled: list[str] = []
         self.timeouts: list[float | None] = []
+        self.sequences: list[SequenceStep | None] = []
         self.ready_flag = True
+        self.metrics = FrontendMetrics()
+        self.dtypes = default_table()
 
     def ready(self) -> bool:
         return self.ready_flag
@@ -62,8 +72,15 @@ class EchoService:
         response.raw_output_contents.extend(request.raw_input_contents)
         return response.SerializeToString()
 
-    async def infer(self, name: str, payload: bytes, *, timeout: float | None = None) -> AsyncIterator[bytes]:
+    async def infer(
+        self, name: str, payload: bytes, *, timeout: float | None = None, sequence: SequenceStep | None = None
+    ) -> AsyncIterator[bytes]:
         self.timeouts.append(timeout)
+        self.sequences.append(sequence)
+        self.calls += 1
+        if name == "gated":  # answers when the test opens the gate named by the request id
+            request_id = service_pb2.ModelInferRequest.FromString(payload).id
+            await self.gates.setdefault(request_id, asyncio.Event()).wait()
         if name == "broken":
             raise RuntimeError("a bug in the routing core")
         if name == "dead":

@@ -33,7 +33,8 @@ async def test_frontend_grpc_server_and_model_rpcs(grpc_frontend, service):
         assert await client.is_model_ready("identity")
         assert not await client.is_model_ready("nope")
         metadata = await client.get_server_metadata()
-        assert metadata.name == "dyntriton" and "model_configuration" in metadata.extensions
+        assert metadata.name == "triton" and "model_configuration" in metadata.extensions
+        assert "model_repository" not in metadata.extensions  # load/unload is not available
         model = await client.get_model_metadata("identity")
         assert model.name == "identity" and model.inputs[0].name == "INPUT0"
         config = await client.get_model_config("identity")

@@ -1,0 +1,60 @@
+"""What the server says it is (KServe ``ServerMetadata``), one answer for every protocol frontend.
+
+Triton's clients and tools check ``name == "triton"`` (its example clients assert it), so the
+frontend answers as the Triton it fronts: name ``triton`` and the Triton version the workers
+run. dyntriton's own version is reported separately (HTTP ``/v2`` ``server`` entry, logs).
+The extension list is exactly what the frontends implement, the same on gRPC and HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dynamo_triton.frontend import InferenceService
+
+__all__ = ["DEFAULT_SERVER_NAME", "EXTENSIONS", "ServerIdentity", "dyntriton_version", "server_identity"]
+
+DEFAULT_SERVER_NAME = "triton"
+
+#: KServe/Triton protocol extensions that work through dyntriton's frontends (gRPC and HTTP alike).
+#: Not listed, because they are not available through the frontend: model_repository (load/unload),
+#: schedule_policy, system_shared_memory, cuda_shared_memory, trace, logging.
+EXTENSIONS = ("classification", "sequence", "model_configuration", "statistics", "parameters")
+
+
+def dyntriton_version() -> str:
+    """The installed dynamo-triton version ("0" when running from an uninstalled tree)."""
+    try:
+        return version("dynamo-triton")
+    except PackageNotFoundError:
+        return "0"
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """The ``ServerMetadata`` answer.
+
+    :param name: ``triton`` unless the operator set ``--server-name``.
+    :param version: the Triton version of the live workers ("" before any worker registered).
+    :param extensions: the supported protocol extensions.
+    :param server_version: dyntriton's own version.
+    """
+
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+    server_version: str
+
+
+def server_identity(service: InferenceService, name: str | None = None) -> ServerIdentity:
+    """The identity the frontends report, from the models the workers serve now."""
+    versions = sorted({model.server_version for model in service.models() if model.server_version})
+    return ServerIdentity(
+        name=name or DEFAULT_SERVER_NAME,
+        version=versions[-1] if versions else "",
+        extensions=EXTENSIONS,
+        server_version=dyntriton_version(),
+    )

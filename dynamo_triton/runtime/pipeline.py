@@ -1,0 +1,208 @@
+"""The one request pipeline every protocol frontend serves through: parse → validate → route → count.
+
+A frontend turns its wire format into a ``ModelInferRequest`` (gRPC receives one
+already serialized; REST builds one from JSON or binary tensors) and hands it to
+a :class:`RequestPipeline`; the pipeline finds the model, validates the request
+against the model's config with the frontend's dtype table, extracts the
+sequence step, routes the *bytes* to a worker and keeps the metrics. Every
+request counts once: received, then exactly one of success or failure (by
+status code), with its latency.
+
+Metric children are cached per model, so the hot path does no label lookups.
+Failures of requests for a model nobody serves are counted under ``model="unknown"``
+(a client inventing names must not grow the metric set without bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dynamo_triton.errors import DyntritonError, InvalidRequestError, ModelNotFoundError
+from dynamo_triton.runtime.sequences import SequenceStep, sequence_step
+from dynamo_triton.runtime.validation import validate_request
+
+if TYPE_CHECKING:
+    from tritonclient.grpc import service_pb2
+
+    from dynamo_triton.frontend import InferenceService, ServedModel
+    from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
+
+__all__ = ["PreparedRequest", "RequestPipeline", "parse_infer_request"]
+
+UNKNOWN_MODEL = "unknown"
+
+
+def parse_infer_request(raw: bytes) -> service_pb2.ModelInferRequest:
+    """Parse serialized ``ModelInferRequest`` bytes; InvalidRequestError when they are not one."""
+    from tritonclient.grpc import service_pb2
+
+    try:
+        return service_pb2.ModelInferRequest.FromString(raw)
+    except Exception as exc:  # protobuf's DecodeError derives from Exception only
+        raise InvalidRequestError(
+            f"the request is not a valid ModelInferRequest ({exc})",
+            hint="send a KServe v2 ModelInferRequest, e.g. with tritonclient",
+        ) from exc
+
+
+@dataclass(slots=True)
+class PreparedRequest:
+    """A validated request, ready to route.
+
+    :param request: the parsed request (read-only from here on).
+    :param raw: its serialized bytes: what the worker receives, untouched.
+    :param served: the model as the routing table sees it.
+    :param sequence: the sequence the request belongs to, or None.
+    :param started: ``time.perf_counter()`` when the request arrived.
+    """
+
+    request: service_pb2.ModelInferRequest
+    raw: bytes
+    served: ServedModel
+    sequence: SequenceStep | None
+    started: float
+
+    @property
+    def model(self) -> str:
+        return self.served.name
+
+    @property
+    def request_id(self) -> str:
+        return self.request.id
+
+
+class _ModelMetrics:
+    """Metric children of one (model, protocol), resolved once."""
+
+    __slots__ = ("_failures", "_metrics", "_model", "_protocol", "in_flight", "latency", "requests")
+
+    def __init__(self, metrics: FrontendMetrics, model: str, protocol: str):
+        self._metrics, self._model, self._protocol = metrics, model, protocol
+        self.requests = metrics.requests.labels(model, protocol)
+        self.latency = metrics.latency.labels(model, protocol)
+        self.in_flight = metrics.in_flight.labels(model)
+        self._failures: dict[str, Any] = {}
+
+    def failed(self, status: str) -> None:
+        child = self._failures.get(status)
+        if child is None:
+            child = self._failures[status] = self._metrics.failures.labels(self._model, self._protocol, status)
+        child.inc()
+
+
+class RequestPipeline:
+    """Parse, validate, route and count inference requests for one protocol (``grpc``, ``http``...).
+
+    :param service: the routing core; its ``metrics`` and ``dtypes`` are used.
+    :param protocol: the ``protocol`` label of this frontend's metrics.
+    """
+
+    def __init__(self, service: InferenceService, protocol: str):
+        self.service, self.protocol = service, protocol
+        self.metrics: FrontendMetrics = service.metrics
+        self._dtypes = service.dtypes
+        self._by_model: dict[str, _ModelMetrics] = {}
+
+    def _model_metrics(self, model: str) -> _ModelMetrics:
+        entry = self._by_model.get(model)
+        if entry is None:
+            entry = self._by_model[model] = _ModelMetrics(self.metrics, model, self.protocol)
+        return entry
+
+    def failed(self, model: str, error: DyntritonError) -> None:
+        """Count a failure the frontend found before :meth:`prepare` (e.g. a request that does not parse)."""
+        self._model_metrics(model or UNKNOWN_MODEL).failed(error.status)
+
+    # -- parse and validate ----------------------------------------------------------------------
+    def parse(self, raw: bytes) -> service_pb2.ModelInferRequest:
+        """Parse request bytes; a failure is counted (model unknown) and raised."""
+        try:
+            return parse_infer_request(raw)
+        except DyntritonError as exc:
+            self.failed(UNKNOWN_MODEL, exc)
+            raise
+
+    def prepare(self, request: service_pb2.ModelInferRequest, raw: bytes | None = None) -> PreparedRequest:
+        """Find the model, validate ``request`` against its config, extract its sequence step.
+
+        :param raw: ``request`` serialized, when the frontend has the bytes already (else serialized here).
+        :raises DyntritonError: NOT_FOUND for an unknown model or version, UNAVAILABLE when no worker
+            serves it now, INVALID_ARGUMENT for a request the model cannot run. Counted before raising.
+        """
+        started = time.perf_counter()
+        label = UNKNOWN_MODEL
+        try:
+            if not request.model_name:
+                raise ModelNotFoundError(
+                    "the request names no model (model_name is empty)", hint="set model_name to a served model"
+                )
+            served = self.service.model(request.model_name, request.model_version)
+            label = served.name
+            validate_request(request, served.config, table=self._dtypes)
+            sequence = sequence_step(request)
+        except DyntritonError as exc:
+            self._model_metrics(label).failed(exc.status)
+            raise
+        self._model_metrics(label).requests.inc()
+        return PreparedRequest(
+            request=request,
+            raw=request.SerializeToString() if raw is None else raw,
+            served=served,
+            sequence=sequence,
+            started=started,
+        )
+
+    # -- route -----------------------------------------------------------------------------------
+    async def unary(self, prepared: PreparedRequest, *, timeout: float | None = None) -> bytes:
+        """Run a request of a non-decoupled model; its one serialized ``ModelInferResponse``.
+
+        The worker's response stream is read to its end (so the call finishes cleanly on the
+        worker: no cancel is sent after a complete answer).
+        """
+        if prepared.served.decoupled:
+            error = InvalidRequestError(
+                f"ModelInfer RPC doesn't support models with decoupled transaction policy: use "
+                f"ModelStreamInfer for model '{prepared.model}'"
+            )
+            self._model_metrics(prepared.model).failed(error.status)
+            raise error
+        answer: bytes | None = None
+        async for chunk in self.stream(prepared, timeout=timeout):
+            if answer is None:
+                answer = chunk
+        if answer is None:
+            raise DyntritonError(f"model '{prepared.model}' sent no response", status="INTERNAL")
+        return answer
+
+    async def stream(self, prepared: PreparedRequest, *, timeout: float | None = None) -> AsyncIterator[bytes]:
+        """Run a request; yield each serialized ``ModelInferResponse`` (one, or any number when decoupled).
+
+        Exactly one outcome is counted: success when the worker's stream ends, else the error's
+        status (``CANCELLED`` when the caller stops early or is cancelled).
+        """
+        metrics = self._model_metrics(prepared.model)
+        metrics.in_flight.inc()
+        status = "CANCELLED"
+        try:
+            async for chunk in self.service.infer(
+                prepared.model, prepared.raw, timeout=timeout, sequence=prepared.sequence
+            ):
+                yield chunk
+            status = "OK"
+        except DyntritonError as exc:
+            status = exc.status
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            metrics.in_flight.dec()
+            metrics.latency.observe(time.perf_counter() - prepared.started)
+            if status != "OK":
+                metrics.failed(status)
