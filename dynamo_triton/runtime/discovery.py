@@ -86,6 +86,11 @@ class ModelTable:
         entry = self._models.get(model)
         return list(entry.instances.values()) if entry else []
 
+    def instance(self, model: str, instance_id: str) -> Instance | None:
+        """The live instance ``instance_id`` of ``model``, or None if it is gone."""
+        entry = self._models.get(model)
+        return entry.instances.get(instance_id) if entry else None
+
     def all_instances(self) -> list[Instance]:
         """Every live instance of every model."""
         return [inst for model in self._models.values() for inst in model.instances.values()]

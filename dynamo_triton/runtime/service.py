@@ -2,12 +2,15 @@
 
 It turns a model name and the request bytes into a call to one live instance
 over the instance's transport, retrying once on another instance when the
-first fails before answering. Tensor bytes pass through untouched.
+first fails before answering. Requests of a sequence to a model with
+``sequence_batching`` go through the :class:`SequenceRouter` instead (sticky, never
+retried elsewhere mid-sequence). Tensor bytes pass through untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +29,8 @@ from dynamo_triton.frontend import ServedModel
 from dynamo_triton.runtime.discovery import Instance, ModelTable
 from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.routing import Policy
-from dynamo_triton.runtime.sequences import SequenceStep
+from dynamo_triton.runtime.sequence_routing import SequenceRouter
+from dynamo_triton.runtime.sequences import SequenceStep, idle_seconds
 from dynamo_triton.runtime.statistics import merge_statistics
 from dynamo_triton.transport import Transport, TransportClient
 
@@ -63,6 +67,7 @@ class RoutingService:
         self._clients: dict[str, TransportClient] = {}
         self._seen: set[str] = set()
         self._served: dict[str, ServedModel] | None = None
+        self.sequences = SequenceRouter(table, self._send)
         table.subscribe(self.invalidate)
 
     def invalidate(self) -> None:
@@ -117,6 +122,14 @@ class RoutingService:
         self, name: str, payload: bytes, *, timeout: float | None = None, sequence: SequenceStep | None = None
     ) -> AsyncIterator[bytes]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        if sequence is not None:
+            served = self._served_models().get(name)
+            idle = None if served is None else idle_seconds(served.config)
+            if idle is not None:
+                async with contextlib.aclosing(self.sequences.infer(name, payload, sequence, idle, deadline)) as steps:
+                    async for chunk in steps:
+                        yield chunk
+                return
         tried: set[str] = set()
         failure: DyntritonError | None = None
         for _attempt in range(2):
@@ -154,6 +167,25 @@ class RoutingService:
         self.model(name)  # unknown model: NOT_FOUND rather than UNAVAILABLE
         detail = f": {failure.message}" if failure else ""
         raise NoInstanceError(f"no live instance of model '{name}' could take the request{detail}")
+
+    async def _send(self, instance: Instance, payload: bytes, deadline: float | None) -> AsyncIterator[bytes]:
+        """One call to ``instance``; an instance whose connection fails leaves the table."""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceededError(f"deadline exceeded before model '{instance.card.model}' could be reached")
+        instance.outstanding += 1
+        try:
+            call = self._client(instance.card.transport).call(
+                instance.address, INFER_ENDPOINT, payload, timeout=remaining
+            )
+            async with contextlib.aclosing(call) as stream:  # type: ignore[type-var]
+                async for chunk in stream:
+                    yield chunk
+        except TransportError:
+            self._table.forget(instance)
+            raise
+        finally:
+            instance.outstanding -= 1
 
     async def statistics(self, name: str = "") -> service_pb2.ModelStatisticsResponse:
         if name:

@@ -1,0 +1,151 @@
+"""Sticky routing for sequences: every request of one sequence reaches the instance holding its state.
+
+The contract (``docs/sequences.md``):
+
+- START goes to the first instance in rendezvous order (:func:`hrw_order`) and pins the
+  sequence there; if that instance fails before answering, to the next one (pinned instead).
+- A later request goes to its pin. A frontend without a pin (another frontend saw the
+  START, or the pin expired) tries the instances in rendezvous order, passing over those
+  that answer Triton's "must specify the START flag" (which Triton returns without
+  touching any state), and pins the one that answers.
+- When the pinned instance is gone (its card left the store, or it failed mid-request),
+  the sequence is lost: this and every later request of it fail with UNAVAILABLE
+  (:func:`lost_sequence_error`) until a START; they are never sent to an instance
+  without the sequence's state.
+- END, or the model's idle limit, ends the pin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from dynamo_triton.errors import DyntritonError, NoInstanceError
+from dynamo_triton.runtime.discovery import Instance, ModelTable
+from dynamo_triton.runtime.sequences import (
+    Pin,
+    PinTable,
+    SequenceStep,
+    hrw_order,
+    is_unknown_sequence,
+    lost_sequence_error,
+)
+
+__all__ = ["Send", "SequenceRouter"]
+
+log = logging.getLogger(__name__)
+
+#: Sends a payload to one instance and yields its answer chunks (the routing service's transport call).
+Send = Callable[[Instance, bytes, "float | None"], AsyncIterator[bytes]]
+
+
+class SequenceRouter:
+    """Routes the requests of sequences for one frontend.
+
+    :param table: the live instances.
+    :param send: ``send(instance, payload, deadline)`` yields the instance's answer; raises
+        DyntritonError (UNAVAILABLE when the instance could not be reached).
+    :param pins: the pin table (a fresh one by default).
+    """
+
+    def __init__(self, table: ModelTable, send: Send, pins: PinTable | None = None):
+        self._table, self._send = table, send
+        self.pins = pins if pins is not None else PinTable()
+
+    def _candidates(self, name: str, step: SequenceStep, pin: Pin | None) -> Iterator[Instance]:
+        """The pinned instance first (if any), then the rest in rendezvous order, computed only if needed."""
+        if pin is not None:
+            pinned = self._table.instance(name, pin.instance_id)
+            if pinned is not None:
+                yield pinned
+            others = [inst for inst in self._table.instances(name) if inst.instance_id != pin.instance_id]
+        else:
+            others = self._table.instances(name)
+        yield from hrw_order(name, step.sequence_id, others)
+
+    async def infer(
+        self, name: str, payload: bytes, step: SequenceStep, idle: float, deadline: float | None
+    ) -> AsyncIterator[bytes]:
+        """Send one request of a sequence of model ``name`` (idle limit ``idle`` s); yield the answer.
+
+        Raises NoInstanceError naming the model and sequence when the sequence was lost with
+        its worker, or when no instance is live; Triton's own error when no instance holds a
+        non-START sequence; other errors as the instance raised them.
+        """
+        pins, sequence_id = self.pins, step.sequence_id
+        pin = None if step.start else pins.get(name, sequence_id)
+        if pin is not None and pin.lost:
+            if step.end:
+                pins.drop(name, sequence_id)
+            raise lost_sequence_error(name, sequence_id, pin.instance_id, pin.address)
+        if pin is not None and self._table.instance(name, pin.instance_id) is None:
+            self._lose(name, step, pin.instance_id, pin.address, idle)
+            raise lost_sequence_error(name, sequence_id, pin.instance_id, pin.address)
+
+        rejection: DyntritonError | None = None  # Triton's "unknown sequence" from the last instance tried
+        unreachable: Instance | None = None  # an instance that failed while we looked for the sequence
+        tried = 0
+        for instance in self._candidates(name, step, pin):
+            tried += 1
+            if step.start:
+                # Pinned before the first await: a next step sent right behind START follows it.
+                current = pins.pin(name, sequence_id, instance, idle)
+            elif pin is not None and pin.instance_id == instance.instance_id:
+                current = pin
+                pins.touch(name, sequence_id, pin, idle)
+            else:
+                current = None
+            answered = False
+            try:
+                async with contextlib.aclosing(self._send(instance, payload, deadline)) as answer:  # type: ignore[type-var]
+                    async for chunk in answer:
+                        if not answered:
+                            answered = True
+                            if current is None:
+                                current = pins.pin(name, sequence_id, instance, idle)
+                        yield chunk
+            except DyntritonError as exc:
+                if not answered and not step.start and is_unknown_sequence(exc):
+                    rejection = exc  # this instance does not hold the sequence; Triton recorded nothing
+                    continue
+                if exc.status != "UNAVAILABLE":
+                    raise
+                if step.start and not answered:
+                    pins.drop(name, sequence_id)
+                    if tried < 2:
+                        log.info(
+                            "model %r: START of sequence %r: %s failed before answering (%s); trying the next instance",
+                            *(name, sequence_id, instance.address, exc),
+                        )
+                        continue
+                    raise NoInstanceError(
+                        f"no live instance of model '{name}' could start sequence {sequence_id!r}: {exc.message}"
+                    ) from exc
+                if current is None and not answered:
+                    unreachable = instance  # it may have held the sequence: look further, then say so
+                    continue
+                self._lose(name, step, instance.instance_id, instance.address, idle)
+                raise lost_sequence_error(name, sequence_id, instance.instance_id, instance.address) from exc
+            if step.end:
+                pins.drop(name, sequence_id)
+            elif current is not None:
+                pins.touch(name, sequence_id, current, idle)
+            return
+        if unreachable is not None:
+            self._lose(name, step, unreachable.instance_id, unreachable.address, idle)
+            raise lost_sequence_error(name, sequence_id, unreachable.instance_id, unreachable.address)
+        if rejection is not None:
+            pins.drop(name, sequence_id)  # no instance holds it: a stale pin would only send the next step astray
+            raise rejection
+        raise NoInstanceError(
+            f"no live instance of model '{name}' could take the request of sequence {sequence_id!r}",
+            hint="start a worker for it",
+        )
+
+    def _lose(self, name: str, step: SequenceStep, instance_id: str, address: str, idle: float) -> None:
+        if step.end:
+            self.pins.drop(name, step.sequence_id)
+        else:
+            self.pins.lose(name, step.sequence_id, instance_id, address, idle)
+        log.warning("model %r: sequence %r lost with instance %s at %s", name, step.sequence_id, instance_id, address)
