@@ -24,6 +24,8 @@ def frontend_config(
     grpc_port: int,
     http_port: int,
     router: str,
+    server_name: str,
+    stream_window: int,
     max_message_size: int,
     tls_cert: str | None,
     tls_key: str | None,
@@ -34,7 +36,11 @@ def frontend_config(
         raise click.UsageError("--tls-cert and --tls-key go together: give both or neither")
     if tls_client_ca and not tls_cert:
         raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
-    grpc_options: dict[str, object] = {"max_message_bytes": max_message_size}
+    grpc_options: dict[str, object] = {
+        "max_message_bytes": max_message_size,
+        "server_name": server_name,
+        "stream_window": stream_window,
+    }
     if tls_cert:
         grpc_options.update(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
     return FrontendConfig(
@@ -44,6 +50,7 @@ def frontend_config(
         http_port=http_port,
         router=router,
         grpc_options=grpc_options,
+        http_options={"server_name": server_name},
     )
 
 

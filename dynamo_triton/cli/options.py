@@ -107,6 +107,21 @@ frontend_options = _apply(
         ),
         click.option("--router", type=click.Choice(sorted(POLICIES)), default="round-robin", help="Router policy."),
         click.option(
+            "--server-name",
+            envvar="DYN_SERVER_NAME",
+            default="triton",
+            show_default=True,
+            show_envvar=True,
+            help="Name ServerMetadata reports (Triton's clients expect 'triton').",
+        ),
+        click.option(
+            "--stream-window",
+            type=click.IntRange(min=1),
+            default=64,
+            show_default=True,
+            help="Requests one ModelStreamInfer stream may have running or unsent before the frontend stops reading.",
+        ),
+        click.option(
             "--max-message-size",
             type=int,
             default=256 * 1024 * 1024,

@@ -78,6 +78,8 @@ class ServeOptions:
     grpc_port: int
     http_port: int
     router: str
+    server_name: str
+    stream_window: int
     max_message_size: int
     tls_cert: str | None
     tls_key: str | None
@@ -112,6 +114,8 @@ async def _serve(plugins: Plugins, opts: ServeOptions) -> None:
         grpc_port=opts.grpc_port,
         http_port=opts.http_port,
         router=opts.router,
+        server_name=opts.server_name,
+        stream_window=opts.stream_window,
         max_message_size=opts.max_message_size,
         tls_cert=opts.tls_cert,
         tls_key=opts.tls_key,

@@ -47,6 +47,7 @@ class FrontendConfig:
     http_port: int = 8000
     router: str = "round-robin"
     grpc_options: dict[str, Any] = field(default_factory=dict)
+    http_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,7 +87,8 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
     try:
         await grpc.start()
         if config.http_port >= 0:
-            http = plugins.frontend("http", FrontendSettings(host=config.host, port=config.http_port), service)
+            http_settings = FrontendSettings(host=config.host, port=config.http_port, options=config.http_options)
+            http = plugins.frontend("http", http_settings, service)
             await http.start()
     except BaseException:
         await FrontendStack(table, service, grpc, None).stop()

@@ -40,7 +40,7 @@ async def test_frontend_grpc_server_and_model_rpcs(grpc_frontend, service):
         config = await client.get_model_config("identity")
         assert config.config.input[0].name == "INPUT0"
         index = await client.get_model_repository_index()
-        assert [m.name for m in index.models] == ["broken", "dead", "identity", "repeat", "slow"]
+        assert [m.name for m in index.models] == ["broken", "dead", "gated", "identity", "repeat", "slow"]
         stats = await client.get_inference_statistics("identity")
         assert [s.name for s in stats.model_stats] == ["identity"]
         assert stats.model_stats[0].inference_count == 7
