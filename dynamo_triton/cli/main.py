@@ -16,6 +16,7 @@ import click
 
 from dynamo_triton.cli.context import plugins_from
 from dynamo_triton.errors import DyntritonError
+from dynamo_triton.malloc import tune_malloc
 
 __all__ = ["main"]
 
@@ -90,6 +91,7 @@ def _configure_process() -> None:
     # Triton's python backend forks a stub process per model instance; with grpc's fork handlers
     # enabled, a process that runs a grpc server (serve --in-process) aborts in that fork.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    tune_malloc()  # 1 MiB tensors without heap grow/trim page faults, here and in children
 
 
 def _configure_logging() -> None:
