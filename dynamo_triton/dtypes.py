@@ -1,7 +1,18 @@
 """The one dtype table: KServe datatype <-> numpy dtype <-> Triton ``TYPE_*`` <-> Dynamo name.
 
 Every conversion of a type name in dyntriton goes through this table. Plugins
-add rows through the ``dyntriton_register_dtypes`` hook (see :func:`table_with_plugins`).
+add rows through the ``dyntriton_register_dtypes`` hook (see :func:`table_with_plugins`);
+processes get that table once from ``Plugins.dtype_table()`` and hand it to validation,
+the codecs, the worker and ``dyntriton infer``.
+
+A plugin row may name a *carrier*: the core datatype whose Triton type carries its bytes to
+a backend that knows only core types (``FP8E4M3`` carried as ``UINT8``: a model declares
+``TYPE_UINT8``; the worker relabels the tensor ``UINT8`` before the backend sees it, without
+touching its bytes). Carrier rules, enforced by :meth:`DTypeTable.add`:
+
+- the carrier is a core row of the table, itself not carried, with the same itemsize;
+- the row's Triton name is the carrier's (lookups by Triton name return the carrier's row);
+- its ``contents_field`` is None or the carrier's (typed contents must mean the same bytes).
 """
 
 from __future__ import annotations
@@ -51,6 +62,9 @@ class DType:
     :param itemsize: bytes per element in raw form; 0 for BYTES (variable length).
     :param contents_field: the ``InferTensorContents`` field carrying it in typed form,
         None when KServe has none (FP16, BF16: raw only).
+    :param carrier: for a plugin datatype Triton does not know, the KServe name of the core
+        datatype that carries its bytes to the backend (``"UINT8"`` for an 8-bit float); then
+        ``triton`` is the carrier's Triton name. None for datatypes the backend knows itself.
     """
 
     kserve: str
@@ -59,6 +73,7 @@ class DType:
     dynamo: str
     itemsize: int
     contents_field: str | None
+    carrier: str | None = None
 
     def __post_init__(self) -> None:
         # Plugins may pass a scalar type (np.float32); the table keys on np.dtype objects.
@@ -77,6 +92,8 @@ class DType:
             )
         if not self.triton.startswith("TYPE_"):
             raise ConfigError(f"dtype {self.kserve}: Triton name {self.triton!r} must start with 'TYPE_'")
+        if self.carrier == self.kserve:
+            raise ConfigError(f"dtype {self.kserve} cannot be its own carrier; name a core datatype such as UINT8")
 
 
 def _row(kserve: str, numpy: Any, dynamo: str, contents: str | None, triton: str | None = None) -> DType:
@@ -117,15 +134,61 @@ class DTypeTable:
             self.add(row)
 
     def add(self, row: DType) -> None:
-        """Add a row; a KServe, Triton or Dynamo name already in the table is a ConfigError."""
-        for index, name in ((self._kserve, row.kserve), (self._triton, row.triton), (self._dynamo, row.dynamo)):
+        """Add a row; a KServe, Triton or Dynamo name already in the table is a ConfigError.
+
+        The one exception: a row with a ``carrier`` shares its carrier's Triton name (and
+        ``by_triton`` keeps returning the carrier). A carrier that is unknown, itself carried,
+        of another itemsize or with another typed-contents field is a ConfigError.
+        """
+        indexes = [(self._kserve, row.kserve), (self._dynamo, row.dynamo)]
+        if row.carrier is None:
+            indexes.append((self._triton, row.triton))
+        else:
+            self._check_carrier(row)
+        for index, name in indexes:
             if name in index:
                 raise ConfigError(f"dtype name {name!r} is already in the dtype table (as {index[name].kserve})")
         self._rows.append(row)
         self._kserve[row.kserve] = row
-        self._triton[row.triton] = row
+        if row.carrier is None:
+            self._triton[row.triton] = row
         self._dynamo[row.dynamo] = row
         self._numpy.setdefault(row.numpy, row)
+
+    def _check_carrier(self, row: DType) -> None:
+        carrier = self._kserve.get(row.carrier or "")
+        if carrier is None or carrier.carrier is not None:
+            core = [r.kserve for r in self._rows if r.carrier is None]
+            raise ConfigError(
+                f"dtype {row.kserve}: carrier {row.carrier!r} is not a core datatype of the table; "
+                f"expected one of {', '.join(core)}"
+            )
+        wrong = []
+        if row.itemsize != carrier.itemsize:
+            wrong.append(f"itemsize {row.itemsize} (the carrier's is {carrier.itemsize})")
+        if row.triton != carrier.triton:
+            wrong.append(f"Triton name {row.triton!r} (a carried datatype uses the carrier's, {carrier.triton!r})")
+        if row.contents_field not in (None, carrier.contents_field):
+            wrong.append(f"contents_field {row.contents_field!r} (None or the carrier's, {carrier.contents_field!r})")
+        if wrong:
+            raise ConfigError(f"dtype {row.kserve} carried by {carrier.kserve} has " + "; ".join(wrong))
+
+    def carrier_of(self, name: str) -> DType:
+        """The row the backend sees for KServe datatype ``name``: its carrier's, or its own."""
+        row = self.by_kserve(name)
+        return self._kserve[row.carrier] if row.carrier is not None else row
+
+    def carried(self) -> dict[str, str]:
+        """KServe name -> carrier's KServe name, for every carried row (empty for the core table)."""
+        return {row.kserve: row.carrier for row in self._rows if row.carrier is not None}
+
+    def accepts(self, given: str, declared: str) -> bool:
+        """True when a tensor of datatype ``given`` may feed a model input declared ``declared``.
+
+        Both are KServe names; ``given`` must be in the table. Equal names, or ``given`` carried by
+        ``declared`` (same itemsize, enforced by :meth:`add`).
+        """
+        return given == declared or self.by_kserve(given).carrier == declared
 
     def names(self) -> list[str]:
         """KServe names, in table order."""
@@ -140,7 +203,7 @@ class DTypeTable:
         try:
             return self._kserve[name]
         except KeyError:
-            raise UnknownNameError("dtype", name, self._kserve) from None
+            raise UnknownNameError("datatype", name, self._kserve) from None
 
     def by_triton(self, name: str) -> DType:
         """Accepts ``TYPE_FP32`` or ``FP32`` (and ``STRING`` for BYTES)."""
@@ -185,7 +248,8 @@ def table_with_plugins(plugins: Plugins) -> DTypeTable:
 
     :raises PluginConflictError: two plugins registered the same dtype name.
     :raises ConfigError: a plugin registered something that is not a DType, under a name other
-        than its ``kserve`` name, or a name the table already has; the message names the plugin.
+        than its ``kserve`` name, a name the table already has, or a carrier breaking the carrier
+        rules (module docstring); the message names the plugin.
     """
     for conflict in plugins.registry.conflicts:
         if isinstance(conflict, PluginConflictError) and conflict.kind == "dtype":
@@ -206,7 +270,11 @@ def table_with_plugins(plugins: Plugins) -> DTypeTable:
         try:
             table.add(row)
         except ConfigError as exc:
-            raise ConfigError(f"plugin {item.provider!r}: {exc}", hint="pick names no other dtype uses") from None
+            raise ConfigError(
+                f"plugin {item.provider!r}: {exc}",
+                hint="pick KServe and Dynamo names no other dtype uses; a datatype Triton does not know takes "
+                "carrier=<core datatype> and that datatype's Triton name (docs/plugins.md)",
+            ) from None
     return table
 
 

@@ -56,9 +56,16 @@ def dyntriton_register_transports(register: Register) -> None:
 def dyntriton_register_dtypes(register: Register) -> None:
     """Register tensor datatypes beyond the built-in KServe table.
 
+    Each process builds its table once (``Plugins.dtype_table()``); validation, the worker,
+    the codecs and ``dyntriton infer`` all use it, so load the plugin in the frontend and
+    every worker.
+
     :param register: call ``register(kserve_name, DType(...))`` with a
         :class:`dynamo_triton.dtypes.DType` giving the KServe, numpy, Triton ``TYPE_*``
-        and Dynamo names. Registering a name the core table already has is an error.
+        and Dynamo names. A datatype Triton does not know names a core ``carrier`` of the
+        same itemsize (``carrier="UINT8"``, Triton name ``TYPE_UINT8``): models declare the
+        carrier type and the worker relabels tensors to it. Registering a name the table
+        already has, or breaking a carrier rule, is an error naming the plugin.
     :return: nothing; every plugin's implementation is called.
     """
 

@@ -8,8 +8,10 @@ hashes, ids); otherwise element boundaries depend on every previous length, so
 a single tight loop over offsets finds them (numpy has no sequential scan).
 ``benchmarks/bench_bytes_codec.py`` measures both against a naive loop.
 
-Every function taking a dtype name also takes an optional ``table`` (default: the core table) so
-plugin dtypes from :func:`dynamo_triton.dtypes.table_with_plugins` work too.
+Every function taking a dtype name also takes an optional ``table`` (default: the core table);
+callers pass their process's table (``Plugins.dtype_table()``) so plugin datatypes work too. A
+carried plugin datatype (``FP8E4M3`` carried as ``UINT8``) decodes to a view with its own numpy
+dtype over the same bytes its carrier would see.
 """
 
 from __future__ import annotations
