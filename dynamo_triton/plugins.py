@@ -6,8 +6,15 @@ to import becomes a :class:`PluginRecord` with its error and a fix hint instead
 of breaking unrelated commands. Shipped plugins load through the very same
 entry-point group as third-party ones.
 
+Registry hooks are called through pluggy one plugin at a time (a subset hook
+caller per plugin), so each registered name is attributed to its provider and
+pluggy's tracing sees every call.
+
 Operator knobs (environment):
 
+- ``DYNTRITON_PLUGINS=module[,module]``: also import these modules by name and register
+  them as plugins (named by their module), like pytest's ``PYTEST_PLUGINS``: a plugin
+  without a distribution, e.g. one on ``PYTHONPATH``. Child processes inherit it.
 - ``DYNTRITON_DISABLE_PLUGINS=a,b``: skip these plugins.
 - ``DYNTRITON_LOAD_PLUGINS=a,b``: load only these (an allow-list).
 - ``DYNTRITON_STRICT_PLUGINS=1``: a broken or conflicting plugin is fatal.
@@ -23,13 +30,16 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from dynamo_triton import hookspecs
 from dynamo_triton.errors import PluginError
 from dynamo_triton.registry import Provided, Register, Registry
+
+if TYPE_CHECKING:
+    from dynamo_triton.dtypes import DTypeTable
 
 __all__ = ["HOOK_KINDS", "PluginRecord", "Plugins", "import_optional", "make_plugin_manager"]
 
@@ -45,6 +55,9 @@ HOOK_KINDS = {
 
 OWN_DISTRIBUTION = "dynamo-triton"
 
+#: ``PluginRecord.source`` of plugins named in DYNTRITON_PLUGINS.
+ENV_SOURCE = "DYNTRITON_PLUGINS"
+
 
 @dataclass
 class PluginRecord:
@@ -53,6 +66,8 @@ class PluginRecord:
     :param status: ``ok``, ``error`` (failed to import or register), ``disabled``
         (by DYNTRITON_DISABLE_PLUGINS / DYNTRITON_LOAD_PLUGINS) or ``conflict``.
     :param provides: ``(kind, name)`` pairs the plugin registered.
+    :param source: how it was found: ``entry-point``, ``DYNTRITON_PLUGINS`` or ``explicit``
+        (passed to :func:`make_plugin_manager` by code).
     """
 
     name: str
@@ -64,6 +79,7 @@ class PluginRecord:
     hint: str | None = None
     provides: list[tuple[str, str]] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
+    source: str = "entry-point"
 
     @property
     def builtin(self) -> bool:
@@ -83,6 +99,7 @@ class PluginRecord:
             "hint": self.hint,
             "provides": [f"{kind}: {name}" for kind, name in self.provides],
             "hooks": self.hooks,
+            "source": self.source,
         }
 
 
@@ -136,6 +153,7 @@ class Plugins:
 
     def __init__(self, pm: pluggy.PluginManager, records: list[PluginRecord], registry: Registry):
         self.pm, self.records, self.registry = pm, records, registry
+        self._dtype_table: DTypeTable | None = None
 
     def record(self, name: str) -> PluginRecord:
         """The record of plugin ``name``."""
@@ -184,6 +202,20 @@ class Plugins:
         """Every DType registered by plugins (the core table is in dynamo_triton.dtypes)."""
         return [item.obj for item in self.registry.items("dtype")]
 
+    def dtype_table(self) -> DTypeTable:
+        """The dtype table of this process: core rows plus plugin rows, built once and then shared.
+
+        Validation, the codecs, the worker and ``dyntriton infer`` take this table; do not ``add`` to it.
+
+        :raises PluginConflictError, ConfigError: a plugin's dtype is invalid or clashes (see
+            :func:`dynamo_triton.dtypes.table_with_plugins`); raised again on every call.
+        """
+        if self._dtype_table is None:
+            from dynamo_triton.dtypes import table_with_plugins
+
+            self._dtype_table = table_with_plugins(self)
+        return self._dtype_table
+
     def commands(self) -> list[Provided]:
         """CLI commands registered by plugins (their loaders are not called)."""
         return self.registry.items("command")
@@ -194,7 +226,12 @@ def _entry_points() -> list[md.EntryPoint]:
 
 
 def _register_all(pm: pluggy.PluginManager, records: dict[str, PluginRecord], registry: Registry) -> None:
-    """Call every registry hook plugin by plugin so each name is attributed to its provider."""
+    """Call every registry hook plugin by plugin so each name is attributed to its provider.
+
+    Each call goes through pluggy (a subset hook caller holding only that plugin's
+    implementation), so DYNTRITON_TRACE_PLUGINS and other hook monitors see it.
+    """
+    everyone = pm.get_plugins()
     for hook_name, kind in HOOK_KINDS.items():
         caller = getattr(pm.hook, hook_name)
         for impl in caller.get_hookimpls():
@@ -202,8 +239,9 @@ def _register_all(pm: pluggy.PluginManager, records: dict[str, PluginRecord], re
             if record.status != "ok":
                 continue
             register = Register(registry, kind, impl.plugin_name)
+            only = pm.subset_hook_caller(hook_name, remove_plugins=[p for p in everyone if p is not impl.plugin])
             try:
-                impl.function(register=register)
+                only(register=register)
             except Exception as exc:  # a plugin's bug must not break the others
                 record.status = "error"
                 record.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
@@ -222,6 +260,32 @@ def _register_all(pm: pluggy.PluginManager, records: dict[str, PluginRecord], re
                 records[provider].error = str(conflict)
 
 
+def _env_modules(value: str | None) -> list[str]:
+    """Module names from DYNTRITON_PLUGINS, in the order given, each once."""
+    names = [part.strip() for part in (value or "").split(",") if part.strip()]
+    return list(dict.fromkeys(names))
+
+
+def _env_hint(module: str, missing: str | None) -> str:
+    """The fix for a DYNTRITON_PLUGINS module that failed to import."""
+    remove = f"or remove {module!r} from DYNTRITON_PLUGINS"
+    if missing is None:
+        return f"fix the error in module {module!r} ({remove})"
+    if module == missing or module.startswith(f"{missing}."):
+        return f"check the module name {module!r} and that its folder is on PYTHONPATH ({remove})"
+    return f"pip install {missing.split('.')[0]} ({remove})"
+
+
+def _register_plugin(pm: pluggy.PluginManager, record: PluginRecord, plugin: object) -> None:
+    """Register ``plugin``; one object loaded twice (an entry point also in DYNTRITON_PLUGINS) is an error."""
+    if pm.is_registered(plugin):
+        raise PluginError(
+            f"plugin {record.name!r}: module {record.module!r} is already loaded as plugin {pm.get_name(plugin)!r}",
+            hint=f"remove {record.module!r} from DYNTRITON_PLUGINS",
+        )
+    pm.register(plugin, name=record.name)
+
+
 def make_plugin_manager(
     *,
     entry_points: bool = True,
@@ -230,8 +294,8 @@ def make_plugin_manager(
 ) -> Plugins:
     """Make a fresh plugin manager and registry.
 
-    :param entry_points: load the ``dyntriton`` entry-point group (False in tests that
-        want only the ``plugins`` they pass).
+    :param entry_points: load the ``dyntriton`` entry-point group and the modules named in
+        DYNTRITON_PLUGINS (False in tests that want only the ``plugins`` they pass).
     :param plugins: extra ``(name, plugin_object)`` pairs to register (modules or objects
         with ``@hookimpl`` functions).
     :param env: environment to read the DYNTRITON_* knobs from (default ``os.environ``).
@@ -253,6 +317,33 @@ def make_plugin_manager(
     def skipped(name: str) -> bool:
         return name in disabled or (allowed is not None and name not in allowed)
 
+    def claim(record: PluginRecord) -> bool:
+        """Add ``record``; False when the plugin is not to be loaded (name taken, or disabled)."""
+        if record.name in records:
+            taken = records[record.name]
+            record.status = "conflict"
+            record.error = (
+                f"plugin name {record.name!r} is used by {taken.distribution or taken.source!r} "
+                f"and {record.distribution or record.source!r}"
+            )
+            records[f"{record.name} ({record.distribution or record.source})"] = record
+            return False
+        records[record.name] = record
+        if skipped(record.name):
+            record.status = "disabled"
+            return False
+        return True
+
+    def failed(record: PluginRecord, exc: Exception, hint: str) -> None:
+        record.status = "error"
+        if isinstance(exc, PluginError):
+            record.error, record.hint = exc.message, exc.hint or hint
+        else:
+            record.error = f"Error importing plugin {record.name!r}: {type(exc).__name__}: {exc}"
+            record.hint = hint
+        if strict:
+            raise PluginError(record.error, hint=record.hint) from exc
+
     for ep in _entry_points() if entry_points else []:
         dist = ep.dist
         record = PluginRecord(
@@ -261,30 +352,28 @@ def make_plugin_manager(
             version=dist.version if dist is not None else "",
             module=ep.value,
         )
-        if ep.name in records:
-            record.status = "conflict"
-            record.error = (
-                f"plugin name {ep.name!r} is used by {records[ep.name].distribution!r} and {record.distribution!r}"
-            )
-            records[f"{ep.name} ({record.distribution})"] = record
-            continue
-        records[ep.name] = record
-        if skipped(ep.name):
-            record.status = "disabled"
+        if not claim(record):
             continue
         try:
-            plugin = ep.load()
-            pm.register(plugin, name=ep.name)
+            _register_plugin(pm, record, ep.load())
         except Exception as exc:
-            record.status = "error"
-            record.error = f"Error importing plugin {ep.name!r}: {type(exc).__name__}: {exc}"
             missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
-            record.hint = _install_hint(dist, missing, ep.name)
-            if strict:
-                raise PluginError(record.error, hint=record.hint) from exc
+            failed(record, exc, _install_hint(dist, missing, ep.name))
+
+    for module in _env_modules(env.get("DYNTRITON_PLUGINS")) if entry_points else []:
+        record = PluginRecord(name=module, module=module, source=ENV_SOURCE)
+        if not claim(record):
+            continue
+        try:
+            _register_plugin(pm, record, importlib.import_module(module))
+        except Exception as exc:
+            missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+            failed(record, exc, _env_hint(module, missing))
 
     for name, plugin in plugins:
-        records[name] = PluginRecord(name=name, module=getattr(plugin, "__name__", type(plugin).__name__))
+        records[name] = PluginRecord(
+            name=name, module=getattr(plugin, "__name__", type(plugin).__name__), source="explicit"
+        )
         if skipped(name):
             records[name].status = "disabled"
             continue

@@ -84,6 +84,10 @@ class Register:
         self._registry, self.kind, self.provider = registry, kind, provider
         self.registered: list[str] = []
 
+    def __repr__(self) -> str:
+        # pluggy's tracer prints hook arguments: this names the plugin whose hook is running.
+        return f"<Register {self.kind} for plugin {self.provider!r}>"
+
     def __call__(self, name: str, obj: Any, *, summary: str = "") -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"{self.kind} names must be non-empty strings, got {name!r}")

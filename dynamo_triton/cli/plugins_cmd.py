@@ -24,7 +24,10 @@ def plugins() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @click.pass_context
 def list_plugins(ctx: click.Context, as_json: bool) -> None:
-    """List every plugin: distribution, version, what it provides, hooks and status."""
+    """List every plugin: distribution, version, what it provides, hooks and status.
+
+    Plugins named in DYNTRITON_PLUGINS have no distribution; they show as ``(DYNTRITON_PLUGINS)``.
+    """
     manager = plugins_from(ctx)
     records = sorted(manager.records, key=lambda r: (not r.builtin, r.name))
     if as_json:
@@ -41,6 +44,6 @@ def list_plugins(ctx: click.Context, as_json: bool) -> None:
             status += f"\n{record.error}"
         if record.hint:
             status += f"\n[dim]fix: {record.hint}[/]"
-        dist = f"{record.distribution} {record.version}".strip() or "-"
+        dist = f"{record.distribution} {record.version}".strip() or f"({record.source})"
         table.add_row(record.name, dist, provides, hooks, status)
     Console().print(table)

@@ -20,6 +20,7 @@ def test_every_hook_is_documented_with_its_heading() -> None:
 def test_every_operator_knob_is_documented() -> None:
     text = DOCS.read_text()
     for knob in (
+        "DYNTRITON_PLUGINS",
         "DYNTRITON_DISABLE_PLUGINS",
         "DYNTRITON_LOAD_PLUGINS",
         "DYNTRITON_STRICT_PLUGINS",
