@@ -124,7 +124,13 @@ async def start_worker(
     system_port: int | None = 8081,
 ) -> WorkerStack:
     """Start a backend-backed worker registering in ``store``; ``system_port=None`` serves no system port."""
-    worker = Worker(plugins.backend(backend, backend_settings), store, plugins.transport(transport), settings)
+    worker = Worker(
+        plugins.backend(backend, backend_settings),
+        store,
+        plugins.transport(transport),
+        settings,
+        dtypes=plugins.dtype_table(),
+    )
     system = None
     if system_port is not None:
         system = SystemServer(system_host, system_port, health=worker.health, registry=worker.metrics.registry)

@@ -2,7 +2,13 @@
 
 Messages follow Triton's own wording (``src/infer_request.cc`` in
 triton-inference-server/core) so users see what they would see from Triton.
-The per-model facts are computed once per config and cached.
+The per-model facts are computed once per (config, table) and cached.
+
+Datatypes are looked up in the dtype table the caller passes (a frontend passes
+``Plugins.dtype_table()``, so plugin datatypes are known; the default is the core
+table). A tensor of a plugin datatype is accepted for a model input whose Triton
+type is the datatype's carrier (``FP8E4M3`` for a ``TYPE_UINT8`` input): the worker
+relabels it before the backend sees it.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dynamo_triton.dtypes import default_table
+from dynamo_triton.dtypes import DType, DTypeTable, default_table
 from dynamo_triton.errors import InvalidRequestError, UnknownNameError
 from dynamo_triton.tensors import count_bytes_elements
 
@@ -43,25 +49,29 @@ def _dims(dims: Sequence[int]) -> str:
     return "[" + ",".join(str(int(d)) for d in dims) + "]"
 
 
-_SPECS: dict[int, tuple[Any, ModelSpec]] = {}
+_SPECS: dict[tuple[int, int], tuple[Any, DTypeTable, ModelSpec]] = {}
 
 
-def spec_for(config: Any) -> ModelSpec:
-    """The ModelSpec of a ``model_config_pb2.ModelConfig``, computed once per config object."""
-    cached = _SPECS.get(id(config))
-    if cached is not None and cached[0] is config:
-        return cached[1]
+def spec_for(config: Any, *, table: DTypeTable | None = None) -> ModelSpec:
+    """The ModelSpec of a ``model_config_pb2.ModelConfig``, computed once per config and table object.
+
+    :param table: the dtype table naming the model's input types (default: the core table).
+    """
+    table = table or default_table()
+    key = (id(config), id(table))
+    cached = _SPECS.get(key)
+    if cached is not None and cached[0] is config and cached[1] is table:
+        return cached[2]
     if len(_SPECS) > 1024:
         _SPECS.clear()
-    spec = _build_spec(config)
-    _SPECS[id(config)] = (config, spec)
+    spec = _build_spec(config, table)
+    _SPECS[key] = (config, table, spec)
     return spec
 
 
-def _build_spec(config: Any) -> ModelSpec:
+def _build_spec(config: Any, table: DTypeTable) -> ModelSpec:
     from tritonclient.grpc import model_config_pb2
 
-    table = default_table()
     inputs = {}
     for item in config.input:
         row = table.by_triton(model_config_pb2.DataType.Name(item.data_type))
@@ -96,14 +106,29 @@ def _check_input_count(request: Any, spec: ModelSpec, model: str) -> None:
         )
 
 
-def validate_request(request: Any, config: Any) -> None:
+def _datatype(tensor: Any, table: DTypeTable) -> DType:
+    try:
+        return table.by_kserve(tensor.datatype)
+    except UnknownNameError as exc:
+        raise InvalidRequestError(
+            f"inference input '{tensor.name}': {exc.message}",
+            hint="a datatype from a plugin needs that plugin loaded in the frontend and every worker "
+            "(install its distribution, or name its module in DYNTRITON_PLUGINS)",
+        ) from None
+
+
+def validate_request(request: Any, config: Any, *, table: DTypeTable | None = None) -> None:
     """Raise InvalidRequestError (INVALID_ARGUMENT) if ``request`` cannot run on the model.
 
     Checks input names and count, datatypes, shapes (``-1`` dims, the batch
     dimension when ``max_batch_size > 0``), data sizes (raw or typed, BYTES
     elements counted), and requested outputs.
+
+    :param table: the dtype table requests are read with (default: the core table). A tensor's
+        datatype must be in it, and equal the model input's or be carried by it.
     """
-    spec = spec_for(config)
+    table = table or default_table()
+    spec = spec_for(config, table=table)
     model = request.model_name
     seen: set[str] = set()
     for tensor in request.inputs:
@@ -122,11 +147,8 @@ def validate_request(request: Any, config: Any) -> None:
     batch_size = 0
     for index, tensor in enumerate(request.inputs):
         expected = spec.inputs[tensor.name]
-        try:
-            default_table().by_kserve(tensor.datatype)
-        except UnknownNameError as exc:
-            raise InvalidRequestError(f"inference input '{tensor.name}': {exc.message}") from None
-        if tensor.datatype != expected.kserve:
+        row = _datatype(tensor, table)
+        if row.kserve != expected.kserve and row.carrier != expected.kserve:
             raise InvalidRequestError(
                 f"inference input '{tensor.name}' data-type is '{tensor.datatype}', "
                 f"but model '{model}' expects '{expected.kserve}'"
@@ -165,7 +187,7 @@ def validate_request(request: Any, config: Any) -> None:
         count = 1
         for dim in shape:
             count *= dim
-        _check_size(tensor, expected, raw[index] if raw else None, count, model)
+        _check_size(tensor, row, raw[index] if raw else None, count, model)
     if batch_size > spec.max_batch_size > 0:
         raise InvalidRequestError(f"inference request batch-size must be <= {spec.max_batch_size} for '{model}'")
     for output in request.outputs:
@@ -173,7 +195,8 @@ def validate_request(request: Any, config: Any) -> None:
             raise InvalidRequestError(f"unexpected inference output '{output.name}' for model '{model}'")
 
 
-def _check_size(tensor: Any, expected: InputSpec, raw: bytes | None, count: int, model: str) -> None:
+def _check_size(tensor: Any, expected: DType, raw: bytes | None, count: int, model: str) -> None:
+    """Sizes per the request's own datatype row (a carried row has its carrier's itemsize)."""
     if raw is None:
         field = expected.contents_field
         if field is None:

@@ -5,6 +5,12 @@ transport server and registers the cards; ``stop()`` drains: deregisters first
 (so frontends stop routing here), lets in-flight requests finish, then stops the
 backend and revokes the lease. If the lease is lost (store outage, long pause)
 the worker grants a new one and registers again.
+
+Datatypes: the worker reads requests with the process's dtype table
+(``Plugins.dtype_table()``). A plugin datatype with a carrier (``FP8E4M3`` carried
+as ``UINT8``) is relabelled to its carrier before the backend sees the request,
+which only knows core types; the tensor's bytes are not touched. A datatype the
+table does not know is rejected here with the known names, not passed on.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2
 
 from dynamo_triton.backend import Backend, ModelInfo
+from dynamo_triton.dtypes import DTypeTable, default_table
 from dynamo_triton.errors import DyntritonError, InvalidRequestError, NoInstanceError
 from dynamo_triton.kv import KVStore
 from dynamo_triton.leases import LeaseKeeper
@@ -54,7 +61,11 @@ class WorkerSettings:
 
 
 class Worker:
-    """One worker instance (one instance id, one lease, one transport server)."""
+    """One worker instance (one instance id, one lease, one transport server).
+
+    :param dtypes: the table requests are read with (default: the core table); pass
+        ``Plugins.dtype_table()`` so plugin datatypes reach the backend as their carriers.
+    """
 
     def __init__(
         self,
@@ -64,9 +75,13 @@ class Worker:
         settings: WorkerSettings,
         *,
         metrics: WorkerMetrics | None = None,
+        dtypes: DTypeTable | None = None,
     ):
         self.backend, self.store, self.transport, self.settings = backend, store, transport, settings
         self.metrics = metrics or WorkerMetrics()
+        self.dtypes = dtypes or default_table()
+        self._carried = self.dtypes.carried()
+        self._known = frozenset(self.dtypes.names())
         self.instance_id = uuid.uuid4().hex[:16]
         self.address = ""
         self.models: dict[str, ModelInfo] = {}
@@ -179,6 +194,7 @@ class Worker:
             request = service_pb2.ModelInferRequest.FromString(payload)
         except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
             raise InvalidRequestError(f"the request is not a valid ModelInferRequest: {exc}") from exc
+        self._relabel(request)
         serialized = getattr(self.backend, "infer_serialized", None)
         with self.metrics.track(request.model_name):
             if serialized is not None:
@@ -187,3 +203,21 @@ class Worker:
             else:
                 async for response in self.backend.infer(request):
                     yield response.SerializeToString()
+
+    def _relabel(self, request: service_pb2.ModelInferRequest) -> None:
+        """Give every plugin-datatype input its carrier's datatype (a string field: no tensor byte is copied).
+
+        :raises InvalidRequestError: an input's datatype is not in this worker's table.
+        """
+        for tensor in request.inputs:
+            datatype = tensor.datatype
+            carrier = self._carried.get(datatype)
+            if carrier is not None:
+                tensor.datatype = carrier
+            elif datatype not in self._known:
+                raise InvalidRequestError(
+                    f"inference input '{tensor.name}': unknown datatype {datatype!r} on worker {self.instance_id}; "
+                    f"available: {', '.join(sorted(self._known))}",
+                    hint="load the plugin that registers it in every worker too, not only in the frontend "
+                    "(install its distribution, or name its module in DYNTRITON_PLUGINS)",
+                )
