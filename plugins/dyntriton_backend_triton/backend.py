@@ -15,6 +15,7 @@ from dynamo_triton.backend import BackendSettings, ModelInfo
 from dynamo_triton.errors import BackendError, InvalidRequestError, ModelNotFoundError, TritonError
 from dynamo_triton.tensors import contents_to_raw
 from dynamo_triton.wire import field_header
+from dyntriton_backend_triton.classification import class_count
 from dyntriton_backend_triton.environment import (
     backends_directory,
     clean_stale_shm,
@@ -22,7 +23,7 @@ from dyntriton_backend_triton.environment import (
     shm_regions,
 )
 from dyntriton_backend_triton.locator import TritonInstall, locate_triton
-from dyntriton_backend_triton.server import InputTensor, ServerOptions, TritonResponse, TritonServer
+from dyntriton_backend_triton.server import ClassificationSpec, InputTensor, ServerOptions, TritonResponse, TritonServer
 
 __all__ = ["TritonBackend"]
 
@@ -179,12 +180,15 @@ class TritonBackend:
 
     # -- inference -------------------------------------------------------------------------------
     async def infer(self, request: service_pb2.ModelInferRequest) -> AsyncIterator[service_pb2.ModelInferResponse]:
+        """Run ``request``; yield its responses. Outputs asked with a ``classification`` parameter come
+        back as Triton's frontends answer them: BYTES top-K ``"value:index[:label]"`` (see ``classification.py``).
+        """
         async for info, response in self._run(request):
             yield self._to_kserve(request, info, response)
 
     async def infer_serialized(self, request: service_pb2.ModelInferRequest) -> AsyncIterator[bytes]:
-        """Like :meth:`infer`, but each response already serialized: its header by protobuf, its
-        tensors appended as ``raw_output_contents`` fields with one join (no protobuf copies)."""
+        """Like :meth:`infer` (classifications included), but each response already serialized: its header
+        by protobuf, its tensors appended as ``raw_output_contents`` fields with one join (no protobuf copies)."""
         async for info, response in self._run(request):
             header = self._header(request, info, response).SerializeToString()
             parts = [header]
@@ -195,6 +199,7 @@ class TritonBackend:
     async def _run(self, request: service_pb2.ModelInferRequest) -> AsyncIterator[tuple[ModelInfo, TritonResponse]]:
         info = self.model(request.model_name)
         inputs = self._inputs(request)
+        classification = self._classification(request, info)
         parameters: dict[str, Any] = {}
         priority, timeout_us, correlation, flags = 0, 0, None, 0
         for key, parameter in request.parameters.items():
@@ -222,6 +227,7 @@ class TritonBackend:
             parameters=parameters,
             correlation_id=correlation,
             flags=flags,
+            classification=classification,
         )
         try:
             async for response in stream:
@@ -229,6 +235,18 @@ class TritonBackend:
                     yield info, response
         finally:
             await stream.aclose()
+
+    @staticmethod
+    def _classification(request: service_pb2.ModelInferRequest, info: ModelInfo) -> ClassificationSpec | None:
+        """The outputs ``request`` asks as classifications, or None; raises InvalidRequestError as Triton would."""
+        counts = {}
+        for output in request.outputs:
+            count = class_count(output)
+            if count is not None:
+                counts[output.name] = count
+        if not counts:
+            return None
+        return ClassificationSpec(counts, batched=info.config.max_batch_size > 0)
 
     @staticmethod
     def _inputs(request: service_pb2.ModelInferRequest) -> list[InputTensor]:

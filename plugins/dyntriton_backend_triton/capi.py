@@ -139,6 +139,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
             POINTER(c_void_p),
         ],
     ),
+    "InferenceResponseOutputClassificationLabel": (_ERR, [c_void_p, c_uint32, c_size_t, POINTER(c_char_p)]),
     "ServerOptionsNew": (_ERR, [_PP]),
     "ServerOptionsDelete": (_ERR, [c_void_p]),
     "ServerOptionsSetModelRepositoryPath": (_ERR, [c_void_p, c_char_p]),

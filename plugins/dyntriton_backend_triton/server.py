@@ -9,6 +9,11 @@ request's event loop with ``call_soon_threadsafe``.
 Memory: input tensors are not copied. Triton reads them straight from the
 ``bytes`` objects of the request, kept alive until Triton releases the request.
 Outputs are written into buffers this module allocates and frees.
+
+Classification: outputs a request asks as classifications are ranked in the response callback,
+while Triton's response is alive, because their labels (``label_filename``) are read from it
+(``TRITONSERVER_InferenceResponseOutputClassificationLabel``, valid until the response is
+deleted); labels are never cached, so a model reloaded with new labels answers with the new ones.
 """
 
 from __future__ import annotations
@@ -19,17 +24,17 @@ import itertools
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynamo_triton.errors import BackendError, TritonError
-from dyntriton_backend_triton import capi
+from dynamo_triton.errors import BackendError, DyntritonError, TritonError
+from dyntriton_backend_triton import capi, classification
 from dyntriton_backend_triton.environment import load_library
 from dyntriton_backend_triton.locator import TritonInstall
 
-__all__ = ["InputTensor", "OutputTensor", "ServerOptions", "TritonResponse", "TritonServer"]
+__all__ = ["ClassificationSpec", "InputTensor", "OutputTensor", "ServerOptions", "TritonResponse", "TritonServer"]
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +71,24 @@ class OutputTensor:
     data: bytes
 
 
+@dataclass(frozen=True)
+class ClassificationSpec:
+    """Outputs of a request to answer as classifications (see ``classification.py``).
+
+    :param counts: output name -> K, the number of classes asked (already validated).
+    :param batched: the model has a batch dimension (``max_batch_size > 0``): rank each item.
+    """
+
+    counts: Mapping[str, int]
+    batched: bool
+
+
 @dataclass
 class TritonResponse:
-    """One response of a request: outputs, or Triton's error; ``final`` marks the last one."""
+    """One response of a request: outputs, or an error (Triton's or a classification's); ``final`` marks the last."""
 
     outputs: list[OutputTensor] = field(default_factory=list)
-    error: TritonError | None = None
+    error: DyntritonError | None = None
     final: bool = False
     request_id: str = ""
 
@@ -104,8 +121,11 @@ class _Error:
 class _Inflight:
     """State of one request between InferAsync and its final response + release."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, keepalive: list[Any]):
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, keepalive: list[Any], classification: ClassificationSpec | None = None
+    ):
         self.loop = loop
+        self.classification = classification
         self.queue: asyncio.Queue[TritonResponse] = asyncio.Queue()
         self.keepalive = keepalive
         self.request: int | None = None
@@ -335,7 +355,7 @@ class TritonServer:
             result = TritonResponse(final=final)
             if response:
                 try:
-                    self._read_response(response, result)
+                    self._read_response(response, result, inflight.classification if inflight else None)
                 except Exception as exc:
                     result.error = TritonError("INTERNAL", f"reading Triton's response failed: {exc}")
                 finally:
@@ -347,7 +367,7 @@ class TritonServer:
         except Exception:
             log.exception("response callback failed")
 
-    def _read_response(self, response: int, result: TritonResponse) -> None:
+    def _read_response(self, response: int, result: TritonResponse, classes: ClassificationSpec | None) -> None:
         api = self.api
         assert self._errors is not None
         error = self._errors.take(api.InferenceResponseError(response), free=False)  # owned by the response
@@ -379,14 +399,42 @@ class TritonServer:
                     ctypes.byref(userp),
                 )
             )
-            result.outputs.append(
-                OutputTensor(
-                    name=(name.value or b"").decode(),
-                    datatype=capi.DATATYPE_NAMES[datatype.value],
-                    shape=tuple(shape[i] for i in range(dims.value)),
-                    data=ctypes.string_at(base, size.value) if size.value else b"",
-                )
+            tensor = OutputTensor(
+                name=(name.value or b"").decode(),
+                datatype=capi.DATATYPE_NAMES[datatype.value],
+                shape=tuple(shape[i] for i in range(dims.value)),
+                data=ctypes.string_at(base, size.value) if size.value else b"",
             )
+            if classes is not None and tensor.name in classes.counts:
+                try:
+                    tensor = self._classify(response, index, tensor, classes)
+                except DyntritonError as exc:
+                    result.outputs.clear()
+                    result.error = exc
+                    return
+            result.outputs.append(tensor)
+
+    def _classify(self, response: int, index: int, tensor: OutputTensor, classes: ClassificationSpec) -> OutputTensor:
+        """``tensor`` answered as the classification asked (labels read from the live ``response``)."""
+        label = ctypes.c_char_p()
+
+        def label_of(class_index: int) -> bytes | None:
+            self._check(
+                self.api.InferenceResponseOutputClassificationLabel(response, index, class_index, ctypes.byref(label)),
+                f"reading the label of class {class_index} of output '{tensor.name}'",
+            )
+            return label.value
+
+        shape, data = classification.classify(
+            tensor.name,
+            tensor.data,
+            tensor.datatype,
+            tensor.shape,
+            k=classes.counts[tensor.name],
+            batched=classes.batched,
+            label_of=label_of,
+        )
+        return OutputTensor(name=tensor.name, datatype="BYTES", shape=shape, data=data)
 
     # -- inference -------------------------------------------------------------------------------
     def _deliver(self, inflight: _Inflight, response: TritonResponse, key: int | None = None) -> None:
@@ -419,18 +467,20 @@ class TritonServer:
         parameters: dict[str, Any] | None = None,
         correlation_id: int | str | None = None,
         flags: int = 0,
+        classification: ClassificationSpec | None = None,
     ) -> AsyncIterator[TritonResponse]:
         """Run one request; yield every response until the final one.
 
         Closing the iterator early cancels the request in Triton. Errors Triton
-        reports for the request are raised as TritonError.
+        reports for the request are raised as TritonError; an output that cannot
+        be classified as ``classification`` asks raises InvalidRequestError.
         """
         if self._stopping:
             raise BackendError("Triton is stopping", status="UNAVAILABLE")
         api, server = self.api, self._require_server()
         key = next(self._ids)
         keepalive: list[Any] = []
-        inflight = _Inflight(asyncio.get_running_loop(), keepalive)
+        inflight = _Inflight(asyncio.get_running_loop(), keepalive, classification)
         request = ctypes.c_void_p()
         self._check(api.InferenceRequestNew(ctypes.byref(request), server, model.encode(), version))
         submitted = False
