@@ -1,4 +1,4 @@
-"""The ``http`` frontend plugin: health, liveness, Prometheus metrics and KServe v2 REST metadata/health."""
+"""The ``http`` frontend plugin: KServe v2 REST with Triton's extensions, health, liveness and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -16,4 +16,4 @@ def _factory(settings: Any, service: Any) -> Any:
 
 @hookimpl
 def dyntriton_register_frontends(register: Register) -> None:
-    register("http", _factory, summary="HTTP: /health, /live, /metrics, KServe v2 REST health and metadata")
+    register("http", _factory, summary="HTTP: KServe v2 REST (JSON, binary tensors, generate/SSE), /health, /metrics")

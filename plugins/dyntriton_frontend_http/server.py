@@ -1,34 +1,46 @@
-"""HTTP frontend on aiohttp: operator endpoints now, routed so the KServe v2 REST API can grow here.
+"""HTTP frontend on aiohttp: KServe v2 REST with Triton's extensions, plus operator endpoints.
 
-Routes: ``/health`` (200 when at least one model is servable, else 503), ``/live``,
-``/metrics`` (Prometheus), and from KServe v2 REST: ``/v2``, ``/v2/health/live``,
-``/v2/health/ready``, ``/v2/models/{name}[/versions/{v}]`` and ``.../ready``.
+Routes (see :mod:`.routes`): ``/health``, ``/live``, ``/metrics`` (Prometheus); ``/v2``,
+``/v2/health/{live,ready}``, ``/v2/models/stats``, ``/v2/repository/index`` and, under
+``/v2/models/{name}[/versions/{v}]``: metadata, ``ready``, ``config``, ``stats``, ``infer``
+(JSON and binary tensors), ``generate`` and ``generate_stream`` (server-sent events).
+
+Options (``FrontendSettings.options``): ``max_input_size`` (bytes, default 64 MiB like
+Triton's ``--http-max-input-size``), ``server_name`` (what ``/v2`` reports).
+
+The server runs with handler cancellation: a client that disconnects cancels its
+handler, and so the worker's request. It reads bodies itself (no automatic
+decompression) so that ``Content-Encoding`` follows Triton's rules and limits.
 """
 
 from __future__ import annotations
 
-import json
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from google.protobuf import json_format
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dynamo_triton.errors import ConfigError, DyntritonError
+from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import FrontendSettings, InferenceService
+from dyntriton_frontend_http.routes import RestRoutes, not_found_body
 
-__all__ = ["HttpFrontend"]
+__all__ = ["DEFAULT_MAX_INPUT_SIZE", "HttpFrontend"]
 
-_HTTP_STATUS = {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+#: Triton's default ``--http-max-input-size``.
+DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
-
-
-def _error(exc: DyntritonError) -> web.Response:
-    return _json({"error": exc.message}, _HTTP_STATUS.get(exc.status, 500))
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unrouted paths and wrong methods answer ``{"error": ...}`` as Triton does, not aiohttp's text."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return web.Response(
+            status=exc.status, body=not_found_body(exc.status), content_type="application/json", headers=headers
+        )
 
 
 class HttpFrontend:
@@ -37,6 +49,11 @@ class HttpFrontend:
     def __init__(self, settings: FrontendSettings, service: InferenceService):
         self.settings, self.service = settings, service
         self.metrics = service.metrics
+        options = settings.options
+        max_input_size = int(options.get("max_input_size") or DEFAULT_MAX_INPUT_SIZE)
+        if max_input_size <= 0:
+            raise ConfigError(f"the HTTP max input size must be a positive number of bytes, got {max_input_size}")
+        self.routes = RestRoutes(service, max_input_size=max_input_size, server_name=options.get("server_name") or None)
         self._runner: web.AppRunner | None = None
         self._port = settings.port
 
@@ -45,21 +62,14 @@ class HttpFrontend:
         return self._port
 
     def application(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/live", self.live)
-        app.router.add_get("/metrics", self.prometheus)
-        app.router.add_get("/v2", self.server_metadata)
-        app.router.add_get("/v2/health/live", self.live)
-        app.router.add_get("/v2/health/ready", self.ready)
-        app.router.add_get("/v2/models/{name}", self.model_metadata)
-        app.router.add_get("/v2/models/{name}/ready", self.model_ready)
-        app.router.add_get("/v2/models/{name}/versions/{version}", self.model_metadata)
-        app.router.add_get("/v2/models/{name}/versions/{version}/ready", self.model_ready)
+        app = web.Application(client_max_size=self.routes.max_input_size, middlewares=[json_errors])
+        self.routes.add_to(app)
         return app
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.application(), access_log=None)
+        self._runner = web.AppRunner(
+            self.application(), access_log=None, handler_cancellation=True, auto_decompress=False
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         try:
@@ -77,40 +87,3 @@ class HttpFrontend:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    # -- routes ----------------------------------------------------------------------------------
-    async def health(self, _request: web.Request) -> web.Response:
-        models = [{"name": m.name, "version": m.version, "instances": m.instances} for m in self.service.models()]
-        ready = self.service.ready()
-        return _json({"status": "healthy" if ready else "unhealthy", "models": models}, 200 if ready else 503)
-
-    async def live(self, _request: web.Request) -> web.Response:
-        return _json({"live": True})
-
-    async def ready(self, _request: web.Request) -> web.Response:
-        ready = self.service.ready()
-        return _json({"ready": ready}, 200 if ready else 503)
-
-    async def prometheus(self, _request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def server_metadata(self, _request: web.Request) -> web.Response:
-        try:
-            package_version = version("dynamo-triton")
-        except PackageNotFoundError:
-            package_version = "0"
-        return _json({"name": "dyntriton", "version": package_version, "extensions": ["model_configuration"]})
-
-    async def model_metadata(self, request: web.Request) -> web.Response:
-        try:
-            served = self.service.model(request.match_info["name"], request.match_info.get("version", ""))
-        except DyntritonError as exc:
-            return _error(exc)
-        return _json(json_format.MessageToDict(served.metadata, preserving_proto_field_name=True))
-
-    async def model_ready(self, request: web.Request) -> web.Response:
-        try:
-            self.service.model(request.match_info["name"], request.match_info.get("version", ""))
-        except DyntritonError as exc:
-            return _error(exc)
-        return _json({"ready": True})
