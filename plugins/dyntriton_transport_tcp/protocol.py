@@ -9,7 +9,7 @@ instead of the four a StreamReader makes.
 from __future__ import annotations
 
 import asyncio
-from asyncio.streams import FlowControlMixin
+import collections
 from collections.abc import Callable
 
 from dynamo_triton.errors import TransportError
@@ -38,13 +38,64 @@ def _decode(kind: int, request_id: int, body: memoryview) -> Frame:
     return Frame(frame_type, request_id, bytes(body[start:]), endpoint, None if timeout < 0 else timeout)
 
 
-class FrameProtocol(FlowControlMixin, asyncio.BufferedProtocol):
+class _WriteFlowControl:
+    """What ``asyncio.StreamWriter.drain()`` needs from its protocol: pause/resume and a drain waiter.
+
+    asyncio's own ``FlowControlMixin`` would do, but it derives from ``asyncio.Protocol``,
+    and uvloop treats any ``Protocol`` subclass as a plain (non-buffered) protocol: it then
+    calls ``data_received`` and never ``get_buffer``/``buffer_updated``, which hung every
+    request. Keeping this class outside the Protocol hierarchy makes both loops use the
+    buffered path.
+    """
+
+    def __init__(self) -> None:
+        self._paused = False
+        self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._connection_lost = False
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _writer_lost(self, exc: BaseException | None) -> None:
+        self._connection_lost = True
+        if not self._paused:
+            return
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+
+    async def _drain_helper(self) -> None:
+        if self._connection_lost:
+            raise ConnectionResetError("Connection lost")
+        if not self._paused:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._drain_waiters.remove(waiter)
+
+    def _get_close_waiter(self, stream: object) -> asyncio.Future[None]:
+        raise NotImplementedError
+
+
+class FrameProtocol(_WriteFlowControl, asyncio.BufferedProtocol):
     """Calls ``on_frame(frame)`` for each frame received and ``on_lost(exc)`` once when the connection ends.
 
     Pair it with an ``asyncio.StreamWriter(transport, protocol, None, loop)`` for
-    sending: FlowControlMixin gives the writer's ``drain()`` its backpressure.
+    sending: the flow-control part gives the writer's ``drain()`` its backpressure.
     A frame over ``max_frame`` bytes or of an unknown type aborts the connection
-    and reaches ``on_lost`` as a TransportError.
+    and reaches ``on_lost`` as a TransportError. Works on asyncio's loop and on uvloop.
     """
 
     def __init__(
@@ -118,5 +169,5 @@ class FrameProtocol(FlowControlMixin, asyncio.BufferedProtocol):
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
+        self._writer_lost(exc)
         self.on_lost(self._error or exc)
