@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import LoadResult, identity_request, run_load
 
 from dynamo_triton.testing.cluster import MODEL_REPO, free_port, model_ready, wait_until
+from dynamo_triton.testing.tritonserver import run_tritonserver
 
 SCENARIOS = [
     ("INT32[16]", "unary", 16 // 4, (1, 8, 32)),
@@ -58,30 +59,9 @@ def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 @contextmanager
 def triton_direct(tmp: Path) -> Iterator[str]:
-    from dyntriton_backend_triton.environment import backends_directory, prepare_stub_environment
-    from dyntriton_backend_triton.locator import locate_triton
-
-    install = locate_triton()
-    prepare_stub_environment(install)  # the binary needs the same libraries and stub as the embedded server
-    if install.binary is None:
-        raise SystemExit(f"{install.source} has no tritonserver binary")
-    port = free_port()
-    argv = [
-        str(install.binary),
-        f"--model-repository={MODEL_REPO}",
-        f"--backend-directory={backends_directory(install)}",
-        "--model-control-mode=explicit",
-        "--load-model=identity",
-        f"--grpc-port={port}",
-        f"--http-port={free_port()}",
-        "--allow-http=false",
-        "--allow-metrics=false",
-        "--log-info=false",
-    ]
-    with process(argv, dict(os.environ), tmp / "tritonserver.log"):
-        url = f"127.0.0.1:{port}"
-        wait_until(lambda: model_ready(url, "identity"), 120, "tritonserver")
-        yield url
+    """The wheel's ``tritonserver`` serving identity; yields its gRPC url."""
+    with run_tritonserver(MODEL_REPO, ["identity"], tmp=tmp, extra_args=["--log-info=false"]) as server:
+        yield server.grpc_url
 
 
 def dyntriton(*args: str) -> list[str]:

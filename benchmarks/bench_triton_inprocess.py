@@ -12,17 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import triton_direct
-
 from dynamo_triton.testing.cluster import MODEL_REPO
+from dynamo_triton.testing.tritonserver import run_tritonserver
 
 SIZES = {"INT32[16]": 16, "1 MiB": 1024 * 1024 // 4}
 
@@ -84,8 +79,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
     embedded = asyncio.run(in_process(args.requests))
-    with tempfile.TemporaryDirectory() as tmp, triton_direct(Path(tmp)) as url:
-        remote = over_grpc(url, args.requests)
+    with run_tritonserver(MODEL_REPO, ["identity"]) as server:
+        remote = over_grpc(server.grpc_url, args.requests)
     print(f"{'payload':<10} {'in-process p50/p99 ms':>22} {'tritonserver gRPC p50/p99 ms':>30} {'p50 ratio':>10}")
     for label in SIZES:
         (p50, p99), (g50, g99) = embedded[label], remote[label]

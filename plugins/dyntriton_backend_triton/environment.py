@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import sysconfig
+from collections.abc import Mapping
 from pathlib import Path
 
 from dynamo_triton.errors import ConfigError
@@ -140,15 +141,27 @@ def backends_directory(install: TritonInstall, requested: str | None = None) -> 
     return cache
 
 
+def stub_environment(install: TritonInstall, env: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``env`` whose PATH and LD_LIBRARY_PATH let Triton and its python backend stub find everything.
+
+    For a child process (the ``tritonserver`` binary); :func:`prepare_stub_environment` applies it to this one.
+    """
+    result = dict(env)
+    env_bin = str(Path(sys.prefix) / "bin")
+    path = result.get("PATH", "").split(os.pathsep)
+    if path[:1] != [env_bin]:
+        result["PATH"] = os.pathsep.join([env_bin, *[p for p in path if p and p != env_bin]])
+    wanted = [str(p) for p in (install.libs_dir, libpython_dir()) if p is not None]
+    current = [p for p in result.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    result["LD_LIBRARY_PATH"] = os.pathsep.join([*wanted, *[p for p in current if p not in wanted]])
+    return result
+
+
 def prepare_stub_environment(install: TritonInstall) -> None:
     """Set PATH and LD_LIBRARY_PATH in this process so the python backend stub it starts finds everything."""
-    env_bin = str(Path(sys.prefix) / "bin")
-    path = os.environ.get("PATH", "").split(os.pathsep)
-    if path[:1] != [env_bin]:
-        os.environ["PATH"] = os.pathsep.join([env_bin, *[p for p in path if p and p != env_bin]])
-    wanted = [str(p) for p in (install.libs_dir, libpython_dir()) if p is not None]
-    current = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([*wanted, *[p for p in current if p not in wanted]])
+    wanted = stub_environment(install, os.environ)
+    for key in ("PATH", "LD_LIBRARY_PATH"):
+        os.environ[key] = wanted[key]
 
 
 def _mapped_shm_names() -> set[str]:
