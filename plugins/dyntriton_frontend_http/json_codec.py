@@ -49,20 +49,31 @@ def _json_type(value: Any) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
-def _flat_strings(name: str, data: Any, count: int) -> np.ndarray:
-    try:
-        flat = np.asarray(data, dtype=object).reshape(-1)
-    except ValueError:
-        raise InvalidRequestError(
-            f"input '{name}': 'data' is a ragged array; expected {count} BYTES element(s) as a flat or nested "
-            "array of strings"
-        ) from None
+def _flat_strings(name: str, data: list[Any]) -> np.ndarray:
+    items = _flatten(data)
+    flat = np.empty(len(items), dtype=object)
+    flat[:] = items
     for index, item in enumerate(flat):
         if type(item) is not str:
             raise InvalidRequestError(
                 f"input '{name}': BYTES element {index} is a JSON {_json_type(item)}; expected a string "
                 "(send non-text bytes with the binary tensor extension)"
             )
+    return flat
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    """The leaves of a ragged nested list, in order (the slow path: regular nesting goes to numpy whole)."""
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
     return flat
 
 
@@ -85,15 +96,13 @@ def data_to_raw(name: str, datatype: str, shape: Sequence[int], data: Any, table
     if not isinstance(data, list):
         data = [data]
     if row.itemsize == 0:
-        flat = _flat_strings(name, data, count)
+        flat = _flat_strings(name, data)
         _check_count(name, shape, flat.size, count)
         return encode_bytes(flat)
     try:
         values = np.asarray(data)
-    except (ValueError, OverflowError):
-        raise InvalidRequestError(
-            f"input '{name}': 'data' is not an array of {datatype} values of one shape (ragged nesting?)"
-        ) from None
+    except ValueError:  # ragged nesting: Triton reads the values in order, the shape comes from 'shape'
+        values = np.asarray(_flatten(data))
     _check_count(name, shape, values.size, count)
     if values.size == 0:
         return b""
