@@ -23,6 +23,7 @@ def frontend_config(
     grpc_host: str,
     grpc_port: int,
     http_port: int,
+    http_max_input_size: int,
     router: str,
     server_name: str,
     stream_window: int,
@@ -50,7 +51,7 @@ def frontend_config(
         http_port=http_port,
         router=router,
         grpc_options=grpc_options,
-        http_options={"server_name": server_name},
+        http_options={"server_name": server_name, "max_input_size": http_max_input_size},
     )
 
 

@@ -103,7 +103,14 @@ frontend_options = _apply(
             type=int,
             default=8000,
             show_envvar=True,
-            help="HTTP port (/health, /live, /metrics).",
+            help="HTTP port: KServe v2 REST, /health, /live, /metrics.",
+        ),
+        click.option(
+            "--http-max-input-size",
+            type=click.IntRange(min=1),
+            default=64 * 1024 * 1024,
+            show_default=True,
+            help="Largest HTTP request body accepted, in bytes, after decompression (413 beyond it).",
         ),
         click.option("--router", type=click.Choice(sorted(POLICIES)), default="round-robin", help="Router policy."),
         click.option(

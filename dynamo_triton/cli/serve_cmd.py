@@ -77,6 +77,7 @@ class ServeOptions:
     grpc_host: str
     grpc_port: int
     http_port: int
+    http_max_input_size: int
     router: str
     server_name: str
     stream_window: int
@@ -113,6 +114,7 @@ async def _serve(plugins: Plugins, opts: ServeOptions) -> None:
         grpc_host=opts.grpc_host,
         grpc_port=opts.grpc_port,
         http_port=opts.http_port,
+        http_max_input_size=opts.http_max_input_size,
         router=opts.router,
         server_name=opts.server_name,
         stream_window=opts.stream_window,
