@@ -112,11 +112,17 @@ def data_to_raw(name: str, datatype: str, shape: Sequence[int], data: Any, table
         if kind != "b":
             raise InvalidRequestError(f"input '{name}': BOOL data must be JSON true/false, got {values.dtype.name}")
     elif target.kind in "iu":
-        if kind not in "iu":
-            what = _KIND_NAMES.get(kind, "integers beyond 64 bits or values of mixed types")
-            raise InvalidRequestError(f"input '{name}': {datatype} data holds {what}; expected integers")
         info = np.iinfo(target)
-        low, high = values.min(), values.max()
+        if kind in "iu":
+            low, high = values.min(), values.max()
+        else:  # numpy made floats or objects of them: exact only if every leaf is an int (e.g. UINT64 > 2**63)
+            leaves = _flatten(data)
+            if any(type(leaf) is not int for leaf in leaves):
+                what = _KIND_NAMES.get(kind, "values of mixed types")
+                raise InvalidRequestError(f"input '{name}': {datatype} data holds {what}; expected integers")
+            low, high = min(leaves), max(leaves)
+            if info.min <= low and high <= info.max:
+                values = np.array(leaves, dtype=target)
         if low < info.min or high > info.max:
             bad = low if low < info.min else high
             raise InvalidRequestError(
