@@ -13,15 +13,22 @@ The contract (``docs/sequences.md``):
   (:func:`lost_sequence_error`) until a START; they are never sent to an instance
   without the sequence's state.
 - END, or the model's idle limit, ends the pin.
+- Requests of one sequence run one after the other, in the order they reached this
+  frontend: each waits for the one before it to finish. Nothing else keeps them in
+  order between here and Triton (a stream's requests run concurrently, each hop has
+  its own tasks), and Triton refuses a step that overtakes its START. Triton runs a
+  sequence's requests one at a time anyway, so this costs no throughput.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from dynamo_triton.errors import DyntritonError, NoInstanceError
+from dynamo_triton.errors import DeadlineExceededError, DyntritonError, NoInstanceError
 from dynamo_triton.runtime.discovery import Instance, ModelTable
 from dynamo_triton.runtime.sequences import (
     Pin,
@@ -52,6 +59,8 @@ class SequenceRouter:
     def __init__(self, table: ModelTable, send: Send, pins: PinTable | None = None):
         self._table, self._send = table, send
         self.pins = pins if pins is not None else PinTable()
+        # The last request of each sequence in flight here; a new one waits for it.
+        self._tails: dict[tuple[str, int | str], asyncio.Future[None]] = {}
 
     def _candidates(self, name: str, step: SequenceStep, pin: Pin | None) -> Iterator[Instance]:
         """The pinned instance first (if any), then the rest in rendezvous order, computed only if needed."""
@@ -69,10 +78,36 @@ class SequenceRouter:
     ) -> AsyncIterator[bytes]:
         """Send one request of a sequence of model ``name`` (idle limit ``idle`` s); yield the answer.
 
+        Waits for the sequence's previous request through this frontend to finish first.
         Raises NoInstanceError naming the model and sequence when the sequence was lost with
         its worker, or when no instance is live; Triton's own error when no instance holds a
-        non-START sequence; other errors as the instance raised them.
+        non-START sequence; DeadlineExceededError when ``deadline`` passes while waiting;
+        other errors as the instance raised them.
         """
+        key = (name, step.sequence_id)
+        previous = self._tails.get(key)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tails[key] = mine
+        try:
+            if previous is not None and not previous.done():
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, _ = await asyncio.wait({previous}, timeout=remaining)  # never cancels ``previous``
+                if not done:
+                    raise DeadlineExceededError(
+                        f"deadline exceeded while sequence {step.sequence_id!r} of model '{name}' "
+                        "waited for its previous request"
+                    )
+            async with contextlib.aclosing(self._route(name, payload, step, idle, deadline)) as answer:
+                async for chunk in answer:
+                    yield chunk
+        finally:
+            mine.set_result(None)
+            if self._tails.get(key) is mine:
+                del self._tails[key]
+
+    async def _route(
+        self, name: str, payload: bytes, step: SequenceStep, idle: float, deadline: float | None
+    ) -> AsyncIterator[bytes]:
         pins, sequence_id = self.pins, step.sequence_id
         pin = None if step.start else pins.get(name, sequence_id)
         if pin is not None and pin.lost:

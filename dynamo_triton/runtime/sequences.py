@@ -138,10 +138,11 @@ def is_unknown_sequence(error: DyntritonError) -> bool:
 
 def lost_sequence_error(model: str, sequence_id: int | str, instance_id: str, address: str) -> NoInstanceError:
     """The UNAVAILABLE error for every request of a sequence whose worker is gone."""
+    # Frontends send only the message to clients, so the advice is part of it.
     return NoInstanceError(
-        f"sequence {sequence_id!r} of model '{model}' was lost with its worker "
-        f"(instance {instance_id} at {address} is gone, and the sequence's state with it)",
-        hint="restart the sequence: send its first request again with sequence_start=true",
+        f"sequence {sequence_id!r} of model '{model}' was lost with its worker (instance {instance_id} "
+        f"at {address} is gone, and the sequence's state with it); restart the sequence: send its first "
+        "request again with sequence_start=true (START)"
     )
 
 

@@ -49,6 +49,7 @@ class FakeWorker:
     sums: dict[int | str, int] = field(default_factory=dict)
     calls: int = 0
     hold: asyncio.Event | None = None  # when set, requests wait for it (to kill a worker mid-request)
+    hold_start: asyncio.Event | None = None  # when set, START requests wait for it before taking effect
     server: object = None
     address: str = ""
 
@@ -57,6 +58,8 @@ class FakeWorker:
         message = service_pb2.ModelInferRequest.FromString(request.payload)
         step = sequence_step(message)
         value = message.parameters["value"].int64_param
+        if step is not None and step.start and self.hold_start is not None:
+            await self.hold_start.wait()
         if step is None:
             total = value
         else:
@@ -319,6 +322,21 @@ async def test_a_frontend_without_the_pin_finds_a_sequence_after_a_join(cluster:
         assert await step(b, sid, 1) == (5, "w1")
         assert await step(b, sid, 1) == (6, "w1"), "b pinned it after finding it"
     assert cluster.workers["w1"].calls + cluster.workers["w2"].calls <= 20 + 40 + 20
+
+
+async def test_steps_sent_together_reach_the_worker_in_order(cluster: Cluster) -> None:
+    """A stream sends a sequence's steps without waiting; none may overtake its START on the way."""
+    await cluster.add_worker("w1")
+    service = await cluster.frontend()
+    worker = cluster.workers["w1"]
+    worker.hold_start = asyncio.Event()
+    steps = [
+        asyncio.ensure_future(step(service, 12, value, start=value == 1, end=value == 4)) for value in (1, 2, 3, 4)
+    ]
+    await until(lambda: worker.calls >= 1, "START to reach the worker")
+    worker.hold_start.set()
+    assert [total for total, _ in await asyncio.gather(*steps)] == [1, 3, 6, 10]
+    assert worker.calls == 4 and not worker.sums
 
 
 async def test_a_sequence_whose_worker_left_fails_unavailable_and_is_never_rerouted(cluster: Cluster) -> None:
