@@ -29,10 +29,13 @@ from dynamo_triton.errors import ConfigError, PluginConflictError, UnknownNameEr
 
 if TYPE_CHECKING:
     from dynamo_triton.plugins import Plugins
+    from dynamo_triton.registry import Provided
 
 __all__ = [
     "DType",
     "DTypeTable",
+    "add_plugin_row",
+    "core_table_copy",
     "default_table",
     "kserve_to_numpy",
     "kserve_to_triton",
@@ -256,26 +259,39 @@ def table_with_plugins(plugins: Plugins) -> DTypeTable:
             raise conflict
     table = DTypeTable(_CORE)
     for item in plugins.registry.items("dtype"):
-        row = item.obj
-        if not isinstance(row, DType):
-            raise ConfigError(
-                f"plugin {item.provider!r} registered dtype {item.name!r} as {type(row).__name__}, expected a "
-                "dynamo_triton.dtypes.DType"
-            )
-        if row.kserve != item.name:
-            raise ConfigError(
-                f"plugin {item.provider!r} registered dtype {row.kserve!r} under the name {item.name!r}; "
-                "register each DType under its kserve name"
-            )
-        try:
-            table.add(row)
-        except ConfigError as exc:
-            raise ConfigError(
-                f"plugin {item.provider!r}: {exc}",
-                hint="pick KServe and Dynamo names no other dtype uses; a datatype Triton does not know takes "
-                "carrier=<core datatype> and that datatype's Triton name (docs/plugins.md)",
-            ) from None
+        add_plugin_row(table, item)
     return table
+
+
+def add_plugin_row(table: DTypeTable, item: Provided) -> None:
+    """Add the DType a plugin registered (``item``) to ``table``.
+
+    :raises ConfigError: naming ``item.provider``, for any of the errors :func:`table_with_plugins` lists.
+    """
+    row = item.obj
+    if not isinstance(row, DType):
+        raise ConfigError(
+            f"plugin {item.provider!r} registered dtype {item.name!r} as {type(row).__name__}, expected a "
+            "dynamo_triton.dtypes.DType"
+        )
+    if row.kserve != item.name:
+        raise ConfigError(
+            f"plugin {item.provider!r} registered dtype {row.kserve!r} under the name {item.name!r}; "
+            "register each DType under its kserve name"
+        )
+    try:
+        table.add(row)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"plugin {item.provider!r}: {exc}",
+            hint="pick KServe and Dynamo names no other dtype uses; a datatype Triton does not know takes "
+            "carrier=<core datatype> and that datatype's Triton name (docs/plugins.md)",
+        ) from None
+
+
+def core_table_copy() -> DTypeTable:
+    """A new table holding only the core rows (safe to ``add`` to)."""
+    return DTypeTable(_CORE)
 
 
 def kserve_to_numpy(name: str) -> np.dtype[Any]:

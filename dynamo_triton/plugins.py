@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from dynamo_triton import hookspecs
-from dynamo_triton.errors import PluginError
+from dynamo_triton.errors import ConfigError, PluginError
 from dynamo_triton.registry import Provided, Register, Registry
 
 if TYPE_CHECKING:
@@ -253,6 +253,7 @@ def _register_all(pm: pluggy.PluginManager, records: dict[str, PluginRecord], re
             if hook_name not in record.hooks:
                 record.hooks.append(hook_name)
             record.provides.extend((kind, name) for name in register.registered)
+    _check_dtypes(records, registry)
     for conflict in registry.conflicts:
         for provider in conflict.providers:
             if provider in records and records[provider].status == "ok":
@@ -284,6 +285,26 @@ def _register_plugin(pm: pluggy.PluginManager, record: PluginRecord, plugin: obj
             hint=f"remove {record.module!r} from DYNTRITON_PLUGINS",
         )
     pm.register(plugin, name=record.name)
+
+
+def _check_dtypes(records: dict[str, PluginRecord], registry: Registry) -> None:
+    """Mark a plugin whose DType cannot join the core table as broken, so ``plugins list`` shows why.
+
+    Its rows stay registered: building the table (``Plugins.dtype_table()``) still fails loudly.
+    numpy is imported only when some plugin registered a dtype.
+    """
+    items = registry.items("dtype")
+    if not items:
+        return
+    from dynamo_triton.dtypes import add_plugin_row, core_table_copy
+
+    for item in items:
+        record = records.get(item.provider)
+        try:
+            add_plugin_row(core_table_copy(), item)
+        except ConfigError as exc:
+            if record is not None and record.status == "ok":
+                record.status, record.error, record.hint = "error", exc.message, exc.hint
 
 
 def make_plugin_manager(

@@ -9,7 +9,7 @@ from tritonclient.grpc import service_pb2
 
 from dynamo_triton import hookimpl
 from dynamo_triton.dtypes import DType, DTypeTable, default_table
-from dynamo_triton.errors import ConfigError, InvalidRequestError
+from dynamo_triton.errors import ConfigError, InvalidRequestError, PluginError
 from dynamo_triton.plugins import make_plugin_manager
 from dynamo_triton.tensors import array_from_raw, array_to_raw, contents_to_raw, expected_byte_size
 
@@ -128,6 +128,19 @@ def test_a_broken_carrier_is_an_error_naming_the_plugin_on_every_call() -> None:
     for _ in range(2):
         with pytest.raises(ConfigError, match=r"plugin 'badcarrier'.*carried by FP16 has itemsize 1"):
             plugins.dtype_table()
+
+
+def test_a_broken_dtype_plugin_shows_as_an_error_in_its_record_and_is_fatal_when_strict() -> None:
+    plugins = make_plugin_manager(entry_points=False, plugins=[("badcarrier", BadCarrierPlugin())])
+    record = plugins.record("badcarrier")
+    assert record.status == "error" and record.error is not None
+    assert record.error.startswith("plugin 'badcarrier': dtype FP8E4M3 carried by FP16 has itemsize 1")
+    assert "carrier=" in (record.hint or "")
+    with pytest.raises(PluginError, match="plugin 'badcarrier'"):
+        make_plugin_manager(
+            entry_points=False, plugins=[("badcarrier", BadCarrierPlugin())], env={"DYNTRITON_STRICT_PLUGINS": "1"}
+        )
+    assert make_plugin_manager(entry_points=False, plugins=[("fp8", Fp8Plugin())]).record("fp8").status == "ok"
 
 
 def test_codecs_with_the_plugin_table_are_views_over_raw_bytes() -> None:
