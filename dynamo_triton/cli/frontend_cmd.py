@@ -8,11 +8,12 @@ import logging
 
 import click
 
+from dynamo_triton.cli.children import forwarded_options, spawn, stop_children
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.options import frontend_options, store_options
-from dynamo_triton.runtime.launch import FrontendConfig, Shutdown, start_frontend
+from dynamo_triton.runtime.launch import FrontendConfig, FrontendStack, Shutdown, start_frontend
 
-__all__ = ["frontend", "frontend_config"]
+__all__ = ["FORWARDED", "frontend", "frontend_config", "start_extra_frontends"]
 
 log = logging.getLogger("dyntriton.frontend")
 
@@ -31,8 +32,12 @@ def frontend_config(
     tls_cert: str | None,
     tls_key: str | None,
     tls_client_ca: str | None,
+    reuse_port: bool = False,
 ) -> FrontendConfig:
-    """FrontendConfig from the shared CLI options; TLS needs both cert and key."""
+    """FrontendConfig from the shared CLI options; TLS needs both cert and key.
+
+    :param reuse_port: bind with ``SO_REUSEPORT`` so several frontend processes share the ports.
+    """
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together: give both or neither")
     if tls_client_ca and not tls_cert:
@@ -41,6 +46,7 @@ def frontend_config(
         "max_message_bytes": max_message_size,
         "server_name": server_name,
         "stream_window": stream_window,
+        "reuse_port": reuse_port,
     }
     if tls_cert:
         grpc_options.update(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
@@ -51,36 +57,72 @@ def frontend_config(
         http_port=http_port,
         router=router,
         grpc_options=grpc_options,
-        http_options={"server_name": server_name, "max_input_size": http_max_input_size},
+        http_options={"server_name": server_name, "max_input_size": http_max_input_size, "reuse_port": reuse_port},
     )
 
 
 @click.command()
 @store_options
 @frontend_options
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Frontend processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each watching the store.",
+)
+@click.option("--reuse-port", is_flag=True, hidden=True, help="Bind with SO_REUSEPORT (set for extra processes).")
 @click.pass_context
-def frontend(ctx: click.Context, store_kv: str, **options: object) -> None:
-    """Serve KServe v2 gRPC (and HTTP health/metrics) for every model live workers register."""
+def frontend(ctx: click.Context, store_kv: str, processes: int, reuse_port: bool, **options: object) -> None:
+    """Serve KServe v2 gRPC and HTTP for every model live workers register."""
     plugins = plugins_from(ctx)
-    config = frontend_config(**options)  # type: ignore[arg-type]
+    config = frontend_config(**options, reuse_port=reuse_port or processes > 1)  # type: ignore[arg-type]
+    extra_argv = ["frontend", *forwarded_options(ctx, FORWARDED, {}), "--reuse-port"]
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        run_service(_run(plugins, store_kv, config))
+        run_service(_run(plugins, store_kv, config, processes - 1, extra_argv))
 
 
-async def _run(plugins, store_kv: str, config: FrontendConfig) -> None:
+#: Options an extra frontend process receives from the command that starts it (serve or frontend).
+FORWARDED = {
+    "store_kv",
+    "namespace",
+    "grpc_host",
+    "http_max_input_size",
+    "router",
+    "server_name",
+    "stream_window",
+    "max_message_size",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+}
+
+
+async def start_extra_frontends(count: int, argv: list[str], stack: FrontendStack) -> list[asyncio.subprocess.Process]:
+    """Start ``count`` more frontend processes on the ports ``stack`` bound (with SO_REUSEPORT)."""
+    ports = ["--grpc-port", str(stack.grpc.port), "--http-port", str(stack.http.port if stack.http else -1)]
+    return [await spawn([*argv, *ports]) for _ in range(count)]
+
+
+async def _run(plugins, store_kv: str, config: FrontendConfig, extra: int, extra_argv: list[str]) -> None:
     store = plugins.kv_store(store_kv)
     shutdown = Shutdown()
+    children: list[asyncio.subprocess.Process] = []
     try:
         stack = await start_frontend(plugins, store, config)
+        children = await start_extra_frontends(extra, extra_argv, stack)
         click.echo(
             f"frontend: KServe gRPC on {config.host}:{stack.grpc.port}, HTTP on port "
-            f"{stack.http.port if stack.http else '-'}, store {store_kv}, namespace {config.namespace}",
+            f"{stack.http.port if stack.http else '-'}, store {store_kv}, namespace {config.namespace}"
+            + (f", {extra + 1} processes" if extra else ""),
             err=True,
         )
         shutdown.started()
         signame = await shutdown.wait()
         log.info("%s received: stopping", signame)
+        await stop_children(children)
         await stack.stop()
     finally:
         shutdown.close()
+        await stop_children(children)
         await store.close()

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -23,8 +21,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from dynamo_triton.cli.children import die_with_parent, forwarded_options, stop_children
 from dynamo_triton.cli.context import plugins_from, run_service
-from dynamo_triton.cli.frontend_cmd import frontend_config
+from dynamo_triton.cli.frontend_cmd import FORWARDED, frontend_config, start_extra_frontends
 from dynamo_triton.cli.options import backend_options, frontend_options, store_options, worker_options
 from dynamo_triton.cli.worker_cmd import backend_settings
 from dynamo_triton.errors import DyntritonError
@@ -47,6 +46,12 @@ STARTUP_TIMEOUT = 300.0
 @frontend_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Worker processes to start.")
 @click.option(
+    "--frontends",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Frontend processes sharing the gRPC and HTTP ports (SO_REUSEPORT); more than 1 needs a shared store.",
+)
+@click.option(
     "--in-process",
     is_flag=True,
     help="Run one worker inside this process (no sockets between frontend and worker). Implied by --store-kv mem.",
@@ -54,8 +59,9 @@ STARTUP_TIMEOUT = 300.0
 @click.pass_context
 def serve(ctx: click.Context, **options: Any) -> None:
     """Run a KServe frontend and workers for the models of a Triton model repository."""
+    frontend_argv = ["frontend", *forwarded_options(ctx, FORWARDED, {}), "--reuse-port"]
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        run_service(_serve(plugins_from(ctx), ServeOptions(**options)))
+        run_service(_serve(plugins_from(ctx), ServeOptions(**options), frontend_argv))
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ class ServeOptions:
     tls_key: str | None
     tls_client_ca: str | None
     workers: int
+    frontends: int
     in_process: bool
 
     def worker_argv(self, index: int) -> list[str]:
@@ -105,10 +112,14 @@ class ServeOptions:
         return argv
 
 
-async def _serve(plugins: Plugins, opts: ServeOptions) -> None:
+async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str]) -> None:
     in_process = opts.in_process or opts.store_kv == "mem"
     if in_process and opts.workers > 1:
         raise click.UsageError("--workers > 1 needs separate processes: use a shared store (file or etcd)")
+    if in_process and opts.frontends > 1:
+        raise click.UsageError(
+            "--frontends > 1 needs separate processes that share a store: use --store-kv file or etcd"
+        )
     config = frontend_config(
         namespace=opts.namespace,
         grpc_host=opts.grpc_host,
@@ -122,14 +133,17 @@ async def _serve(plugins: Plugins, opts: ServeOptions) -> None:
         tls_cert=opts.tls_cert,
         tls_key=opts.tls_key,
         tls_client_ca=opts.tls_client_ca,
+        reuse_port=opts.frontends > 1,
     )
     store = plugins.kv_store(opts.store_kv)
     shutdown = Shutdown()
     children: list[asyncio.subprocess.Process] = []
+    frontends: list[asyncio.subprocess.Process] = []
     frontend: FrontendStack | None = None
     local: WorkerStack | None = None
     try:
         frontend = await start_frontend(plugins, store, config)
+        frontends = await start_extra_frontends(opts.frontends - 1, frontend_argv, frontend)
         if in_process:
             local = await start_worker(
                 plugins,
@@ -145,26 +159,20 @@ async def _serve(plugins: Plugins, opts: ServeOptions) -> None:
         else:
             for index in range(opts.workers):
                 argv = opts.worker_argv(index)
-                children.append(await asyncio.create_subprocess_exec(*argv, preexec_fn=_die_with_parent))
+                children.append(await asyncio.create_subprocess_exec(*argv, preexec_fn=die_with_parent))
             await _wait_for_workers(frontend, children, opts.workers, opts.models)
         _print_summary(frontend, config.host, opts.store_kv, 0 if in_process else opts.workers)
         shutdown.started()
         await _wait_for_shutdown_or_children(shutdown, children)
     finally:
         shutdown.close()
-        await _stop_children(children)
+        await stop_children(frontends)
+        await stop_children(children)
         if local is not None:
             await local.stop()
         if frontend is not None:
             await frontend.stop()
         await store.close()
-
-
-def _die_with_parent() -> None:
-    """In a worker child: get SIGTERM (and drain) if ``serve`` dies, even by SIGKILL (Linux only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 async def _wait_for_workers(
@@ -200,20 +208,6 @@ async def _wait_for_shutdown_or_children(shutdown: Shutdown, children: list[asyn
         waiter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiter
-
-
-async def _stop_children(children: list[asyncio.subprocess.Process], timeout: float = 40.0) -> None:
-    """SIGTERM every worker (they drain), then SIGKILL whichever is still there after ``timeout``."""
-    for child in children:
-        if child.returncode is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            await asyncio.wait_for(child.wait(), timeout)
-        except TimeoutError:
-            log.warning("worker pid %d did not stop in %g s; killing it", child.pid, timeout)
-            child.kill()
-            await child.wait()
 
 
 def _print_summary(frontend: FrontendStack, host: str, store_kv: str, workers: int) -> None:

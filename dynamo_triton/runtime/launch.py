@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamo_triton.backend import BackendSettings
-from dynamo_triton.dtypes import table_with_plugins
 from dynamo_triton.frontend import Frontend, FrontendSettings
 from dynamo_triton.kv import KVStore
 from dynamo_triton.plugins import Plugins
@@ -73,11 +72,7 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
     """Start discovery and the KServe gRPC and HTTP frontends over ``store``."""
     table = ModelTable(store, config.namespace)
     service = RoutingService(
-        table,
-        make_policy(config.router),
-        plugins.transport,
-        metrics=FrontendMetrics(),
-        dtypes=table_with_plugins(plugins),
+        table, make_policy(config.router), plugins.transport, metrics=FrontendMetrics(), dtypes=plugins.dtype_table()
     )
     await table.start()
     grpc = plugins.frontend(

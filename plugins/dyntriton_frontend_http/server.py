@@ -71,7 +71,8 @@ class HttpFrontend:
             self.application(), access_log=None, handler_cancellation=True, auto_decompress=False
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        reuse_port = bool(self.settings.options.get("reuse_port"))  # several frontend processes, one port
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as exc:

@@ -85,7 +85,8 @@ class KServeGrpcFrontend:
             options=[
                 ("grpc.max_send_message_length", max_message),
                 ("grpc.max_receive_message_length", max_message),
-                ("grpc.so_reuseport", 0),
+                # Off unless asked: with it on, a second server on a taken port would start silently.
+                ("grpc.so_reuseport", 1 if self.settings.options.get("reuse_port") else 0),
             ]
         )
         server.add_generic_rpc_handlers((self._handlers(),))
