@@ -86,6 +86,12 @@ class Backend(Protocol):
     async def ready(self) -> bool:
         """True while the engine can serve requests."""
 
+    def server_identity(self) -> tuple[str, str]:
+        """``(name, version)`` of the inference server the backend embeds, after ``start``.
+
+        Frontends report them in ``ServerMetadata`` (Triton: ``("triton", "2.51.0")``).
+        """
+
     def infer(self, request: service_pb2.ModelInferRequest) -> AsyncIterator[service_pb2.ModelInferResponse]:
         """Run one request; yield its responses (one, or for decoupled models zero or more).
 

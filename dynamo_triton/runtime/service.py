@@ -93,6 +93,7 @@ class RoutingService:
                     metadata=first.metadata,
                     decoupled=first.card.decoupled,
                     instances=len(instances),
+                    server_version=str(first.card.worker.get("server_version", "")),
                 )
             self._seen.update(served)
             self._served = served

@@ -174,7 +174,13 @@ class Worker:
             decoupled=info.decoupled,
             config=json_format.MessageToDict(info.config, preserving_proto_field_name=True),
             metadata=json_format.MessageToDict(info.metadata, preserving_proto_field_name=True),
-            worker={"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()},
+            worker={
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": time.time(),
+                "server_name": self.backend.server_identity()[0],
+                "server_version": self.backend.server_identity()[1],
+            },
         )
 
     async def _handle(self, request: TransportRequest) -> AsyncIterator[bytes]:

@@ -60,6 +60,7 @@ class TritonBackend:
         self._server: TritonServer | None = None
         self._models: dict[str, ModelInfo] = {}
         self._shm_before: set[str] = set()
+        self._identity = ("triton", "")
 
     @property
     def server(self) -> TritonServer:
@@ -86,7 +87,9 @@ class TritonBackend:
         server = TritonServer(install, options)
         await asyncio.to_thread(server.start_blocking)
         self._server = server
-        log.info("embedded Triton %s from %s", server.server_metadata().get("version"), install.source)
+        metadata = server.server_metadata()
+        self._identity = (str(metadata.get("name") or "triton"), str(metadata.get("version") or ""))
+        log.info("embedded Triton %s from %s", self._identity[1], install.source)
 
     async def stop(self, *, timeout: float = 30.0) -> None:
         server, self._server = self._server, None
@@ -97,6 +100,9 @@ class TritonBackend:
         except TimeoutError:
             log.warning("Triton did not stop within %.0f s; leaving it to process exit", timeout)
         clean_stale_shm(only=shm_regions() - self._shm_before)
+
+    def server_identity(self) -> tuple[str, str]:
+        return self._identity
 
     async def ready(self) -> bool:
         return self._server is not None and await asyncio.to_thread(self._server.is_ready)

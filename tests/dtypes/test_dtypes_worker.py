@@ -60,6 +60,9 @@ class EchoBackend:
     def model(self, name: str) -> ModelInfo:
         return self.info
 
+    def server_identity(self) -> tuple[str, str]:
+        return ("echo", "1.0")
+
     async def ready(self) -> bool:
         return True
 
