@@ -19,7 +19,7 @@ from dynamo_triton.testing.cluster import START_TIMEOUT, Cluster, model_ready, w
 
 pytestmark = pytest.mark.slow
 
-ALL_MODELS = ("identity", "identity_multi", "repeat", "add_sub", "delay")
+ALL_MODELS = ("identity", "identity_multi", "repeat", "add_sub", "delay", "simple_sequence")
 
 
 def tensor(name: str, datatype: str, array: np.ndarray) -> grpcclient.InferInput:
