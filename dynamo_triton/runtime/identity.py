@@ -19,10 +19,12 @@ __all__ = ["DEFAULT_SERVER_NAME", "EXTENSIONS", "ServerIdentity", "dyntriton_ver
 
 DEFAULT_SERVER_NAME = "triton"
 
-#: KServe/Triton protocol extensions that work through dyntriton's frontends (gRPC and HTTP alike).
-#: Not listed, because they are not available through the frontend: model_repository (load/unload),
-#: schedule_policy, system_shared_memory, cuda_shared_memory, trace, logging.
-EXTENSIONS = ("classification", "sequence", "model_configuration", "statistics", "parameters")
+#: KServe/Triton protocol extensions that work through dyntriton's frontends (one server-wide list,
+#: as Triton's, reported alike on gRPC and HTTP; in Triton's order). Not listed, because they are
+#: not available through the frontend: model_repository (load/unload), schedule_policy,
+#: system_shared_memory, cuda_shared_memory, trace, logging. Triton's REST ``generate`` endpoints
+#: work too but are not an extension Triton lists.
+EXTENSIONS = ("classification", "sequence", "model_configuration", "binary_tensor_data", "parameters", "statistics")
 
 
 def dyntriton_version() -> str:

@@ -109,7 +109,7 @@ class RestRoutes:
             {
                 "name": identity.name,
                 "version": identity.version,
-                "extensions": [*identity.extensions, "binary_tensor_data", "generate"],
+                "extensions": list(identity.extensions),  # the same list gRPC's ServerMetadata gives
                 "server": {"name": "dyntriton", "version": identity.server_version},
             }
         )
