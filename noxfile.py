@@ -34,8 +34,11 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Side-by-side benchmarks (ratios, never pass/fail): Triton direct vs dyntriton."""
+    """Side-by-side benchmarks (ratios, never pass/fail): Triton direct vs dyntriton.
+
+    bench_h2load.py needs h2load (Debian/Ubuntu: apt-get install nghttp2-client) and says so when it is missing.
+    """
     session.install("-e", ".[triton,etcd,test]")
-    scripts = session.posargs or ["benchmarks/bench_serving.py"]
+    scripts = session.posargs or ["benchmarks/bench_h2load.py", "benchmarks/bench_serving.py"]
     for script in scripts:
         session.run("python", script)
