@@ -22,7 +22,16 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from dynamo_triton.testing.cluster import START_TIMEOUT, Cluster, http_get, model_ready, wait_until, worker_requests
+from dynamo_triton.testing.cluster import (
+    MODEL_REPO,
+    START_TIMEOUT,
+    Cluster,
+    http_get,
+    model_ready,
+    wait_until,
+    worker_requests,
+)
+from dynamo_triton.testing.tritonserver import TritonDirect
 
 pytestmark = pytest.mark.slow
 
@@ -174,6 +183,45 @@ def test_a_step_without_start_gets_tritons_error(serve: Serve) -> None:
     client.close()
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "must specify the START flag on the first request of the sequence" in info.value.message()
+
+
+def interleaved_answers(url: str, ids: list[int | str], values: dict[int | str, list[int]]) -> dict[str, object]:
+    """Every answer (or error text) of the sequences ``ids``, sent step by step in turn, unary then over a stream."""
+    client = grpcclient.InferenceServerClient(url)
+    answers: dict[str, object] = {}
+    try:
+        for i in range(STEPS):
+            for sid in ids:
+                flags = {"sequence_id": sid, "sequence_start": i == 0, "sequence_end": i == STEPS - 1}
+                answers[f"unary {sid}|{i}"] = answer(client.infer(MODEL, inputs(values[sid][i]), **flags))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer(MODEL, inputs(1), sequence_id=ids[0])  # ended: Triton no longer holds it
+        answers["after end"] = (info.value.status(), info.value.message())
+        results: queue.Queue = queue.Queue()
+        client.start_stream(callback=partial(lambda q, result, error: q.put((result, error)), results))
+        for i in range(STEPS):
+            for sid in ids:
+                flags = {"sequence_id": sid, "sequence_start": i == 0, "sequence_end": i == STEPS - 1}
+                client.async_stream_infer(MODEL, inputs(values[sid][i]), request_id=f"{sid}|{i}", **flags)
+        for _ in range(len(ids) * STEPS):
+            result, error = results.get(timeout=WAIT)
+            assert error is None, f"a step failed: {error}"
+            answers[f"stream {result.get_response().id}"] = answer(result)
+        client.stop_stream()
+    finally:
+        client.close()
+    return answers
+
+
+@pytest.mark.parametrize("triton_direct", [(MODEL_REPO, (MODEL,))], indirect=True, ids=[MODEL])
+def test_the_same_answers_as_tritonserver(serve: Serve, triton_direct: TritonDirect) -> None:
+    # At most 8 sequences at a time: Triton's slots for this model (max_batch_size 8, one instance);
+    # a ninth START sent step by step would wait in Triton's backlog until a sequence idles out.
+    ids: list[int | str] = [*range(5001, 5005), *(f"same-{n}" for n in range(4))]
+    values = plan(ids, seed=3)
+    ours = interleaved_answers(serve.url, ids, values)
+    assert ours == interleaved_answers(triton_direct.grpc_url, ids, values)
+    assert ours[f"unary {ids[0]}|0"] == expected(values[ids[0]])[0]
 
 
 def test_killing_the_worker_that_holds_a_sequence_makes_it_unavailable(serve: Serve) -> None:
