@@ -1,7 +1,7 @@
 """A worker's serialized ``ModelInferResponse`` -> the KServe v2 REST response body.
 
 Only the protobuf header is parsed; each output tensor is a ``memoryview`` of the
-worker's bytes (see :mod:`._wire`). Binary outputs are written back after the JSON
+worker's bytes (:func:`dynamo_triton.wire.split_field`). Binary outputs are written back after the JSON
 header untouched (binary tensor data extension); JSON outputs become ``data`` through
 :mod:`.json_codec`. Field order and compact separators follow Triton's writer.
 """
@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2
 from dynamo_triton.dtypes import DTypeTable
 from dynamo_triton.errors import DyntritonError
 from dynamo_triton.tensors import contents_to_raw
-from dyntriton_frontend_http._wire import split_field
+from dynamo_triton.wire import WireError, split_field
 from dyntriton_frontend_http.infer_request import OutputChoice
 from dyntriton_frontend_http.json_codec import raw_to_data
 from dyntriton_frontend_http.responses import dumps
@@ -44,7 +44,10 @@ def parameter_value(parameter: service_pb2.InferParameter) -> Any:
 
 def read_response(data: bytes, table: DTypeTable) -> tuple[service_pb2.ModelInferResponse, list[memoryview | bytes]]:
     """Parse a serialized response's header; its output tensors as raw bytes, one per output (views of ``data``)."""
-    header_bytes, raws = split_field(data, _RAW_OUTPUT_CONTENTS)
+    try:
+        header_bytes, raws = split_field(data, _RAW_OUTPUT_CONTENTS)
+    except WireError as exc:
+        raise DyntritonError(f"a worker sent a malformed ModelInferResponse: {exc}") from exc
     header = service_pb2.ModelInferResponse.FromString(header_bytes)
     tensors: list[memoryview | bytes] = list(raws)
     if not tensors and header.outputs:  # a backend that answered with typed contents
