@@ -9,11 +9,12 @@ from dynamo_triton.registry import Register
 
 
 def _factory(settings: Any) -> Any:
-    from dyntriton_kv_file.store import FileStore, default_root
+    from dyntriton_kv_file.store import FileStore, default_root, default_watch_mode
 
-    return FileStore(settings.options.get("root") or default_root())
+    options = settings.options
+    return FileStore(options.get("root") or default_root(), watch=options.get("watch") or default_watch_mode())
 
 
 @hookimpl
 def dyntriton_register_kv_stores(register: Register) -> None:
-    register("file", _factory, summary="a folder on this host (DYN_FILE_KV); atomic writes, leases, polling watch")
+    register("file", _factory, summary="a folder on this host (DYN_FILE_KV); atomic writes, leases, inotify watch")

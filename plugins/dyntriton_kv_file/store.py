@@ -10,7 +10,9 @@ Layout under the root::
 Values are written to a temp file, fsync'ed and renamed over the key's file, so
 a reader never sees half a value. Leases expire by wall-clock time: any process
 using the folder deletes the keys of an expired lease, so a lease whose owner
-was killed with SIGKILL still ends. Watches poll the folder every 50 ms.
+was killed with SIGKILL still ends. Watches follow ``data/`` with inotify (see
+``_watch.py``), polling only where inotify is unavailable or ``watch="poll"``.
+A folder removed while in use is created again by the next write.
 """
 
 from __future__ import annotations
@@ -24,20 +26,22 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 from dynamo_triton.errors import ConfigError, LeaseExpiredError, StoreError
-from dynamo_triton.kv import EventKind, KVEntry, WatchEvent
+from dynamo_triton.kv import KVEntry
 from dynamo_triton.watch import QueueWatch
 
-__all__ = ["FileStore", "default_root"]
+__all__ = ["WATCH_MODES", "FileStore", "default_root", "default_watch_mode"]
 
 log = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.05
+WATCH_MODES = ("auto", "poll")
 _Stamp = tuple[int, int, int]  # inode, size, mtime_ns
+_UNREADABLE: _Stamp = (0, 0, 0)  # the file exists but could not be read (warned)
 
 
 def default_root() -> Path:
@@ -47,6 +51,11 @@ def default_root() -> Path:
         return Path(configured)
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return Path(base) / f"dyntriton-kv-{os.getuid()}"
+
+
+def default_watch_mode() -> str:
+    """``DYN_FILE_KV_WATCH`` if set (``auto`` or ``poll``), else ``auto``."""
+    return os.environ.get("DYN_FILE_KV_WATCH") or "auto"
 
 
 def _encode_key(key: str) -> str:
@@ -61,21 +70,38 @@ def _encode_key(key: str) -> str:
 
 
 class FileStore:
-    """KVStore over a folder (see the module docstring for the layout and guarantees)."""
+    """KVStore over a folder (see the module docstring for the layout and guarantees).
+
+    :param root: the folder; created on first write, and again if it is removed.
+    :param watch: ``auto`` (inotify; polling every 50 ms where inotify is unavailable, said once
+        in the log) or ``poll`` (always poll, e.g. on a network filesystem where inotify sees
+        only this host's changes).
+
+    ``scans`` and ``sweeps`` count full folder scans and lease sweeps done by this object:
+    diagnostics that let tests prove an idle watch does not rescan on a timer.
+    """
 
     name = "file"
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], *, watch: str = "auto"):
+        if watch not in WATCH_MODES:
+            raise ConfigError(
+                f"unknown watch mode {watch!r} for the file store; expected one of {', '.join(WATCH_MODES)}",
+                hint="use auto (inotify, polling where unavailable) or poll (DYN_FILE_KV_WATCH)",
+            )
         self.root = Path(root)
-        self._data = self.root / "data"
+        self.watch_mode = watch
+        self.scans = 0
+        self.sweeps = 0
+        self.data_folder = self.root / "data"
+        self._data = self.data_folder
         self._leases = self.root / "leases"
-        self._ready = False
         self._warned: dict[str, _Stamp] = {}
+        self._said_polling = False
 
     # -- files -----------------------------------------------------------------------------------
     def _setup(self) -> None:
-        if self._ready:
-            return
+        """Create the folders if missing (cheap when they exist, so a removed store comes back on write)."""
         try:
             self._data.mkdir(parents=True, exist_ok=True)
             self._leases.mkdir(parents=True, exist_ok=True)
@@ -84,7 +110,6 @@ class FileStore:
                 f"cannot use {self.root} as the file store: {exc.strerror}",
                 hint="point DYN_FILE_KV at a writable folder",
             ) from exc
-        self._ready = True
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -120,14 +145,27 @@ class FileStore:
 
     def _read_entry(self, name: str) -> KVEntry | None:
         """The entry in data/<name>, None if absent; corrupt files are skipped with a warning."""
+        return self._read_stamped(name)[0]
+
+    def _read_stamped(self, name: str) -> tuple[KVEntry | None, _Stamp | None]:
+        """The entry in data/<name> and the stamp of the very file read (None, None if absent).
+
+        A file that exists but is corrupt or unreadable gives (None, stamp), with a warning.
+        """
         path = self._data / name
         try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
+            with open(path, "rb") as handle:
+                st = os.fstat(handle.fileno())
+                raw = handle.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None, None
         except OSError as exc:
             self._warn(name, f"cannot read {path}: {exc.strerror}")
-            return None
+            return None, _UNREADABLE
+        return self._parse(name, raw), (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _parse(self, name: str, raw: bytes) -> KVEntry | None:
+        path = self._data / name
         header, sep, value = raw.partition(b"\n")
         try:
             meta = json.loads(header) if sep else None
@@ -150,18 +188,30 @@ class FileStore:
             log.warning("%s", message)
 
     def _scan(self, prefix: str) -> dict[str, _Stamp]:
-        self._setup()
+        """Stamp of every key file whose name could hold a key under ``prefix`` ({} if the folder is gone)."""
+        return self._scan_folder(prefix) or {}
+
+    def _scan_folder(self, prefix: str) -> dict[str, _Stamp] | None:
+        """Like :meth:`_scan`, but None when ``data/`` does not exist (watches report that)."""
+        self.scans += 1
         encoded = quote(prefix, safe="")
         stamps: dict[str, _Stamp] = {}
-        with os.scandir(self._data) as it:
-            for item in it:
-                if item.name.startswith(".") or not item.name.startswith(encoded):
-                    continue
-                try:
-                    st = item.stat()
-                except FileNotFoundError:
-                    continue
-                stamps[item.name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        try:
+            with os.scandir(self._data) as it:
+                for item in it:
+                    if item.name.startswith(".") or not item.name.startswith(encoded):
+                        continue
+                    try:
+                        st = item.stat()
+                    except FileNotFoundError:
+                        continue
+                    stamps[item.name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StoreError(
+                f"cannot list {self._data}: {exc.strerror}", hint="point DYN_FILE_KV at a readable folder"
+            ) from exc
         return stamps
 
     # -- leases ----------------------------------------------------------------------------------
@@ -175,17 +225,27 @@ class FileStore:
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return False
 
-    def _sweep_leases(self) -> None:
-        """Delete expired lease files and their keys (any process may do it)."""
-        self._setup()
+    def _sweep_leases(self) -> float | None:
+        """Delete expired lease files and their keys (any process may do it).
+
+        Returns the earliest expiry (unix time) among the leases still alive, None if there are none.
+        """
+        self.sweeps += 1
         now = time.time()
         expired: set[int] = set()
-        for path in self._leases.iterdir():
+        earliest: float | None = None
+        try:
+            paths = list(self._leases.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        for path in paths:
             if path.name.startswith("."):
                 continue
             try:
                 info = json.loads(path.read_text())
-                if float(info["expires"]) > now:
+                expires = float(info["expires"])
+                if expires > now:
+                    earliest = expires if earliest is None else min(earliest, expires)
                     continue
             except FileNotFoundError:
                 continue
@@ -197,12 +257,13 @@ class FileStore:
                 path.unlink()
         if expired:
             self._delete_where(lambda entry: entry.lease in expired)
+        return earliest
 
-    def _delete_where(self, predicate: object) -> None:
+    def _delete_where(self, predicate: Callable[[KVEntry], bool]) -> None:
         with self._locked():
             for name in list(self._scan("")):
                 entry = self._read_entry(name)
-                if entry is not None and predicate(entry):  # type: ignore[operator]
+                if entry is not None and predicate(entry):
                     with contextlib.suppress(FileNotFoundError):
                         (self._data / name).unlink()
                         self._next_revision()
@@ -280,41 +341,23 @@ class FileStore:
         return await asyncio.to_thread(self._list, prefix)
 
     def watch(self, prefix: str) -> QueueWatch:
+        from dyntriton_kv_file._watch import open_watch
 
-        async def opener(watch: QueueWatch) -> None:
-            await asyncio.to_thread(self._sweep_leases)
-            stamps = await asyncio.to_thread(self._scan, prefix)
-            entries = await asyncio.to_thread(lambda: {n: self._read_entry(n) for n in stamps})
-            watch.set_snapshot([e for e in entries.values() if e is not None and e.key.startswith(prefix)])
-            watch.feed(self._poll(watch, prefix, stamps), name=f"dyntriton-file-watch:{prefix}")
+        return QueueWatch(partial(open_watch, self, prefix))
 
-        return QueueWatch(opener)
-
-    async def _poll(self, watch: QueueWatch, prefix: str, stamps: dict[str, _Stamp]) -> None:
-        last_sweep = 0.0
-        try:
-            while True:
-                await asyncio.sleep(POLL_INTERVAL)
-                if time.monotonic() - last_sweep > 0.25:
-                    await asyncio.to_thread(self._sweep_leases)
-                    last_sweep = time.monotonic()
-                current = await asyncio.to_thread(self._scan, prefix)
-                for name in sorted(stamps.keys() - current.keys()):
-                    key = unquote(name)
-                    if key.startswith(prefix):
-                        watch.push(WatchEvent(EventKind.DELETE, key, None))
-                changed = [name for name, stamp in current.items() if stamps.get(name) != stamp]
-                for name in sorted(changed):
-                    entry = await asyncio.to_thread(self._read_entry, name)
-                    if entry is None:  # vanished meanwhile (next poll reports it) or corrupt (warned)
-                        continue
-                    if entry.key.startswith(prefix):
-                        watch.push(WatchEvent(EventKind.PUT, entry.key, entry.value, entry.revision))
-                stamps = current
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            watch.fail(StoreError(f"watching {self.root} failed: {exc}"))
+    def _say_polling(self, reason: str) -> None:
+        """Log once per store that its watches poll, and why."""
+        if self._said_polling:
+            return
+        self._said_polling = True
+        if self.watch_mode == "poll":
+            log.info("file store %s: watches poll the folder every 50 ms (%s)", self.root, reason)
+        else:
+            log.warning(
+                "file store %s: inotify is unavailable (%s); watches poll the folder every 50 ms instead",
+                self.root,
+                reason,
+            )
 
     async def grant_lease(self, ttl: float) -> int:
         return await asyncio.to_thread(self._grant, ttl)
