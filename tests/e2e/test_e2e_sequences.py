@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -50,9 +52,20 @@ class Serve:
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
-        self.proc, self.url = cluster.serve(MODEL, extra=("--workers", "2"))
-        base = int(self.proc.argv[self.proc.argv.index("--system-port") + 1])
+        base = free_port_pair()
         self.system_ports = [base, base + 1]  # serve gives worker i the system port base + i
+        # The last --system-port wins over the one Cluster.serve picked (which says nothing of base + 1).
+        self.proc, self.url = cluster.serve(MODEL, extra=("--workers", "2", "--system-port", str(base)))
+
+    def ready(self) -> bool:
+        """True once the model is ready; raises (with the logs) if serve exited instead."""
+        if not self.proc.alive():
+            code = self.proc.popen.returncode if self.proc.popen else None
+            raise AssertionError(f"serve exited with code {code} before {MODEL} was ready\n{self.cluster.logs()}")
+        try:
+            return model_ready(self.url, MODEL)
+        except Exception:
+            return False
 
     def worker_pid(self, system_port: int) -> int:
         """The pid of serve's worker child with ``system_port``."""
@@ -71,6 +84,20 @@ class Serve:
         raise AssertionError(f"no worker child of serve with --system-port {system_port}")
 
 
+def free_port_pair() -> int:
+    """A port p with p and p + 1 both free now (serve's two workers take them)."""
+    for _ in range(100):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two consecutive free ports on 127.0.0.1")
+
+
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory, require_triton: None) -> Iterator[Serve]:
     tmp = tmp_path_factory.mktemp("sequences")
@@ -79,7 +106,10 @@ def serve(tmp_path_factory: pytest.TempPathFactory, require_triton: None) -> Ite
     cluster = Cluster(tmp, env=env)
     try:
         running = Serve(cluster)
-        wait_until(lambda: model_ready(running.url, MODEL), START_TIMEOUT, f"{MODEL} to be ready", cluster)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not running.ready():
+            assert time.monotonic() < deadline, f"{MODEL} not ready within {START_TIMEOUT:g} s\n{cluster.logs()}"
+            time.sleep(0.2)
         for port in running.system_ports:
             wait_until(lambda p=port: http_get(p, "/health")[0] == 200, START_TIMEOUT, f"worker :{port}", cluster)
         yield running
