@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 
 from dynamo_triton.errors import DeadlineExceededError, DyntritonError, NoInstanceError
 from dynamo_triton.runtime.discovery import Instance, ModelTable
@@ -44,7 +44,7 @@ __all__ = ["Send", "SequenceRouter"]
 log = logging.getLogger(__name__)
 
 #: Sends a payload to one instance and yields its answer chunks (the routing service's transport call).
-Send = Callable[[Instance, bytes, "float | None"], AsyncIterator[bytes]]
+Send = Callable[[Instance, bytes, "float | None"], AsyncGenerator[bytes, None]]
 
 
 class SequenceRouter:
@@ -75,7 +75,7 @@ class SequenceRouter:
 
     async def infer(
         self, name: str, payload: bytes, step: SequenceStep, idle: float, deadline: float | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Send one request of a sequence of model ``name`` (idle limit ``idle`` s); yield the answer.
 
         Waits for the sequence's previous request through this frontend to finish first.
@@ -107,7 +107,7 @@ class SequenceRouter:
 
     async def _route(
         self, name: str, payload: bytes, step: SequenceStep, idle: float, deadline: float | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         pins, sequence_id = self.pins, step.sequence_id
         pin = None if step.start else pins.get(name, sequence_id)
         if pin is not None and pin.lost:
@@ -133,7 +133,7 @@ class SequenceRouter:
                 current = None
             answered = False
             try:
-                async with contextlib.aclosing(self._send(instance, payload, deadline)) as answer:  # type: ignore[type-var]
+                async with contextlib.aclosing(self._send(instance, payload, deadline)) as answer:
                     async for chunk in answer:
                         if not answered:
                             answered = True

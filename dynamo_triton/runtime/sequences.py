@@ -89,10 +89,12 @@ def sequence_step(request: Any) -> SequenceStep | None:
         return None
     parameter = parameters["sequence_id"]
     kind = parameter.WhichOneof("parameter_choice")
+    value: int | str
     if kind in ("int64_param", "uint64_param"):
-        value: int | str = int(getattr(parameter, kind))
-        if value < 0:
-            raise InvalidRequestError(f"sequence_id must not be negative, got {value}")
+        number = int(getattr(parameter, kind))
+        if number < 0:
+            raise InvalidRequestError(f"sequence_id must not be negative, got {number}")
+        value = number
     elif kind == "string_param":
         value = parameter.string_param
     else:

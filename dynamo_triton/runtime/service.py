@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from tritonclient.grpc import service_pb2
 
@@ -169,7 +169,7 @@ class RoutingService:
         detail = f": {failure.message}" if failure else ""
         raise NoInstanceError(f"no live instance of model '{name}' could take the request{detail}")
 
-    async def _send(self, instance: Instance, payload: bytes, deadline: float | None) -> AsyncIterator[bytes]:
+    async def _send(self, instance: Instance, payload: bytes, deadline: float | None) -> AsyncGenerator[bytes, None]:
         """One call to ``instance``; an instance whose connection fails leaves the table."""
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
