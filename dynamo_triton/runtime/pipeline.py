@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from dynamo_triton.errors import DyntritonError, InvalidRequestError, ModelNotFoundError
 from dynamo_triton.runtime.sequences import SequenceStep, sequence_step
 from dynamo_triton.runtime.validation import validate_request
+from dynamo_triton.tensors import Raw
+from dynamo_triton.wire import split_field
 
 if TYPE_CHECKING:
     from tritonclient.grpc import service_pb2
@@ -34,15 +36,28 @@ if TYPE_CHECKING:
 __all__ = ["PreparedRequest", "RequestPipeline", "parse_infer_request"]
 
 UNKNOWN_MODEL = "unknown"
+_RAW_INPUT_CONTENTS = 7  # field number in KServe's ModelInferRequest
 
 
-def parse_infer_request(raw: bytes) -> service_pb2.ModelInferRequest:
-    """Parse serialized ``ModelInferRequest`` bytes; InvalidRequestError when they are not one."""
+#: Requests at least this big are read without copying their tensors (wire.split_field);
+#: below it protobuf's own parse is faster.
+SPLIT_ABOVE = 64 * 1024
+
+
+def parse_infer_request(raw: Raw) -> tuple[service_pb2.ModelInferRequest, list[memoryview] | None]:
+    """Parse serialized ``ModelInferRequest`` bytes; InvalidRequestError when they are not one.
+
+    :return: the request and, for a large one, its ``raw_input_contents`` as views into ``raw``
+        (the returned message then has no ``raw_input_contents``); None when they stayed inside.
+    """
     from tritonclient.grpc import service_pb2
 
     try:
-        return service_pb2.ModelInferRequest.FromString(raw)
-    except Exception as exc:  # protobuf's DecodeError derives from Exception only
+        if len(raw) < SPLIT_ABOVE:
+            return service_pb2.ModelInferRequest.FromString(raw), None
+        header, views = split_field(raw, _RAW_INPUT_CONTENTS)
+        return service_pb2.ModelInferRequest.FromString(header), views
+    except Exception as exc:  # protobuf's DecodeError and WireError derive from Exception only
         raise InvalidRequestError(
             f"the request is not a valid ModelInferRequest ({exc})",
             hint="send a KServe v2 ModelInferRequest, e.g. with tritonclient",
@@ -55,16 +70,18 @@ class PreparedRequest:
 
     :param request: the parsed request (read-only from here on).
     :param raw: its serialized bytes: what the worker receives, untouched.
+    :param raw_inputs: the tensors' bytes when they were taken out of ``request`` (views into ``raw``).
     :param served: the model as the routing table sees it.
     :param sequence: the sequence the request belongs to, or None.
     :param started: ``time.perf_counter()`` when the request arrived.
     """
 
     request: service_pb2.ModelInferRequest
-    raw: bytes
+    raw: Raw
     served: ServedModel
     sequence: SequenceStep | None
     started: float
+    raw_inputs: list[memoryview] | None = None
 
     @property
     def model(self) -> str:
@@ -118,18 +135,25 @@ class RequestPipeline:
         self._model_metrics(model or UNKNOWN_MODEL).failed(error.status)
 
     # -- parse and validate ----------------------------------------------------------------------
-    def parse(self, raw: bytes) -> service_pb2.ModelInferRequest:
-        """Parse request bytes; a failure is counted (model unknown) and raised."""
+    def parse(self, raw: Raw) -> tuple[service_pb2.ModelInferRequest, list[memoryview] | None]:
+        """Parse request bytes (see :func:`parse_infer_request`); a failure is counted (model unknown) and raised."""
         try:
             return parse_infer_request(raw)
         except DyntritonError as exc:
             self.failed(UNKNOWN_MODEL, exc)
             raise
 
-    def prepare(self, request: service_pb2.ModelInferRequest, raw: bytes | None = None) -> PreparedRequest:
+    def prepare(
+        self,
+        request: service_pb2.ModelInferRequest,
+        raw: Raw | None = None,
+        *,
+        raw_inputs: list[memoryview] | None = None,
+    ) -> PreparedRequest:
         """Find the model, validate ``request`` against its config, extract its sequence step.
 
         :param raw: ``request`` serialized, when the frontend has the bytes already (else serialized here).
+        :param raw_inputs: the tensors, when :meth:`parse` took them out of ``request``.
         :raises DyntritonError: NOT_FOUND for an unknown model or version, UNAVAILABLE when no worker
             serves it now, INVALID_ARGUMENT for a request the model cannot run. Counted before raising.
         """
@@ -142,7 +166,7 @@ class RequestPipeline:
                 )
             served = self.service.model(request.model_name, request.model_version)
             label = served.name
-            validate_request(request, served.config, table=self._dtypes)
+            validate_request(request, served.config, table=self._dtypes, raw_inputs=raw_inputs)
             sequence = sequence_step(request)
         except DyntritonError as exc:
             self._model_metrics(label).failed(exc.status)
@@ -154,9 +178,15 @@ class RequestPipeline:
             served=served,
             sequence=sequence,
             started=started,
+            raw_inputs=raw_inputs,
         )
 
     # -- route -----------------------------------------------------------------------------------
+    def prepare_bytes(self, raw: Raw) -> PreparedRequest:
+        """:meth:`parse` then :meth:`prepare`: what a frontend receiving serialized requests calls."""
+        request, raw_inputs = self.parse(raw)
+        return self.prepare(request, raw, raw_inputs=raw_inputs)
+
     async def unary(self, prepared: PreparedRequest, *, timeout: float | None = None) -> bytes:
         """Run a request of a non-decoupled model; its one serialized ``ModelInferResponse``.
 

@@ -171,8 +171,8 @@ class _Stream:
         self.open_requests += 1
         request: Any = None
         try:
-            request = self.pipeline.parse(raw)
-            prepared = self.pipeline.prepare(request, raw)
+            request, raw_inputs = self.pipeline.parse(raw)
+            prepared = self.pipeline.prepare(request, raw, raw_inputs=raw_inputs)
         except DyntritonError as exc:
             model = request.model_name if request is not None else ""
             self._answer_now(model, request.id if request is not None else "", exc)

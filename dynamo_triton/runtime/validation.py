@@ -19,7 +19,7 @@ from typing import Any
 
 from dynamo_triton.dtypes import DType, DTypeTable, default_table
 from dynamo_triton.errors import InvalidRequestError, UnknownNameError
-from dynamo_triton.tensors import count_bytes_elements
+from dynamo_triton.tensors import Raw, count_bytes_elements
 
 __all__ = ["ModelSpec", "spec_for", "validate_request"]
 
@@ -117,7 +117,9 @@ def _datatype(tensor: Any, table: DTypeTable) -> DType:
         ) from None
 
 
-def validate_request(request: Any, config: Any, *, table: DTypeTable | None = None) -> None:
+def validate_request(
+    request: Any, config: Any, *, table: DTypeTable | None = None, raw_inputs: Sequence[Raw] | None = None
+) -> None:
     """Raise InvalidRequestError (INVALID_ARGUMENT) if ``request`` cannot run on the model.
 
     Checks input names and count, datatypes, shapes (``-1`` dims, the batch
@@ -126,6 +128,8 @@ def validate_request(request: Any, config: Any, *, table: DTypeTable | None = No
 
     :param table: the dtype table requests are read with (default: the core table). A tensor's
         datatype must be in it, and equal the model input's or be carried by it.
+    :param raw_inputs: the tensors' raw bytes when they were taken out of the request
+        (:func:`dynamo_triton.wire.split_field`); default ``request.raw_input_contents``.
     """
     table = table or default_table()
     spec = spec_for(config, table=table)
@@ -138,7 +142,7 @@ def validate_request(request: Any, config: Any, *, table: DTypeTable | None = No
             raise InvalidRequestError(f"input '{tensor.name}' is given more than once for model '{model}'")
         seen.add(tensor.name)
     _check_input_count(request, spec, model)
-    raw = request.raw_input_contents
+    raw = request.raw_input_contents if raw_inputs is None else raw_inputs
     if raw and len(raw) != len(request.inputs):
         raise InvalidRequestError(
             f"expected {len(request.inputs)} raw input contents (one per input, in order) for model '{model}', "
@@ -195,7 +199,7 @@ def validate_request(request: Any, config: Any, *, table: DTypeTable | None = No
             raise InvalidRequestError(f"unexpected inference output '{output.name}' for model '{model}'")
 
 
-def _check_size(tensor: Any, expected: DType, raw: bytes | None, count: int, model: str) -> None:
+def _check_size(tensor: Any, expected: DType, raw: Raw | None, count: int, model: str) -> None:
     """Sizes per the request's own datatype row (a carried row has its carrier's itemsize)."""
     if raw is None:
         field = expected.contents_field

@@ -245,7 +245,7 @@ class KServeGrpcFrontend:
     # -- inference -------------------------------------------------------------------------------
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            prepared = self.pipeline.prepare(self.pipeline.parse(raw), raw)
+            prepared = self.pipeline.prepare_bytes(raw)
             return await self.pipeline.unary(prepared, timeout=context.time_remaining())
         except DyntritonError as exc:
             await self._abort(context, exc)

@@ -232,6 +232,24 @@ async def test_frontend_grpc_64_mib_tensor_round_trip(grpc_frontend):
         await client.close()
 
 
+async def test_frontend_grpc_large_requests_are_validated_without_parsing_their_tensors(grpc_frontend, service):
+    """Above 64 KiB the tensors are located in the request bytes (not copied): the checks still apply."""
+    request = service_pb2.ModelInferRequest(model_name="identity", id="big")
+    request.inputs.add(name="INPUT0", datatype="INT32", shape=[300_000])
+    request.raw_input_contents.append(np.zeros(300_000, dtype=np.int32).tobytes()[:-4])  # one element short
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_frontend.port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ModelInfer(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "input byte size mismatch for input 'INPUT0' for model 'identity'. Expected 1200000, got 1199996" in (
+            caught.value.details()
+        )
+        request.raw_input_contents[0] = np.arange(300_000, dtype=np.int32).tobytes()
+        answer = await stub.ModelInfer(request)
+    assert answer.id == "big" and answer.raw_output_contents[0] == request.raw_input_contents[0]
+
+
 async def test_frontend_grpc_port_taken_is_a_config_error(grpc_frontend, service):
     from dyntriton_frontend_kserve_grpc.server import KServeGrpcFrontend
 
