@@ -5,6 +5,12 @@ instance and a stream of response bytes back. It never looks inside them: the
 frontend forwards the KServe request bytes it received and returns the response
 bytes it gets.
 
+A handler yields each response as one bytes-like object, or as a list (or tuple) of
+bytes-like parts that together are the response: transports send the parts one after
+the other without joining them (a serialized header followed by tensor buffers), and
+the client receives one payload, their concatenation. Anything else fails the
+request with ``INTERNAL`` and leaves the connection usable.
+
 Error contract: a handler that raises a :class:`~dynamo_triton.errors.DyntritonError`
 makes the client's iterator raise an error with the same ``status`` and message
 (rebuilt with :func:`~dynamo_triton.errors.error_from_status`); any other exception
@@ -19,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Handler", "Transport", "TransportClient", "TransportRequest", "TransportServer"]
+__all__ = ["Chunk", "Handler", "Transport", "TransportClient", "TransportRequest", "TransportServer"]
 
 
 @dataclass(frozen=True)
@@ -27,17 +33,23 @@ class TransportRequest:
     """One request as the server's handler sees it.
 
     :param endpoint: which handler the caller wants, e.g. ``"infer"`` or ``"statistics"``.
-    :param payload: the request bytes, untouched.
+    :param payload: the request bytes, untouched (a memoryview when the transport received a large
+        request into a buffer of its own: valid for as long as the handler runs).
     :param timeout: seconds the caller will still wait, or None for no deadline.
     """
 
     endpoint: str
-    payload: bytes
+    payload: bytes | memoryview
     timeout: float | None = None
 
 
-#: The server side's callback: one request in, an async stream of response bytes out.
-Handler = Callable[[TransportRequest], AsyncIterator[bytes]]
+#: One response as a handler yields it: bytes-like, or bytes-like parts sent back to back.
+Chunk = (
+    bytes | bytearray | memoryview | list[bytes | bytearray | memoryview] | tuple[bytes | bytearray | memoryview, ...]
+)
+
+#: The server side's callback: one request in, an async stream of responses out.
+Handler = Callable[[TransportRequest], AsyncIterator[Chunk]]
 
 
 @runtime_checkable

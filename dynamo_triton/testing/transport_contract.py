@@ -246,6 +246,22 @@ class TransportContract:
         assert caught.value.status == "INTERNAL"
         assert await collect(client.call(address, "x", b""), self.wait) == [b"array", b"view"]
 
+    async def test_a_response_in_parts_arrives_as_one_payload(self, serve: Callable, client: TransportClient) -> None:
+        big = bytes(range(256)) * 1024  # 256 KiB: large parts are sent as they are, not joined
+
+        async def handler(request: TransportRequest) -> AsyncIterator[list]:
+            yield [b"head", memoryview(big), bytearray(b"tail")]
+            yield (b"", b"second")
+            if request.payload == b"bad":
+                yield [b"ok", "a str is not bytes"]
+
+        _, address = await serve(handler)
+        assert await collect(client.call(address, "x", b""), self.wait) == [b"head" + big + b"tail", b"second"]
+        with pytest.raises(DyntritonError) as caught:
+            await collect(client.call(address, "x", b"bad"), self.wait)
+        assert caught.value.status == "INTERNAL"
+        assert await collect(client.call(address, "x", b""), self.wait) == [b"head" + big + b"tail", b"second"]
+
     async def test_server_survives_failed_requests(self, serve: Callable, client: TransportClient) -> None:
         async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
             if request.payload == b"fail":

@@ -75,9 +75,7 @@ class InprocServer:
                     stream = self.handler(request)
                     try:
                         async for chunk in stream:
-                            if not isinstance(chunk, bytes | bytearray | memoryview):
-                                raise TypeError(f"handler yielded {type(chunk).__name__}; responses must be bytes")
-                            queue.put_nowait(chunk)
+                            queue.put_nowait(_payload(chunk))
                     finally:
                         aclose = getattr(stream, "aclose", None)
                         if aclose is not None:
@@ -97,6 +95,15 @@ class InprocServer:
         except Exception as exc:
             log.exception("handler for endpoint %r failed", request.endpoint)
             queue.put_nowait(DyntritonError(f"{type(exc).__name__}: {exc}", status="INTERNAL"))
+
+
+def _payload(chunk: object) -> bytes | bytearray | memoryview:
+    """A handler's chunk as one payload: parts are joined (the one copy a single payload needs)."""
+    if isinstance(chunk, bytes | bytearray | memoryview):
+        return chunk
+    if isinstance(chunk, list | tuple) and all(isinstance(part, bytes | bytearray | memoryview) for part in chunk):
+        return b"".join(chunk)
+    raise TypeError(f"handler yielded {type(chunk).__name__}; responses must be bytes-like or a list of bytes-like")
 
 
 def _rebuilt(exc: DyntritonError) -> DyntritonError:

@@ -61,7 +61,7 @@ class Frame:
 
     type: FrameType
     request_id: int
-    body: bytes
+    body: bytes | memoryview
     endpoint: str = ""
     timeout: float | None = None
 
@@ -77,8 +77,17 @@ def as_bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
     return memoryview(data).cast("B")
 
 
-def simple_frame(kind: FrameType, request_id: int, body: bytes | memoryview = b"") -> list[bytes | memoryview]:
-    """The buffers of one DATA/END/ERROR/CANCEL frame, for :func:`write_frame` (body not copied)."""
+def simple_frame(
+    kind: FrameType, request_id: int, body: bytes | bytearray | memoryview | list | tuple = b""
+) -> list[bytes | memoryview]:
+    """The buffers of one DATA/END/ERROR/CANCEL frame, for :func:`write_frame` (body not copied).
+
+    ``body`` may be a list or tuple of bytes-like parts: the frame's body is their concatenation,
+    sent part by part.
+    """
+    if isinstance(body, list | tuple):
+        parts = [part if isinstance(part, bytes) else as_bytes_view(part) for part in body]
+        return [HEADER.pack(kind, request_id, sum(len(part) for part in parts)), *parts]
     if not isinstance(body, bytes):
         body = as_bytes_view(body)
     return [HEADER.pack(kind, request_id, len(body)), body]

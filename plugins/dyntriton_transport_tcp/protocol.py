@@ -22,8 +22,13 @@ _BIG = 64 * 1024
 _SCRATCH = 4 * _BIG
 
 
-def _decode(kind: int, request_id: int, body: memoryview) -> Frame:
-    """One frame from its header fields and a view of its body (the body is copied once, into bytes)."""
+def _decode(kind: int, request_id: int, body: memoryview, *, owned: bool = False) -> Frame:
+    """One frame from its header fields and a view of its body.
+
+    The body is copied once, into bytes, except a REQUEST's payload received into a buffer of
+    its own (``owned``): that payload is handed on as a view of the buffer, never copied (the
+    worker points Triton at the tensors inside it).
+    """
     try:
         frame_type = FrameType(kind)
     except ValueError:
@@ -35,7 +40,8 @@ def _decode(kind: int, request_id: int, body: memoryview) -> Frame:
     timeout, name_len = REQUEST_META.unpack_from(body)
     start = REQUEST_META.size + name_len
     endpoint = bytes(body[REQUEST_META.size : start]).decode()
-    return Frame(frame_type, request_id, bytes(body[start:]), endpoint, None if timeout < 0 else timeout)
+    payload = body[start:] if owned else bytes(body[start:])
+    return Frame(frame_type, request_id, payload, endpoint, None if timeout < 0 else timeout)
 
 
 class _WriteFlowControl:
@@ -130,7 +136,7 @@ class FrameProtocol(_WriteFlowControl, asyncio.BufferedProtocol):
                 self._big_pos += nbytes
                 if self._big_pos == len(self._big):
                     big, self._big = self._big, None
-                    self.on_frame(_decode(*self._big_header, memoryview(big)))
+                    self.on_frame(_decode(*self._big_header, memoryview(big), owned=True))
                 return
             self._end += nbytes
             self._parse()

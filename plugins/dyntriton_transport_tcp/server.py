@@ -8,8 +8,9 @@ import logging
 import socket
 
 from dynamo_triton.errors import DyntritonError
-from dynamo_triton.transport import Handler, TransportRequest
+from dynamo_triton.transport import Chunk, Handler, TransportRequest
 from dyntriton_transport_tcp.frames import (
+    HEADER,
     Frame,
     FrameType,
     encode_error,
@@ -70,11 +71,12 @@ class _Connection:
     def peer(self) -> str:
         return str(self.writer.get_extra_info("peername"))
 
-    async def _send(self, kind: FrameType, request_id: int, body: bytes | memoryview = b"") -> None:
+    async def _send(self, kind: FrameType, request_id: int, body: Chunk = b"") -> None:
         frame = simple_frame(kind, request_id, body)
-        if len(frame[1]) > self.server.max_frame:
+        size = HEADER.unpack(frame[0])[2]
+        if size > self.server.max_frame:
             raise DyntritonError(
-                f"response of {len(frame[1])} bytes exceeds the tcp frame limit of {self.server.max_frame} bytes",
+                f"response of {size} bytes exceeds the tcp frame limit of {self.server.max_frame} bytes",
                 status="RESOURCE_EXHAUSTED",
                 hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME)",
             )

@@ -64,7 +64,8 @@ def test_any_split_of_the_stream_gives_the_same_frames(sizes: list[int], cuts: l
     for i, body in enumerate(bodies):
         request, response, end = frames[3 * i : 3 * i + 3]
         assert (request.type, request.request_id, request.endpoint) == (FrameType.REQUEST, i, f"ep{i}")
-        assert request.body == body and isinstance(request.body, bytes)
+        # a large request received into a buffer of its own is handed on as a view of it (never copied)
+        assert request.body == body and isinstance(request.body, bytes | memoryview)
         assert request.timeout == (1.5 if i % 2 else None)
         assert (response.type, response.body) == (FrameType.DATA, body)
         assert (end.type, end.body) == (FrameType.END, b"")
