@@ -7,12 +7,15 @@ received and sends back the responses it yields, without touching tensor data.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # the protobuf modules are heavy; only type checkers need them here
     from tritonclient.grpc import model_config_pb2, service_pb2
+
+    from dynamo_triton.tensors import Raw
+    from dynamo_triton.transport import Chunk
 
 __all__ = ["Backend", "BackendFactory", "BackendSettings", "ModelInfo"]
 
@@ -100,8 +103,20 @@ class Backend(Protocol):
         engine. Errors raise subclasses of :class:`~dynamo_triton.errors.DyntritonError`.
         """
 
-    # Optional fast path: ``infer_serialized(request) -> AsyncIterator[bytes]`` yielding serialized
-    # ModelInferResponses; the worker uses it when present instead of serializing ``infer``'s messages.
+    def infer_serialized(
+        self, request: service_pb2.ModelInferRequest, raw_inputs: Sequence[Raw] | None = None
+    ) -> AsyncIterator[Chunk]:
+        """What the worker calls: :meth:`infer` with the tensors where they were received, answers serialized.
+
+        :param raw_inputs: the inputs' bytes, one per ``request.inputs`` in order, when the worker took
+            them out of the request (views into the received buffer, valid until the iterator ends);
+            None when they are in ``request.raw_input_contents`` (or typed contents).
+        :return: each response serialized as a ``ModelInferResponse``: bytes, or a list of bytes-like
+            parts that, sent back to back, are one (a header and then the tensor buffers, not joined).
+        """
+
+    # Optional: ``async metrics_text() -> str``, the engine's own metrics in Prometheus text format
+    # (Triton: the ``nv_*`` families); the worker's system port appends them to its ``/metrics``.
 
     async def statistics(self, name: str = "") -> Any:
         """``service_pb2.ModelStatisticsResponse`` for one model, or all when ``name`` is empty."""

@@ -38,12 +38,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FrontendConfig:
-    """Everything a frontend stack needs; ports 0 pick free ports."""
+    """Everything a frontend stack needs; ports 0 pick free ports, ``http_port`` -1 serves no HTTP.
+
+    :param host: interface the gRPC port binds (and the HTTP port, unless ``http_host`` is given).
+    """
 
     namespace: str = "dynamo"
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     grpc_port: int = 8787
     http_port: int = 8000
+    http_host: str | None = None
     router: str = "round-robin"
     grpc_options: dict[str, Any] = field(default_factory=dict)
     http_options: dict[str, Any] = field(default_factory=dict)
@@ -82,7 +86,8 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
     try:
         await grpc.start()
         if config.http_port >= 0:
-            http_settings = FrontendSettings(host=config.host, port=config.http_port, options=config.http_options)
+            http_host = config.http_host or config.host
+            http_settings = FrontendSettings(host=http_host, port=config.http_port, options=config.http_options)
             http = plugins.frontend("http", http_settings, service)
             await http.start()
     except BaseException:
@@ -115,20 +120,25 @@ async def start_worker(
     backend_settings: BackendSettings,
     transport: str,
     settings: WorkerSettings,
-    system_host: str = "0.0.0.0",
+    system_host: str = "127.0.0.1",
     system_port: int | None = 8081,
 ) -> WorkerStack:
-    """Start a backend-backed worker registering in ``store``; ``system_port=None`` serves no system port."""
-    worker = Worker(
-        plugins.backend(backend, backend_settings),
-        store,
-        plugins.transport(transport),
-        settings,
-        dtypes=plugins.dtype_table(),
-    )
+    """Start a backend-backed worker registering in ``store``; ``system_port=None`` serves no system port.
+
+    The system port's ``/metrics`` carries the worker's metrics and, when the backend has a
+    ``metrics_text()`` coroutine, the embedded server's own (Triton's ``nv_*`` families).
+    """
+    engine = plugins.backend(backend, backend_settings)
+    worker = Worker(engine, store, plugins.transport(transport), settings, dtypes=plugins.dtype_table())
     system = None
     if system_port is not None:
-        system = SystemServer(system_host, system_port, health=worker.health, registry=worker.metrics.registry)
+        system = SystemServer(
+            system_host,
+            system_port,
+            health=worker.health,
+            registry=worker.metrics.registry,
+            more_metrics=getattr(engine, "metrics_text", None),
+        )
         await system.start()
     try:
         await worker.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -12,12 +13,16 @@ from dynamo_triton.errors import ConfigError
 
 __all__ = ["SystemServer"]
 
+log = logging.getLogger(__name__)
+
 
 class SystemServer:
     """Serves health and Prometheus metrics for one process.
 
     :param health: coroutine returning ``(healthy, details)``; ``/health`` answers 200 or 503 with details as JSON.
     :param registry: the Prometheus registry ``/metrics`` exposes.
+    :param more_metrics: coroutine returning more Prometheus text appended to ``/metrics`` (the embedded
+        server's own metrics, e.g. Triton's ``nv_*`` families); a failure is logged and leaves them out.
     """
 
     def __init__(
@@ -27,9 +32,11 @@ class SystemServer:
         *,
         health: Callable[[], Awaitable[tuple[bool, dict[str, object]]]],
         registry: CollectorRegistry,
+        more_metrics: Callable[[], Awaitable[str]] | None = None,
     ):
         self._host, self._port = host, port
         self._health, self._registry = health, registry
+        self._more_metrics = more_metrics
         self._runner: web.AppRunner | None = None
         self.port = port
 
@@ -42,7 +49,15 @@ class SystemServer:
         return web.Response(text=json.dumps({"status": "live"}), content_type="application/json")
 
     async def _get_metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = generate_latest(self._registry)
+        if self._more_metrics is not None:
+            try:
+                more = await self._more_metrics()
+            except Exception as exc:  # the process's own metrics must still be served
+                log.warning("could not read the backend's metrics for /metrics: %s", exc)
+            else:
+                body += more.encode() if more.endswith("\n") or not more else (more + "\n").encode()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def start(self) -> None:
         """Bind and serve; a taken port raises ConfigError naming it."""
@@ -59,7 +74,8 @@ class SystemServer:
             await self._runner.cleanup()
             raise ConfigError(
                 f"cannot listen on {self._host}:{self._port} for the system port: {exc.strerror}",
-                hint="pick another port with --system-port / DYN_SYSTEM_PORT (0 = any free port)",
+                hint="pick another port with --system-port / DYN_SYSTEM_PORT (0 = any free port), or another "
+                "interface with --system-host / DYN_SYSTEM_HOST",
             ) from exc
         self.port = self._runner.addresses[0][1]
 

@@ -50,6 +50,23 @@ def _version_number(version: str) -> int:
         raise InvalidRequestError(f"model version must be an integer, got '{version}'") from None
 
 
+def load_failure_reason(name: str, message: str) -> str:
+    r"""Triton's load error on one line: its repeated prefix dropped, the python traceback folded.
+
+    ``load failed for model 'm': version 1 is at UNAVAILABLE state: Internal: RuntimeError: x\n\nAt:\n
+    /r/m/1/model.py(3): initialize\n;`` becomes ``version 1 is at UNAVAILABLE state: Internal:
+    RuntimeError: x (at /r/m/1/model.py(3): initialize)``.
+    """
+    text = message.strip().rstrip(";").strip()
+    prefix = f"load failed for model '{name}': "
+    if text.startswith(prefix):
+        text = text[len(prefix) :]
+    reason, _, where = text.partition("\n\nAt:\n")
+    reason = " ".join(reason.split())
+    frames = [line.strip() for line in where.splitlines() if line.strip() and line.strip() != ";"]
+    return reason + (f" (at {' <- '.join(frames)})" if frames else "")
+
+
 class TritonBackend:
     """Runs models of a Triton model repository in this process (see dynamo_triton.backend.Backend)."""
 
@@ -83,6 +100,7 @@ class TritonBackend:
             model_repository=self.repository,
             backend_directory=backends_directory(install, self.settings.backend_directory),
             log_verbose=self.settings.log_verbose,
+            model_load_retries=int(self.settings.extra.get("model_load_retries", 0)),
         )
         server = TritonServer(install, options)
         await asyncio.to_thread(server.start_blocking)
@@ -100,6 +118,11 @@ class TritonBackend:
         except TimeoutError:
             log.warning("Triton did not stop within %.0f s; leaving it to process exit", timeout)
         clean_stale_shm(only=shm_regions() - self._shm_before)
+
+    async def metrics_text(self) -> str:
+        """Triton's own metrics (``nv_inference_*``, ``nv_cpu_*``...) in Prometheus text; empty when stopped."""
+        server = self._server
+        return "" if server is None else await asyncio.to_thread(server.metrics_text)
 
     def server_identity(self) -> tuple[str, str]:
         return self._identity
@@ -123,8 +146,15 @@ class TritonBackend:
             await asyncio.to_thread(self.server.load_model, name)
         except TritonError as exc:
             detail = self._config_parse_error(name) or self._backend_search_note(exc.message)
-            message = f"failed to load model '{name}': {exc.message}" + (f"; {detail}" if detail else "")
-            raise TritonError(exc.code, message) from exc
+            message = f"failed to load model '{name}': {load_failure_reason(name, exc.message)}"
+            raise TritonError(
+                exc.code,
+                message + (f"; {detail}" if detail else ""),
+                hint=None
+                if detail
+                else f"fix the model in {self.repository / name}, or leave it out "
+                "(name the models to serve with --model); --model-load-retries N retries loads that fail now and then",
+            ) from exc
         info = await asyncio.to_thread(self._describe, name)
         self._models[name] = info
         return info

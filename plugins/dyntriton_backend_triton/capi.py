@@ -68,6 +68,9 @@ RESPONSE_COMPLETE_FINAL = 1
 INDEX_FLAG_READY = 1
 TXN_DECOUPLED = 2
 
+#: TRITONSERVER_MetricFormat: the only format, Prometheus text exposition.
+METRIC_PROMETHEUS = 0
+
 # -- callback types ----------------------------------------------------------------------------------
 ALLOC_FN = ctypes.CFUNCTYPE(
     c_void_p,  # TRITONSERVER_Error*
@@ -159,6 +162,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ServerOptionsSetServerId": (_ERR, [c_void_p, c_char_p]),
     "ServerOptionsSetPinnedMemoryPoolByteSize": (_ERR, [c_void_p, c_uint64]),
     "ServerOptionsSetMinSupportedComputeCapability": (_ERR, [c_void_p, c_double]),
+    "ServerOptionsSetModelLoadRetryCount": (_ERR, [c_void_p, c_uint]),
     "ServerNew": (_ERR, [_PP, c_void_p]),
     "ServerDelete": (_ERR, [c_void_p]),
     "ServerStop": (_ERR, [c_void_p]),
@@ -175,6 +179,9 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ServerUnloadModel": (_ERR, [c_void_p, c_char_p]),
     "ServerInferAsync": (_ERR, [c_void_p, c_void_p, c_void_p]),
     "ServerMetadata": (_ERR, [c_void_p, _PP]),
+    "ServerMetrics": (_ERR, [c_void_p, _PP]),
+    "MetricsFormatted": (_ERR, [c_void_p, c_int, _PP, POINTER(c_size_t)]),
+    "MetricsDelete": (_ERR, [c_void_p]),
 }
 
 

@@ -83,8 +83,8 @@ def doctor(triton_home: str | None, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
     else:
         table = Table(title="dyntriton doctor", show_header=False)
-        table.add_column("what")
-        table.add_column("found")
+        table.add_column("what", no_wrap=True)
+        table.add_column("found", overflow="fold")  # paths wrap whole instead of ending in "…"
         for key in ("found", "version", "home", "library", "binary", "python", "environment", "python_stub"):
             if report.get(key):
                 table.add_row(key, str(report[key]))

@@ -34,14 +34,29 @@ from dyntriton_backend_triton import capi, classification
 from dyntriton_backend_triton.environment import load_library
 from dyntriton_backend_triton.locator import TritonInstall
 
-__all__ = ["ClassificationSpec", "InputTensor", "OutputTensor", "ServerOptions", "TritonResponse", "TritonServer"]
+__all__ = [
+    "ClassificationSpec",
+    "InputTensor",
+    "OutputTensor",
+    "ServerOptions",
+    "TritonResponse",
+    "TritonServer",
+    "cuda_driver_present",
+]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """Options of an embedded server (model control is always EXPLICIT: we load what we serve)."""
+    """Options of an embedded server (model control is always EXPLICIT: we load what we serve).
+
+    :param model_load_retries: times Triton retries a model whose load failed. Triton's own
+        default retries, which made a model whose ``initialize()`` raises fail after 81 s and
+        ~48 tracebacks; 0 fails at the first error.
+    :param metrics: collect Triton's ``nv_*`` metrics (read with :meth:`TritonServer.metrics_text`).
+    :param cpu_metrics: also collect ``nv_cpu_*`` utilisation and memory (polled by Triton).
+    """
 
     model_repository: Path
     backend_directory: Path
@@ -49,7 +64,9 @@ class ServerOptions:
     log_info: bool = False
     strict_model_config: bool = True
     exit_timeout: int = 10
-    metrics: bool = False
+    metrics: bool = True
+    cpu_metrics: bool = True
+    model_load_retries: int = 0
     server_id: str = "dyntriton"
 
 
@@ -91,6 +108,15 @@ class TritonResponse:
     error: DyntritonError | None = None
     final: bool = False
     request_id: str = ""
+
+
+def cuda_driver_present() -> bool:
+    """True when the CUDA driver library loads (a host where Triton can use GPUs)."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 class _Error:
@@ -180,11 +206,25 @@ class TritonServer:
             self._check(api.ServerOptionsSetExitTimeout(options, o.exit_timeout))
             self._check(api.ServerOptionsSetMetrics(options, o.metrics))
             self._check(api.ServerOptionsSetGpuMetrics(options, False))
-            self._check(api.ServerOptionsSetCpuMetrics(options, False))
+            self._check(api.ServerOptionsSetCpuMetrics(options, o.metrics and o.cpu_metrics))
             self._check(api.ServerOptionsSetPinnedMemoryPoolByteSize(options, 0))
+            self._check(api.ServerOptionsSetModelLoadRetryCount(options, max(0, o.model_load_retries)))
             server = ctypes.c_void_p()
-            self._check(api.ServerNew(ctypes.byref(server), options), "starting Triton")
+            cpu_only = not cuda_driver_present()
+            if cpu_only:
+                # Triton 2.51 logs "CudaDriverHelper has not been initialized." as an ERROR while it
+                # starts on a host without a CUDA driver, though it then runs CPU-only as intended.
+                # Logging flags are process-wide in Triton: mute errors for ServerNew only (its
+                # failures come back as the returned error, not as log lines).
+                api.ServerOptionsSetLogError(options, False)
+            try:
+                self._check(api.ServerNew(ctypes.byref(server), options), "starting Triton")
+            finally:
+                if cpu_only:
+                    api.ServerOptionsSetLogError(options, True)
             self._server = server.value
+            if cpu_only:
+                log.info("no CUDA driver on this host: Triton runs CPU-only (KIND_CPU instance groups)")
         finally:
             api.ServerOptionsDelete(options)
         self._make_allocator()
@@ -287,6 +327,21 @@ class TritonServer:
         server = self._require_server()
         self._check(self.api.ServerModelStatistics(server, name.encode(), version, ctypes.byref(message)))
         return self._message_json(message.value)  # type: ignore[arg-type]
+
+    def metrics_text(self) -> str:
+        """Triton's own metrics (``nv_*`` families) in Prometheus text format; empty with metrics off."""
+        if not self.options.metrics:
+            return ""
+        metrics = ctypes.c_void_p()
+        self._check(self.api.ServerMetrics(self._require_server(), ctypes.byref(metrics)), "reading Triton's metrics")
+        try:
+            base, size = ctypes.c_void_p(), ctypes.c_size_t()
+            self._check(
+                self.api.MetricsFormatted(metrics, capi.METRIC_PROMETHEUS, ctypes.byref(base), ctypes.byref(size))
+            )
+            return ctypes.string_at(base, size.value).decode(errors="replace") if base.value else ""
+        finally:
+            self.api.MetricsDelete(metrics)
 
     def is_decoupled(self, name: str, version: int = -1) -> bool:
         flags, voidp = ctypes.c_uint32(), ctypes.c_void_p()
