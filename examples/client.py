@@ -6,11 +6,13 @@ Start the server first (``dyntriton serve --model identity`` or
 
     python examples/client.py
     python examples/client.py --model identity --shape 1 10 --requests 5
+    DYN_GRPC_PORT=9001 python examples/client.py    # a serve started with --grpc-port 9001
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -20,7 +22,12 @@ from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Send KServe v2 gRPC requests to a dyntriton frontend.")
-    parser.add_argument("--url", default="localhost:8787", help="frontend host:port (default %(default)s)")
+    port = os.environ.get("DYN_GRPC_PORT", "").strip() or "8787"
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("DYN_GRPC_URL") or f"localhost:{port}",
+        help="frontend host:port (default %(default)s: $DYN_GRPC_URL, else localhost:$DYN_GRPC_PORT)",
+    )
     parser.add_argument("--model", default="identity", help="model name (default %(default)s)")
     parser.add_argument("--shape", type=int, nargs="+", default=[1, 5], help="input shape (default 1 5)")
     parser.add_argument("--requests", type=int, default=1, help="how many requests to send")
@@ -51,7 +58,14 @@ def main() -> int:
                 print("output differs from input", file=sys.stderr)
                 return 1
     except InferenceServerException as exc:
-        print(f"request failed: {exc.status()} {exc.message()}", file=sys.stderr)
+        if "UNAVAILABLE" in str(exc.status()):
+            print(
+                f"cannot reach a KServe gRPC endpoint at {args.url}: {exc.message()}\n"
+                "start one (`dyntriton serve`), or pass --url HOST:PORT (or set DYN_GRPC_URL / DYN_GRPC_PORT)",
+                file=sys.stderr,
+            )
+        else:
+            print(f"request failed: {exc.status()} {exc.message()}", file=sys.stderr)
         return 1
     finally:
         client.close()

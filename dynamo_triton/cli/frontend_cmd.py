@@ -8,12 +8,15 @@ import logging
 
 import click
 
+from dynamo_triton.cli.addresses import dial_address
 from dynamo_triton.cli.children import forwarded_options, spawn, stop_children
 from dynamo_triton.cli.context import plugins_from, run_service
-from dynamo_triton.cli.options import frontend_options, store_options
+from dynamo_triton.cli.exits import starting
+from dynamo_triton.cli.options import frontend_options, store_options, store_settings
+from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.launch import FrontendConfig, FrontendStack, Shutdown, start_frontend
 
-__all__ = ["FORWARDED", "frontend", "frontend_config", "start_extra_frontends"]
+__all__ = ["FORWARDED", "frontend", "frontend_config", "listeners", "start_extra_frontends"]
 
 log = logging.getLogger("dyntriton.frontend")
 
@@ -23,6 +26,7 @@ def frontend_config(
     namespace: str,
     grpc_host: str,
     grpc_port: int,
+    http_host: str,
     http_port: int,
     http_max_input_size: int,
     router: str,
@@ -54,6 +58,7 @@ def frontend_config(
         namespace=namespace,
         host=grpc_host,
         grpc_port=grpc_port,
+        http_host=http_host,
         http_port=http_port,
         router=router,
         grpc_options=grpc_options,
@@ -73,20 +78,35 @@ def frontend_config(
 )
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Bind with SO_REUSEPORT (set for extra processes).")
 @click.pass_context
-def frontend(ctx: click.Context, store_kv: str, processes: int, reuse_port: bool, **options: object) -> None:
-    """Serve KServe v2 gRPC and HTTP for every model live workers register."""
+def frontend(
+    ctx: click.Context,
+    store_kv: str,
+    etcd_endpoints: str | None,
+    file_kv_root: str | None,
+    processes: int,
+    reuse_port: bool,
+    **options: object,
+) -> None:
+    """Serve KServe v2 gRPC and HTTP for every model live workers register.
+
+    Exits 3 when it cannot start (store unreachable, a port taken).
+    """
     plugins = plugins_from(ctx)
     config = frontend_config(**options, reuse_port=reuse_port or processes > 1)  # type: ignore[arg-type]
     extra_argv = ["frontend", *forwarded_options(ctx, FORWARDED, {}), "--reuse-port"]
+    store = store_settings(store_kv, etcd_endpoints, file_kv_root)
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        run_service(_run(plugins, store_kv, config, processes - 1, extra_argv))
+        run_service(_run(plugins, store_kv, store, config, processes - 1, extra_argv))
 
 
 #: Options an extra frontend process receives from the command that starts it (serve or frontend).
 FORWARDED = {
     "store_kv",
+    "etcd_endpoints",
+    "file_kv_root",
     "namespace",
     "grpc_host",
+    "http_host",
     "http_max_input_size",
     "router",
     "server_name",
@@ -104,16 +124,32 @@ async def start_extra_frontends(count: int, argv: list[str], stack: FrontendStac
     return [await spawn([*argv, *ports]) for _ in range(count)]
 
 
-async def _run(plugins, store_kv: str, config: FrontendConfig, extra: int, extra_argv: list[str]) -> None:
-    store = plugins.kv_store(store_kv)
+def listeners(config: FrontendConfig, stack: FrontendStack) -> str:
+    """Where a client reaches the frontend: ``KServe gRPC localhost:8787, HTTP localhost:8000``."""
+    where = f"KServe gRPC {dial_address(config.host, stack.grpc.port)}"
+    if stack.http is not None:
+        where += f", HTTP http://{dial_address(config.http_host or config.host, stack.http.port)}"
+    return where
+
+
+async def _run(
+    plugins: Plugins,
+    store_kv: str,
+    store_options: dict[str, object],
+    config: FrontendConfig,
+    extra: int,
+    extra_argv: list[str],
+) -> None:
+    with starting():
+        store = plugins.kv_store(store_kv, **store_options)
     shutdown = Shutdown()
     children: list[asyncio.subprocess.Process] = []
     try:
-        stack = await start_frontend(plugins, store, config)
-        children = await start_extra_frontends(extra, extra_argv, stack)
+        with starting():
+            stack = await start_frontend(plugins, store, config)
+            children = await start_extra_frontends(extra, extra_argv, stack)
         click.echo(
-            f"frontend: KServe gRPC on {config.host}:{stack.grpc.port}, HTTP on port "
-            f"{stack.http.port if stack.http else '-'}, store {store_kv}, namespace {config.namespace}"
+            f"frontend: {listeners(config, stack)}; store {store_kv}, namespace {config.namespace}"
             + (f", {extra + 1} processes" if extra else ""),
             err=True,
         )

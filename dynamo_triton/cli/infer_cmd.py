@@ -15,7 +15,9 @@ is built with the KServe protos and sent on the raw gRPC stub: tritonclient's
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -23,10 +25,10 @@ import numpy as np
 
 from dynamo_triton.cli.context import plugins_from
 from dynamo_triton.dtypes import DType, DTypeTable
-from dynamo_triton.errors import UnknownNameError
+from dynamo_triton.errors import DyntritonError, UnknownNameError
 from dynamo_triton.tensors import array_from_raw, array_to_raw, contents_to_raw
 
-__all__ = ["infer"]
+__all__ = ["default_url", "infer", "unreachable"]
 
 _MAX_MESSAGE = 2**31 - 1
 
@@ -72,12 +74,38 @@ def _output_raw(response: Any, index: int, table: DTypeTable) -> bytes:
     return contents_to_raw(tensor.contents, tensor.datatype, table=table)
 
 
+def default_url(url: str | None, env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The endpoint to call and where it came from: ``--url``/``DYN_GRPC_URL``, else ``localhost:$DYN_GRPC_PORT``."""
+    if url:
+        return url, "--url / DYN_GRPC_URL"
+    env = os.environ if env is None else env
+    port = env.get("DYN_GRPC_PORT", "").strip()
+    if port:
+        return f"localhost:{port}", "DYN_GRPC_PORT"
+    return "localhost:8787", "the default port 8787"
+
+
+def unreachable(url: str, source: str, details: str) -> DyntritonError:
+    """The error for an endpoint that does not answer: which address, from where, and what to do."""
+    return DyntritonError(
+        f"cannot reach a KServe gRPC endpoint at {url} (from {source}): {details}",
+        hint="start one (`dyntriton serve`), or give its address with --url HOST:PORT (DYN_GRPC_URL); "
+        "without --url the port comes from DYN_GRPC_PORT",
+        status="UNAVAILABLE",
+    )
+
+
 def _show(array: np.ndarray) -> str:
     return np.array2string(array, threshold=64, separator=", ").replace("\n", "")
 
 
 @click.command()
-@click.option("--url", default="localhost:8787", envvar="DYN_GRPC_URL", help="KServe gRPC endpoint host:port.")
+@click.option(
+    "--url",
+    envvar="DYN_GRPC_URL",
+    show_envvar=True,
+    help="KServe gRPC endpoint host:port. Default: localhost:$DYN_GRPC_PORT (8787), the port serve uses.",
+)
 @click.option("--model", "model_name", default="identity", help="Model to call.")
 @click.option(
     "--shape",
@@ -99,7 +127,7 @@ def _show(array: np.ndarray) -> str:
 @click.pass_context
 def infer(
     ctx: click.Context,
-    url: str,
+    url: str | None,
     model_name: str,
     shape_flag: bool,
     shape_dims: tuple[int, ...],
@@ -109,10 +137,11 @@ def infer(
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Send one request to MODEL at URL (e.g. `dyntriton infer --model identity --shape 1 5`)."""
+    """Send one request to a model (e.g. `dyntriton infer --model identity --shape 1 5`)."""
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+    url, source = default_url(url)
     table = plugins_from(ctx).dtype_table()
     if datatype is not None:
         _row(table, datatype)
@@ -134,6 +163,8 @@ def infer(
             request.outputs.add(name=tensor.name)
         response = stub.ModelInfer(request, timeout=timeout)
     except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            raise unreachable(url, source, exc.details() or "") from None
         raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None
     finally:
         channel.close()

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from dynamo_triton.cli.context import plugins_from
+from dynamo_triton.cli.exits import exit_code_of
 from dynamo_triton.errors import DyntritonError
 from dynamo_triton.malloc import tune_malloc
 
@@ -87,11 +88,32 @@ def _plugin_command(item: Any) -> click.Command:
     return command
 
 
-def _configure_process() -> None:
+def _configure_process(argv: list[str] | None = None) -> None:
     # Triton's python backend forks a stub process per model instance; with grpc's fork handlers
     # enabled, a process that runs a grpc server (serve --in-process) aborts in that fork.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    # gRPC's core logs (e.g. an add_port.cc E-line before our own "cannot listen" error) are read
+    # from GRPC_VERBOSITY when grpc is imported: decide before any command imports it. Children
+    # inherit the choice; a GRPC_VERBOSITY the user set wins.
+    verbose = _log_verbose(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if verbose > 0 else "NONE")
     tune_malloc()  # 1 MiB tensors without heap grow/trim page faults, here and in children
+
+
+def _log_verbose(argv: list[str]) -> int:
+    """The ``--log-verbose`` value on the command line (0 when absent or not a number)."""
+    for index, arg in enumerate(argv):
+        value = None
+        if arg == "--log-verbose" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("--log-verbose="):
+            value = arg.partition("=")[2]
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
 
 
 def _configure_logging() -> None:
@@ -112,7 +134,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI; dyntriton errors print as one line plus a hint."""
-    _configure_process()
+    _configure_process(argv)
     try:
         cli.main(args=argv, prog_name="dyntriton", standalone_mode=False)
     except click.exceptions.Abort:
@@ -127,6 +149,6 @@ def main(argv: list[str] | None = None) -> None:
         click.secho(f"Error: {exc.message}", fg="red", err=True)
         if exc.hint:
             click.echo(f"Hint: {exc.hint}", err=True)
-        sys.exit(1)
+        sys.exit(exit_code_of(exc))
     except KeyboardInterrupt:
         sys.exit(130)

@@ -9,9 +9,43 @@ import click
 
 from dynamo_triton.runtime.routing import POLICIES
 
-__all__ = ["backend_options", "frontend_options", "store_options", "worker_options"]
+__all__ = [
+    "PortRange",
+    "backend_options",
+    "format_ports",
+    "frontend_options",
+    "store_connection_options",
+    "store_connection_overrides",
+    "store_options",
+    "store_settings",
+    "worker_options",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class PortRange(click.ParamType):
+    """A port or an inclusive range ``FIRST-LAST``, as ``(first, last)``; ``0`` means any free port."""
+
+    name = "PORT|FIRST-LAST"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        first, _, last = text.partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            self.fail(f"{text!r} is not a port or a range like 9000-9010", param, ctx)
+        if not (0 <= low <= high <= 65535) or (low == 0 and high != 0):
+            self.fail(f"{text!r} is not a port range within 1-65535 (or 0 for any free port)", param, ctx)
+        return low, high
+
+
+def format_ports(ports: tuple[int, int]) -> str:
+    """``(9000, 9010)`` as ``9000-9010``, ``(9000, 9000)`` as ``9000``: how ``--worker-port`` reads it."""
+    return str(ports[0]) if ports[0] == ports[1] else f"{ports[0]}-{ports[1]}"
 
 
 def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
@@ -23,8 +57,22 @@ def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     return decorate
 
 
-store_options = _apply(
-    [
+def _store_connection(*, override: bool) -> list[Callable[[F], F]]:
+    """``--store-kv``, ``--etcd-endpoints``, ``--file-kv-root``.
+
+    :param override: the sub-command flavour (no default, no env var: a value given after a
+        sub-command name overrides the group's).
+    """
+    if override:
+        note = " (may also be given before the sub-command)"
+        return [
+            click.option("--store-kv", default=None, help="Which KV store" + note + "."),
+            click.option("--etcd-endpoints", default=None, help="etcd client URLs" + note + "."),
+            click.option(
+                "--file-kv-root", default=None, type=click.Path(file_okay=False), help="File store folder" + note + "."
+            ),
+        ]
+    return [
         click.option(
             "--store-kv",
             envvar="DYN_STORE_KV",
@@ -32,6 +80,32 @@ store_options = _apply(
             show_envvar=True,
             help="Key-value store for discovery (see `dyntriton plugins list`): file, etcd, mem, ...",
         ),
+        click.option(
+            "--etcd-endpoints",
+            envvar="ETCD_ENDPOINTS",
+            show_envvar=True,
+            help="etcd client URLs, comma-separated (--store-kv etcd). Default: http://localhost:2379.",
+        ),
+        click.option(
+            "--file-kv-root",
+            envvar="DYN_FILE_KV",
+            show_envvar=True,
+            type=click.Path(file_okay=False),
+            help="Folder of the file store (--store-kv file), shared by every process on the host. "
+            "Default: $XDG_RUNTIME_DIR/dyntriton-kv-UID.",
+        ),
+    ]
+
+
+#: The store a command talks to (``dyntriton store``'s group options).
+store_connection_options = _apply(_store_connection(override=False))
+
+#: The same options on a ``store`` sub-command, overriding the group's when given.
+store_connection_overrides = _apply(_store_connection(override=True))
+
+store_options = _apply(
+    [
+        *_store_connection(override=False),
         click.option(
             "--namespace",
             envvar="DYN_NAMESPACE",
@@ -41,6 +115,17 @@ store_options = _apply(
         ),
     ]
 )
+
+
+def store_settings(store_kv: str, etcd_endpoints: str | None, file_kv_root: str | None) -> dict[str, Any]:
+    """The store-specific options of ``--store-kv`` for ``Plugins.kv_store`` (only those that apply)."""
+    options: dict[str, Any] = {}
+    if store_kv == "etcd" and etcd_endpoints:
+        options["endpoints"] = etcd_endpoints
+    if store_kv == "file" and file_kv_root:
+        options["root"] = file_kv_root
+    return options
+
 
 backend_options = _apply(
     [
@@ -59,7 +144,20 @@ backend_options = _apply(
             help="Triton model repository (folders with config.pbtxt and version dirs).",
         ),
         click.option("--backend-directory", type=click.Path(file_okay=False), help="Triton backends folder."),
-        click.option("--log-verbose", type=int, default=0, help="Triton log verbosity (0 = quiet)."),
+        click.option(
+            "--log-verbose",
+            type=click.IntRange(min=0),
+            default=0,
+            help="Triton log verbosity (0 = quiet); above 0 gRPC's own error log is shown too.",
+        ),
+        click.option(
+            "--model-load-retries",
+            envvar="DYN_MODEL_LOAD_RETRIES",
+            type=click.IntRange(min=0),
+            default=0,
+            show_envvar=True,
+            help="Times a model whose load failed is tried again (0: fail at the first error, with its reason).",
+        ),
         click.option(
             "--triton-home",
             envvar="TRITON_HOME",
@@ -73,22 +171,55 @@ backend_options = _apply(
 worker_options = _apply(
     [
         click.option("--transport", default="tcp", help="Request plane between frontend and workers."),
-        click.option("--host", default="127.0.0.1", help="Interface the worker's transport server binds."),
+        click.option(
+            "--worker-host",
+            "--host",
+            "worker_host",
+            envvar="DYN_WORKER_HOST",
+            default="127.0.0.1",
+            show_envvar=True,
+            help="Interface the worker's transport server binds (0.0.0.0: every interface; frontends on "
+            "other hosts need that).",
+        ),
+        click.option(
+            "--worker-port",
+            "worker_port",
+            envvar="DYN_WORKER_PORT",
+            type=PortRange(),
+            default="0",
+            show_envvar=True,
+            help="Port of the worker's transport server: 0 (any free port), a port, or a range FIRST-LAST "
+            "(the first free one is taken; for firewalls and several workers).",
+        ),
         click.option("--lease-ttl", type=float, default=10.0, help="Seconds before a dead worker is forgotten."),
+        click.option(
+            "--system-host",
+            envvar="DYN_SYSTEM_HOST",
+            default="127.0.0.1",
+            show_envvar=True,
+            help="Interface the worker's system port (/health, /live, /metrics) binds.",
+        ),
         click.option(
             "--system-port",
             envvar="DYN_SYSTEM_PORT",
             type=int,
             default=8081,
             show_envvar=True,
-            help="Worker HTTP port for /health, /live and /metrics (0 = any free port).",
+            help="Worker HTTP port for /health, /live and /metrics (0 = any free port; serve gives worker i "
+            "this port + i).",
         ),
     ]
 )
 
 frontend_options = _apply(
     [
-        click.option("--grpc-host", default="0.0.0.0", help="Interface the frontends bind."),
+        click.option(
+            "--grpc-host",
+            envvar="DYN_GRPC_HOST",
+            default="127.0.0.1",
+            show_envvar=True,
+            help="Interface the KServe gRPC port binds (0.0.0.0: every interface, for clients on other hosts).",
+        ),
         click.option(
             "--grpc-port",
             envvar="DYN_GRPC_PORT",
@@ -103,7 +234,14 @@ frontend_options = _apply(
             type=int,
             default=8000,
             show_envvar=True,
-            help="HTTP port: KServe v2 REST, /health, /live, /metrics.",
+            help="HTTP port: KServe v2 REST, /health, /live, /metrics (-1: no HTTP).",
+        ),
+        click.option(
+            "--http-host",
+            envvar="DYN_HTTP_HOST",
+            default="127.0.0.1",
+            show_envvar=True,
+            help="Interface the HTTP port binds (0.0.0.0: every interface).",
         ),
         click.option(
             "--http-max-input-size",

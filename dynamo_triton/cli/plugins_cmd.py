@@ -34,11 +34,15 @@ def list_plugins(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps([record.as_dict() for record in records], indent=2))
         return
     table = Table(title="dyntriton plugins")
-    for column in ("plugin", "distribution", "provides", "hooks", "status"):
-        table.add_column(column)
+    # Names users type (plugins, providers, hooks) never wrap or truncate; the rest folds.
+    table.add_column("plugin", no_wrap=True)
+    table.add_column("distribution", overflow="fold")
+    table.add_column("provides", overflow="fold")
+    table.add_column("registers", no_wrap=True)  # the dyntriton_register_* hooks it implements
+    table.add_column("status", overflow="fold")
     for record in records:
         provides = "\n".join(f"{kind}: {name}" for kind, name in record.provides) or "-"
-        hooks = "\n".join(hook.removeprefix("dyntriton_") for hook in record.hooks) or "-"
+        hooks = "\n".join(hook.removeprefix("dyntriton_register_") for hook in record.hooks) or "-"
         status = f"[{_STATUS_STYLE.get(record.status, 'white')}]{record.status}[/]"
         if record.error:
             status += f"\n{record.error}"

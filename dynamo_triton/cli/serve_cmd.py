@@ -4,6 +4,11 @@ With ``--store-kv mem`` (or ``--in-process``) the worker runs inside this
 process and requests skip the network (``inproc`` transport). Otherwise each of
 the ``--workers N`` workers is a ``dyntriton worker`` child process, exactly what
 you would run by hand on other hosts.
+
+The summary is printed once this serve's own workers serve every model asked
+(every model of the repository when none is named). Exit codes: 0 after SIGINT or
+SIGTERM, 3 when it could not start (a worker failed before registering, a port is
+taken...), 4 when every worker died while serving (restarting them is not done here).
 """
 
 from __future__ import annotations
@@ -12,19 +17,27 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from dynamo_triton.cli.children import die_with_parent, forwarded_options, stop_children
 from dynamo_triton.cli.context import plugins_from, run_service
-from dynamo_triton.cli.frontend_cmd import FORWARDED, frontend_config, start_extra_frontends
-from dynamo_triton.cli.options import backend_options, frontend_options, store_options, worker_options
+from dynamo_triton.cli.exits import EXIT_START_FAILED, WorkersDiedError, starting
+from dynamo_triton.cli.frontend_cmd import FORWARDED, frontend_config, listeners, start_extra_frontends
+from dynamo_triton.cli.options import (
+    backend_options,
+    format_ports,
+    frontend_options,
+    store_options,
+    store_settings,
+    worker_options,
+)
+from dynamo_triton.cli.serve_summary import Ownership, print_summary, served_by_own
 from dynamo_triton.cli.worker_cmd import backend_settings
 from dynamo_triton.errors import DyntritonError
 from dynamo_triton.plugins import Plugins
@@ -35,7 +48,7 @@ __all__ = ["serve"]
 
 log = logging.getLogger("dyntriton.serve")
 
-#: Seconds ``serve`` waits for every worker to register before giving up.
+#: Seconds ``serve`` waits for its workers to register every model before giving up.
 STARTUP_TIMEOUT = 300.0
 
 
@@ -58,7 +71,10 @@ STARTUP_TIMEOUT = 300.0
 )
 @click.pass_context
 def serve(ctx: click.Context, **options: Any) -> None:
-    """Run a KServe frontend and workers for the models of a Triton model repository."""
+    """Run a KServe frontend and workers for the models of a Triton model repository.
+
+    Exit codes: 0 stopped by SIGINT/SIGTERM; 3 could not start; 4 every worker died while serving.
+    """
     frontend_argv = ["frontend", *forwarded_options(ctx, FORWARDED, {}), "--reuse-port"]
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
         run_service(_serve(plugins_from(ctx), ServeOptions(**options), frontend_argv))
@@ -69,19 +85,25 @@ class ServeOptions:
     """Every option of ``serve``, typed (the click options are the source of names and defaults)."""
 
     store_kv: str
+    etcd_endpoints: str | None
+    file_kv_root: str | None
     namespace: str
     backend: str
     models: tuple[str, ...]
     model_repository: str
     backend_directory: str | None
     log_verbose: int
+    model_load_retries: int
     triton_home: str | None
     transport: str
-    host: str
+    worker_host: str
+    worker_port: tuple[int, int]
     lease_ttl: float
+    system_host: str
     system_port: int
     grpc_host: str
     grpc_port: int
+    http_host: str
     http_port: int
     http_max_input_size: int
     router: str
@@ -98,6 +120,10 @@ class ServeOptions:
     def worker_argv(self, index: int) -> list[str]:
         """The ``dyntriton worker`` command line for child ``index``."""
         argv = [sys.executable, "-m", "dynamo_triton", "worker", "--store-kv", self.store_kv]
+        if self.etcd_endpoints:
+            argv += ["--etcd-endpoints", self.etcd_endpoints]
+        if self.file_kv_root:
+            argv += ["--file-kv-root", self.file_kv_root]
         argv += ["--namespace", self.namespace, "--backend", self.backend]
         argv += ["--model-repository", self.model_repository]
         for model in self.models:
@@ -106,24 +132,38 @@ class ServeOptions:
             argv += ["--backend-directory", self.backend_directory]
         if self.triton_home:
             argv += ["--triton-home", self.triton_home]
-        argv += ["--log-verbose", str(self.log_verbose), "--transport", self.transport]
-        argv += ["--host", self.host, "--lease-ttl", str(self.lease_ttl)]
+        argv += ["--log-verbose", str(self.log_verbose), "--model-load-retries", str(self.model_load_retries)]
+        argv += ["--transport", self.transport, "--lease-ttl", str(self.lease_ttl)]
+        argv += ["--worker-host", self.worker_host, "--worker-port", format_ports(self.worker_port)]
+        argv += ["--system-host", self.system_host]
         argv += ["--system-port", str(self.system_port + index if self.system_port else 0)]
         return argv
 
+    def check(self) -> None:
+        """Reject combinations that cannot work, as usage errors."""
+        in_process = self.in_process or self.store_kv == "mem"
+        if in_process and self.workers > 1:
+            raise click.UsageError("--workers > 1 needs separate processes: use a shared store (file or etcd)")
+        if in_process and self.frontends > 1:
+            raise click.UsageError(
+                "--frontends > 1 needs separate processes that share a store: use --store-kv file or etcd"
+            )
+        first, last = self.worker_port
+        if first and last - first + 1 < self.workers:
+            raise click.UsageError(
+                f"--worker-port {format_ports(self.worker_port)} has fewer ports than --workers {self.workers}: "
+                "give a range with a port per worker (e.g. 9000-9007), or 0 for any free port"
+            )
+
 
 async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str]) -> None:
+    opts.check()
     in_process = opts.in_process or opts.store_kv == "mem"
-    if in_process and opts.workers > 1:
-        raise click.UsageError("--workers > 1 needs separate processes: use a shared store (file or etcd)")
-    if in_process and opts.frontends > 1:
-        raise click.UsageError(
-            "--frontends > 1 needs separate processes that share a store: use --store-kv file or etcd"
-        )
     config = frontend_config(
         namespace=opts.namespace,
         grpc_host=opts.grpc_host,
         grpc_port=opts.grpc_port,
+        http_host=opts.http_host,
         http_port=opts.http_port,
         http_max_input_size=opts.http_max_input_size,
         router=opts.router,
@@ -135,35 +175,46 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
         tls_client_ca=opts.tls_client_ca,
         reuse_port=opts.frontends > 1,
     )
-    store = plugins.kv_store(opts.store_kv)
+    with starting():
+        store = plugins.kv_store(opts.store_kv, **store_settings(opts.store_kv, opts.etcd_endpoints, opts.file_kv_root))
     shutdown = Shutdown()
     children: list[asyncio.subprocess.Process] = []
     frontends: list[asyncio.subprocess.Process] = []
     frontend: FrontendStack | None = None
     local: WorkerStack | None = None
     try:
-        frontend = await start_frontend(plugins, store, config)
-        frontends = await start_extra_frontends(opts.frontends - 1, frontend_argv, frontend)
-        if in_process:
-            local = await start_worker(
-                plugins,
-                store,
-                backend=opts.backend,
-                backend_settings=backend_settings(
-                    opts.model_repository, opts.backend_directory, opts.log_verbose, opts.triton_home
-                ),
-                transport="inproc" if opts.transport == "tcp" else opts.transport,
-                settings=WorkerSettings(namespace=opts.namespace, models=opts.models, lease_ttl=opts.lease_ttl),
-                system_port=opts.system_port,
-            )
-        else:
-            for index in range(opts.workers):
-                argv = opts.worker_argv(index)
-                children.append(await asyncio.create_subprocess_exec(*argv, preexec_fn=die_with_parent))
-            await _wait_for_workers(frontend, children, opts.workers, opts.models)
-        _print_summary(frontend, config.host, opts.store_kv, 0 if in_process else opts.workers)
+        with starting():
+            frontend = await start_frontend(plugins, store, config)
+            frontends = await start_extra_frontends(opts.frontends - 1, frontend_argv, frontend)
+            if in_process:
+                local = await start_worker(
+                    plugins,
+                    store,
+                    backend=opts.backend,
+                    backend_settings=backend_settings(
+                        opts.model_repository,
+                        opts.backend_directory,
+                        opts.log_verbose,
+                        opts.triton_home,
+                        opts.model_load_retries,
+                    ),
+                    transport="inproc" if opts.transport == "tcp" else opts.transport,
+                    settings=WorkerSettings(namespace=opts.namespace, models=opts.models, lease_ttl=opts.lease_ttl),
+                    system_host=opts.system_host,
+                    system_port=opts.system_port,
+                )
+                owner = Ownership(frozenset({os.getpid()}))
+            else:
+                for index in range(opts.workers):
+                    argv = opts.worker_argv(index)
+                    children.append(await asyncio.create_subprocess_exec(*argv, preexec_fn=die_with_parent))
+                owner = Ownership(frozenset(child.pid for child in children))
+            own = await _wait_until_served(frontend, owner, children, 1 if in_process else opts.workers, opts.models)
+        mode = "in-process worker" if in_process else f"{opts.workers} worker process(es)"
+        footer = f"{listeners(config, frontend)}; store {opts.store_kv}; {mode}; pid {os.getpid()}. Ctrl-C stops."
+        print_summary(frontend.service.models(), own, footer)
         shutdown.started()
-        await _wait_for_shutdown_or_children(shutdown, children)
+        await _serve_until_stopped(shutdown, children)
     finally:
         shutdown.close()
         await stop_children(frontends)
@@ -175,53 +226,90 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
         await store.close()
 
 
-async def _wait_for_workers(
-    frontend: FrontendStack, children: list[asyncio.subprocess.Process], expected: int, models: tuple[str, ...]
-) -> None:
-    """Wait until ``expected`` distinct worker instances registered (and every asked model is served)."""
+def _exit_description(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+async def _wait_until_served(
+    frontend: FrontendStack,
+    owner: Ownership,
+    children: list[asyncio.subprocess.Process],
+    workers: int,
+    models: tuple[str, ...],
+) -> dict[str, int]:
+    """Wait (on table changes and child exits) until this serve's own workers serve every model.
+
+    :returns: own instances per model (see :func:`served_by_own`).
+    :raises DyntritonError: a worker exited first (exit code 3), or the deadline passed.
+    """
+    changed = asyncio.Event()
+    frontend.table.subscribe(changed.set)
+    exits = {asyncio.ensure_future(child.wait()): index for index, child in enumerate(children)}
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        for child in children:
-            if child.returncode is not None:
-                raise DyntritonError(
-                    f"a worker exited with code {child.returncode} before registering",
-                    hint="read its error above; `dyntriton doctor` checks the Triton installation",
-                )
-        instances = {inst.instance_id for inst in frontend.table.all_instances()}
-        served = set(frontend.table.model_names())
-        if len(instances) >= expected and set(models) <= served:
-            return
-        await asyncio.sleep(0.1)
-    raise DyntritonError(f"workers did not register within {STARTUP_TIMEOUT:g} s", status="DEADLINE_EXCEEDED")
-
-
-async def _wait_for_shutdown_or_children(shutdown: Shutdown, children: list[asyncio.subprocess.Process]) -> None:
-    """Return on SIGINT/SIGTERM, or when every worker child has exited."""
-    waiter = asyncio.ensure_future(shutdown.wait())
     try:
-        while not waiter.done():
-            if children and all(child.returncode is not None for child in children):
-                log.error("every worker process exited; stopping")
+        while True:
+            own = served_by_own(frontend.table.all_instances(), owner, workers, models)
+            if own is not None:
+                return own
+            for task, index in exits.items():
+                if task.done():
+                    child = children[index]
+                    error = DyntritonError(
+                        f"worker {index} (pid {child.pid}) {_exit_description(task.result())} before it registered "
+                        "its models; its own error is printed above",
+                        status="UNAVAILABLE",
+                    )
+                    error.exit_code = EXIT_START_FAILED  # type: ignore[attr-defined]
+                    raise error
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(set(models) - set(frontend.table.model_names())) or "some models"
+                raise DyntritonError(
+                    f"the workers did not register {missing} within {STARTUP_TIMEOUT:g} s",
+                    hint="read the workers' log lines above; a model may still be loading",
+                    status="DEADLINE_EXCEEDED",
+                )
+            changed.clear()
+            waiter = asyncio.ensure_future(changed.wait())
+            await asyncio.wait({waiter, *exits}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+    finally:
+        for task in exits:
+            task.cancel()
+
+
+async def _serve_until_stopped(shutdown: Shutdown, children: list[asyncio.subprocess.Process]) -> None:
+    """Return on SIGINT/SIGTERM; log each worker that dies; raise WorkersDiedError when none is left."""
+    waiter = asyncio.ensure_future(shutdown.wait())
+    exits = {asyncio.ensure_future(child.wait()): index for index, child in enumerate(children)}
+    running = set(exits)
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiter, *running}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
                 return
-            await asyncio.wait({waiter}, timeout=0.5)
+            for task in done:
+                index = exits[task]
+                running.discard(task)
+                log.error(
+                    "worker %d (pid %d) %s while serving; %d of %d worker(s) left",
+                    index,
+                    children[index].pid,
+                    _exit_description(task.result()),
+                    len(running),
+                    len(children),
+                )
+            if not running:
+                raise WorkersDiedError(
+                    f"every worker process exited ({len(children)} of {len(children)}); nothing is left to serve",
+                    hint="read the workers' errors above; run serve under a supervisor that restarts it "
+                    "(systemd, Kubernetes) to recover",
+                )
     finally:
         waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiter
-
-
-def _print_summary(frontend: FrontendStack, host: str, store_kv: str, workers: int) -> None:
-    table = Table(title="dyntriton is serving", show_header=True)
-    for column in ("model", "version", "instances", "decoupled", "inputs", "outputs"):
-        table.add_column(column)
-    for model in frontend.service.models():
-        inputs = ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in model.metadata.inputs)
-        outputs = ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in model.metadata.outputs)
-        table.add_row(model.name, model.version, str(model.instances), str(model.decoupled), inputs, outputs)
-    console = Console(stderr=True)
-    console.print(table)
-    where = f"KServe gRPC {host}:{frontend.grpc.port}"
-    if frontend.http is not None:
-        where += f", HTTP {host}:{frontend.http.port}"
-    mode = f"{workers} worker process(es)" if workers else "in-process worker"
-    console.print(f"{where}; store {store_kv}; {mode}; pid {os.getpid()}. Ctrl-C stops everything.")
+        for task in exits:
+            task.cancel()

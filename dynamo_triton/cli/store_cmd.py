@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from dynamo_triton.cli.context import plugins_from
+from dynamo_triton.cli.options import store_connection_options, store_connection_overrides, store_settings
 from dynamo_triton.kv import KVEntry, KVStore
 
 __all__ = ["store"]
@@ -29,27 +30,27 @@ def _entry_json(entry: KVEntry) -> dict[str, Any]:
 
 
 @click.group()
-@click.option("--store-kv", envvar="DYN_STORE_KV", default="file", show_envvar=True, help="Which KV store.")
-@click.option("--etcd-endpoints", envvar="ETCD_ENDPOINTS", help="etcd endpoints (for --store-kv etcd).")
-@click.option("--file-kv-root", envvar="DYN_FILE_KV", help="Folder of the file store (for --store-kv file).")
+@store_connection_options
 @click.pass_context
 def store(ctx: click.Context, store_kv: str, etcd_endpoints: str | None, file_kv_root: str | None) -> None:
-    """Inspect and watch a KV store."""
-    options: dict[str, Any] = {}
-    if store_kv == "etcd" and etcd_endpoints:
-        options["endpoints"] = etcd_endpoints
-    if store_kv == "file" and file_kv_root:
-        options["root"] = file_kv_root
-    ctx.obj = (store_kv, options)
+    """Inspect and watch a KV store (store options go before or after the sub-command)."""
+    ctx.obj = {"store_kv": store_kv, "etcd_endpoints": etcd_endpoints, "file_kv_root": file_kv_root}
 
 
-def _open(ctx: click.Context) -> KVStore:
-    name, options = ctx.obj
+def _chosen(ctx: click.Context, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The store name and its options: the sub-command's values where given, else the group's."""
+    chosen = dict(ctx.obj)
+    chosen.update({name: value for name, value in overrides.items() if value is not None})
+    return chosen["store_kv"], store_settings(chosen["store_kv"], chosen["etcd_endpoints"], chosen["file_kv_root"])
+
+
+def _open(ctx: click.Context, overrides: dict[str, Any]) -> KVStore:
+    name, options = _chosen(ctx, overrides)
     return plugins_from(ctx).kv_store(name, **options)
 
 
-async def _with_store(ctx: click.Context, work: Any) -> Any:
-    kv = _open(ctx)
+async def _with_store(ctx: click.Context, overrides: dict[str, Any], work: Any) -> Any:
+    kv = _open(ctx, overrides)
     try:
         return await work(kv)
     finally:
@@ -60,10 +61,16 @@ async def _with_store(ctx: click.Context, work: Any) -> Any:
 @click.argument("prefix", default="")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--values", is_flag=True, help="Print values too.")
+@store_connection_overrides
 @click.pass_context
-def ls(ctx: click.Context, prefix: str, as_json: bool, values: bool) -> None:
-    """List keys under PREFIX (all keys when omitted)."""
-    entries: list[KVEntry] = asyncio.run(_with_store(ctx, lambda kv: kv.list(prefix)))
+def ls(ctx: click.Context, prefix: str, as_json: bool, values: bool, **overrides: Any) -> None:
+    """List keys under PREFIX (all keys when omitted); says so on stderr when there are none."""
+    entries: list[KVEntry] = asyncio.run(_with_store(ctx, overrides, lambda kv: kv.list(prefix)))
+    if not entries:
+        name, options = _chosen(ctx, overrides)
+        where = f" at {next(iter(options.values()))}" if options else ""
+        under = f" under {prefix!r}" if prefix else ""
+        click.echo(f"no keys{under} in the {name} store{where}", err=True)
     for entry in entries:
         if as_json:
             click.echo(json.dumps(_entry_json(entry)))
@@ -75,12 +82,13 @@ def ls(ctx: click.Context, prefix: str, as_json: bool, values: bool) -> None:
 
 @store.command("get")
 @click.argument("key")
+@store_connection_overrides
 @click.pass_context
-def get(ctx: click.Context, key: str) -> None:
+def get(ctx: click.Context, key: str, **overrides: Any) -> None:
     """Print the value at KEY (exit code 1 if absent)."""
-    entry: KVEntry | None = asyncio.run(_with_store(ctx, lambda kv: kv.get(key)))
+    entry: KVEntry | None = asyncio.run(_with_store(ctx, overrides, lambda kv: kv.get(key)))
     if entry is None:
-        click.echo(f"no key {key!r} in the {ctx.obj[0]} store", err=True)
+        click.echo(f"no key {key!r} in the {_chosen(ctx, overrides)[0]} store", err=True)
         sys.exit(1)
     click.echo(_show(entry.value))
 
@@ -89,8 +97,9 @@ def get(ctx: click.Context, key: str) -> None:
 @click.argument("prefix", default="")
 @click.option("--count", type=int, help="Stop after this many events.")
 @click.option("--timeout", type=float, help="Stop after this many seconds.")
+@store_connection_overrides
 @click.pass_context
-def watch(ctx: click.Context, prefix: str, count: int | None, timeout: float | None) -> None:
+def watch(ctx: click.Context, prefix: str, count: int | None, timeout: float | None, **overrides: Any) -> None:
     """Print the keys under PREFIX, then every put and delete as JSON lines, until Ctrl-C."""
 
     async def follow(kv: KVStore) -> None:
@@ -114,4 +123,4 @@ def watch(ctx: click.Context, prefix: str, count: int | None, timeout: float | N
                 await follow(kv)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_with_store(ctx, bounded))
+        asyncio.run(_with_store(ctx, overrides, bounded))

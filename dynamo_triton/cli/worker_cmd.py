@@ -9,8 +9,11 @@ import logging
 import click
 
 from dynamo_triton.backend import BackendSettings
+from dynamo_triton.cli.addresses import dial_address
 from dynamo_triton.cli.context import plugins_from, run_service
-from dynamo_triton.cli.options import backend_options, store_options, worker_options
+from dynamo_triton.cli.exits import starting
+from dynamo_triton.cli.options import backend_options, store_options, store_settings, worker_options
+from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.launch import Shutdown, start_worker
 from dynamo_triton.runtime.worker import WorkerSettings
 
@@ -20,10 +23,16 @@ log = logging.getLogger("dyntriton.worker")
 
 
 def backend_settings(
-    model_repository: str, backend_directory: str | None, log_verbose: int, triton_home: str | None
+    model_repository: str,
+    backend_directory: str | None,
+    log_verbose: int,
+    triton_home: str | None,
+    model_load_retries: int = 0,
 ) -> BackendSettings:
-    """BackendSettings from the shared CLI options."""
-    extra = {"triton_home": triton_home} if triton_home else {}
+    """BackendSettings from the shared CLI options (backend-specific ones in ``extra``)."""
+    extra: dict[str, object] = {"model_load_retries": model_load_retries}
+    if triton_home:
+        extra["triton_home"] = triton_home
     return BackendSettings(
         model_repository=model_repository,
         backend_directory=backend_directory,
@@ -38,44 +47,64 @@ def backend_settings(
 @worker_options
 @click.pass_context
 def worker(ctx: click.Context, **options: object) -> None:
-    """Run a worker: load models, publish their cards under a lease, serve requests, drain on SIGTERM."""
+    """Run a worker: load models, publish their cards under a lease, serve requests, drain on SIGTERM.
+
+    Exits 3 when it cannot start (store, ports, backend, a model that does not load).
+    """
     plugins = plugins_from(ctx)
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
         run_service(_run(plugins, **options))  # type: ignore[arg-type]
 
 
 async def _run(
-    plugins,
+    plugins: Plugins,
     *,
     store_kv: str,
+    etcd_endpoints: str | None,
+    file_kv_root: str | None,
     namespace: str,
     backend: str,
     models: tuple[str, ...],
     model_repository: str,
     backend_directory: str | None,
     log_verbose: int,
+    model_load_retries: int,
     triton_home: str | None,
     transport: str,
-    host: str,
+    worker_host: str,
+    worker_port: tuple[int, int],
     lease_ttl: float,
+    system_host: str,
     system_port: int,
 ) -> None:
-    store = plugins.kv_store(store_kv)
+    with starting():
+        store = plugins.kv_store(store_kv, **store_settings(store_kv, etcd_endpoints, file_kv_root))
     shutdown = Shutdown()
     try:
-        stack = await start_worker(
-            plugins,
-            store,
-            backend=backend,
-            backend_settings=backend_settings(model_repository, backend_directory, log_verbose, triton_home),
-            transport=transport,
-            settings=WorkerSettings(namespace=namespace, models=models, host=host, lease_ttl=lease_ttl),
-            system_port=system_port,
-        )
+        with starting():
+            stack = await start_worker(
+                plugins,
+                store,
+                backend=backend,
+                backend_settings=backend_settings(
+                    model_repository, backend_directory, log_verbose, triton_home, model_load_retries
+                ),
+                transport=transport,
+                settings=WorkerSettings(
+                    namespace=namespace,
+                    models=models,
+                    host=worker_host,
+                    port=worker_port[0],
+                    port_last=worker_port[1],
+                    lease_ttl=lease_ttl,
+                ),
+                system_host=system_host,
+                system_port=system_port,
+            )
+        system = f"http://{dial_address(system_host, stack.system.port)}/metrics" if stack.system else "-"
         click.echo(
             f"worker {stack.worker.instance_id} serving {', '.join(sorted(stack.worker.models))} "
-            f"at {stack.worker.address} (store {store_kv}, system port "
-            f"{stack.system.port if stack.system else '-'})",
+            f"at {stack.worker.address} (store {store_kv}, namespace {namespace}, system {system})",
             err=True,
         )
         shutdown.started()

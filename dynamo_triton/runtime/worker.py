@@ -29,7 +29,7 @@ from tritonclient.grpc import service_pb2
 
 from dynamo_triton.backend import Backend, ModelInfo
 from dynamo_triton.dtypes import DTypeTable, default_table
-from dynamo_triton.errors import DyntritonError, InvalidRequestError, NoInstanceError
+from dynamo_triton.errors import ConfigError, DyntritonError, InvalidRequestError, NoInstanceError
 from dynamo_triton.kv import KVStore
 from dynamo_triton.leases import LeaseKeeper
 from dynamo_triton.runtime.cards import ModelCard, card_key
@@ -48,6 +48,9 @@ class WorkerSettings:
 
     :param models: models to load; empty means every model in the repository.
     :param host: interface the transport server binds.
+    :param port: port of the transport server (0: any free port).
+    :param port_last: with ``port``, an inclusive range: the first port of ``port..port_last`` that
+        is free is taken (None: ``port`` only).
     :param lease_ttl: seconds after which a dead worker's cards disappear.
     :param drain_timeout: seconds in-flight requests get on shutdown.
     """
@@ -56,6 +59,7 @@ class WorkerSettings:
     models: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 0
+    port_last: int | None = None
     lease_ttl: float = 10.0
     drain_timeout: float = 30.0
 
@@ -101,10 +105,34 @@ class Worker:
         for name in names:
             self.models[name] = await self.backend.load_model(name)
         self.metrics.models_loaded.set(len(self.models))
-        self._server = self.transport.server(self.settings.host, self.settings.port)
-        self.address = await self._server.start(self._handle)
+        await self._listen()
         await self._register()
-        log.info("worker %s serving %s at %s", self.instance_id, ", ".join(sorted(self.models)), self.address)
+        log.debug("worker %s serving %s at %s", self.instance_id, ", ".join(sorted(self.models)), self.address)
+
+    async def _listen(self) -> None:
+        """Start the transport server on the first free port of the configured port or range.
+
+        :raises ConfigError: no port of the range could be bound, naming the host, the range and the options.
+        """
+        host, first = self.settings.host, self.settings.port
+        last = first if self.settings.port_last is None else self.settings.port_last
+        failure: OSError | None = None
+        for port in range(first, last + 1):
+            server = self.transport.server(host, port)
+            try:
+                self.address = await server.start(self._handle)
+            except OSError as exc:
+                failure = exc
+                continue
+            self._server = server
+            return
+        ports = str(first) if first == last else f"{first}-{last}"
+        reason = failure.strerror if failure is not None and failure.strerror else str(failure)
+        raise ConfigError(
+            f"the worker's {self.transport.name} server cannot listen on {host}:{ports}: {reason}",
+            hint="pick another port or a wider range with --worker-port / DYN_WORKER_PORT (0 = any free port), "
+            "or another interface with --worker-host / DYN_WORKER_HOST",
+        )
 
     async def _register(self) -> None:
         self._lease = LeaseKeeper(self.store, self.settings.lease_ttl, on_lost=self._on_lease_lost)
@@ -180,6 +208,7 @@ class Worker:
                 "started": time.time(),
                 "server_name": self.backend.server_identity()[0],
                 "server_version": self.backend.server_identity()[1],
+                "models": sorted(self.models),
             },
         )
 
