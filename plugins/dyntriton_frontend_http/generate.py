@@ -92,8 +92,8 @@ def generate_request(
         shape = _shape(key, list(spec.shape), count)
         head.inputs.add(name=key, datatype=spec.datatype, shape=shape)
         tensors.append(data_to_raw(key, spec.datatype, shape, value, table))
-    raw = serialize_request(head, tensors)
-    return RestInferRequest(service_pb2.ModelInferRequest.FromString(raw), raw, OutputChoice())
+    raw, views = serialize_request(head, tensors)
+    return RestInferRequest(head, raw, OutputChoice(), views)
 
 
 def generate_response(data: bytes, table: DTypeTable) -> dict[str, Any] | None:

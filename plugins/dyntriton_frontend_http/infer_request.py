@@ -53,11 +53,18 @@ class OutputChoice:
 
 @dataclass(slots=True)
 class RestInferRequest:
-    """A parsed REST inference request: the KServe message (with its tensors), its bytes, the output choice."""
+    """A parsed REST inference request, ready for ``RequestPipeline.prepare(request, raw, raw_inputs=...)``.
+
+    :param request: the KServe message without its tensors.
+    :param raw: the serialized request with its tensors: what the worker receives.
+    :param outputs: how each output goes back.
+    :param raw_inputs: each input's bytes, views into ``raw`` (nothing is parsed or copied twice).
+    """
 
     request: service_pb2.ModelInferRequest
     raw: bytes
     outputs: OutputChoice
+    raw_inputs: list[memoryview]
 
 
 def _bad(message: str, hint: str | None = None) -> InvalidRequestError:
@@ -208,19 +215,33 @@ def _input_data(
     return (name, datatype, shape), body[offset : offset + size], offset + size
 
 
-def serialize_request(head: service_pb2.ModelInferRequest, tensors: list[bytes | memoryview]) -> bytes:
-    """The request's bytes: protobuf's serialization of ``head``, then each tensor as a raw_input_contents field."""
+def serialize_request(
+    head: service_pb2.ModelInferRequest, tensors: list[bytes | memoryview]
+) -> tuple[bytes, list[memoryview]]:
+    """The request's bytes, built with one copy of each tensor, and each tensor as a view into them.
+
+    The bytes are protobuf's serialization of ``head`` (no tensors), then each tensor as a
+    ``raw_input_contents`` field: a valid ``ModelInferRequest`` with the tensors in input order.
+    """
     parts: list[bytes | memoryview] = [head.SerializeToString()]
+    offsets: list[tuple[int, int]] = []
+    position = len(parts[0])
     for data in tensors:
-        parts += (field_header(_RAW_INPUT_CONTENTS, len(data)), data)
-    return b"".join(parts)
+        header = field_header(_RAW_INPUT_CONTENTS, len(data))
+        parts += (header, data)
+        position += len(header)
+        offsets.append((position, position + len(data)))
+        position += len(data)
+    raw = b"".join(parts)
+    view = memoryview(raw)
+    return raw, [view[start:end] for start, end in offsets]
 
 
 def _finish(
     head: service_pb2.ModelInferRequest, tensors: list[bytes | memoryview], outputs: OutputChoice
 ) -> RestInferRequest:
-    raw = serialize_request(head, tensors)
-    return RestInferRequest(service_pb2.ModelInferRequest.FromString(raw), raw, outputs)
+    raw, views = serialize_request(head, tensors)
+    return RestInferRequest(head, raw, outputs, views)
 
 
 def parse_infer_body(

@@ -241,7 +241,7 @@ class RestRoutes:
         except DyntritonError as exc:
             return self._failed(request, exc)
         try:
-            prepared = self.pipeline.prepare(rest.request, rest.raw)
+            prepared = self.pipeline.prepare(rest.request, rest.raw, raw_inputs=rest.raw_inputs)
             answer = await self.pipeline.unary(prepared)
             rendered = render_infer_response(answer, rest.outputs, self.table)
         except DyntritonError as exc:
@@ -268,7 +268,7 @@ class RestRoutes:
             return self._failed(request, exc)
         answers: list[dict[str, Any]] = []
         try:
-            prepared = self.pipeline.prepare(rest.request, rest.raw)
+            prepared = self.pipeline.prepare(rest.request, rest.raw, raw_inputs=rest.raw_inputs)
             async with contextlib.aclosing(self.pipeline.stream(prepared)) as stream:
                 async for data in stream:
                     answer = generate_response(data, self.table)
@@ -308,7 +308,7 @@ class RestRoutes:
         except DyntritonError as exc:
             return self._failed(request, exc)
         try:
-            prepared = self.pipeline.prepare(rest.request, rest.raw)
+            prepared = self.pipeline.prepare(rest.request, rest.raw, raw_inputs=rest.raw_inputs)
         except DyntritonError as exc:
             return error_response(exc)
         response: web.StreamResponse | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -115,20 +116,24 @@ def served(tmp_path_factory: pytest.TempPathFactory, require_triton: None) -> It
     cluster = Cluster(tmp, env=env, model_repo=_repository(tmp / "repo"))
     http_port, system_port = free_port(), free_port()
     extra = ("--http-port", str(http_port), "--system-port", str(system_port))
-    cluster.serve(
+    proc, _ = cluster.serve(
         *("identity", "repeat", "delay", "add_sub", "every_dtype"),
         extra=(*extra, "--http-max-input-size", str(MAX_INPUT)),
     )
+
+    def ready() -> bool:
+        try:
+            return all(http_get(http_port, f"/v2/models/{m}/ready")[0] == 200 for m in ("every_dtype", "delay"))
+        except OSError:  # not listening yet
+            return False
+
     try:
-        wait_until(
-            lambda: (
-                http_get(http_port, "/v2/models/every_dtype/ready")[0] == 200
-                and http_get(http_port, "/v2/models/delay/ready")[0] == 200
-            ),
-            180,
-            "serve to load every model",
-            cluster,
-        )
+        deadline = time.monotonic() + 180
+        while not ready():  # a serve that exits fails at once, with its log
+            if not proc.alive() or time.monotonic() > deadline:
+                state = "exited" if not proc.alive() else "was not ready after 180 s"
+                raise AssertionError(f"serve {state}\n{cluster.logs()}")
+            time.sleep(0.1)
         yield Served(cluster, http_port, system_port)
     finally:
         cluster.stop()

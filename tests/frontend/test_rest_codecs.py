@@ -120,12 +120,17 @@ def test_rest_request_binary_and_json_inputs_become_raw_contents_in_order():
     request = rest.request
     assert (request.model_name, request.model_version, request.id) == ("m", "1", "r1")
     assert [list(t.shape) for t in request.inputs] == [[2, 2], [2], [3]]
-    assert list(request.raw_input_contents) == [
+    expected = [
         uint32.tobytes(),
         np.array([0.5, 1.5], np.float32).tobytes(),
         b"\x01\x00\x01",
     ]
-    assert service_pb2.ModelInferRequest.FromString(rest.raw) == request
+    assert [bytes(view) for view in rest.raw_inputs] == expected
+    assert not request.raw_input_contents  # the tensors are views into rest.raw, not copies in the message
+    parsed = service_pb2.ModelInferRequest.FromString(rest.raw)
+    assert list(parsed.raw_input_contents) == expected
+    parsed.ClearField("raw_input_contents")
+    assert parsed == request
     assert request.parameters["sequence_id"].string_param == "s"
     assert request.parameters["sequence_start"].bool_param is True
     assert request.parameters["priority"].uint64_param == 2
@@ -215,7 +220,7 @@ def test_rest_raw_binary_request_deduces_the_shape_and_asks_binary_outputs():
     body = np.zeros(12, np.float32).tobytes()
     rest = parse_infer_body(body, 0, model="m", version="", table=TABLE, config=_config([-1, 3], max_batch_size=4))
     assert list(rest.request.inputs[0].shape) == [1, 4, 3]
-    assert rest.request.raw_input_contents[0] == body
+    assert bytes(rest.raw_inputs[0]) == body
     assert rest.outputs.is_binary("anything")
     strings = parse_infer_body(
         b"\x01\x00\x00\x00a",
