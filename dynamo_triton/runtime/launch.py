@@ -17,6 +17,7 @@ from dynamo_triton.backend import BackendSettings
 from dynamo_triton.frontend import Frontend, FrontendSettings
 from dynamo_triton.kv import KVStore
 from dynamo_triton.plugins import Plugins
+from dynamo_triton.runtime.cluster_statistics import ModelStatisticsCollector, StatisticsService, refresh_statistics
 from dynamo_triton.runtime.discovery import ModelTable
 from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.routing import make_policy
@@ -61,9 +62,14 @@ class FrontendStack:
     service: RoutingService
     grpc: Frontend
     http: Frontend | None
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self) -> None:
-        """Stop the frontends, then discovery and transport clients."""
+        """Stop the background refresh, the frontends, then discovery and transport clients."""
+        for task in self.background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for frontend in (self.grpc, self.http):
             if frontend is not None:
                 with contextlib.suppress(Exception):
@@ -73,11 +79,18 @@ class FrontendStack:
 
 
 async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfig) -> FrontendStack:
-    """Start discovery and the KServe gRPC and HTTP frontends over ``store``."""
+    """Start discovery and the KServe gRPC and HTTP frontends over ``store``.
+
+    The frontends' ``/metrics`` carry per-model queue and compute time summed over the workers
+    (``dyntriton_model_*``), refreshed every few seconds; ModelStatistics never decreases.
+    """
     table = ModelTable(store, config.namespace)
-    service = RoutingService(
-        table, make_policy(config.router), plugins.transport, metrics=FrontendMetrics(), dtypes=plugins.dtype_table()
+    metrics = FrontendMetrics()
+    service = StatisticsService(
+        table, make_policy(config.router), plugins.transport, metrics=metrics, dtypes=plugins.dtype_table()
     )
+    collector = ModelStatisticsCollector()
+    metrics.registry.register(collector)
     await table.start()
     grpc = plugins.frontend(
         "kserve-grpc", FrontendSettings(host=config.host, port=config.grpc_port, options=config.grpc_options), service
@@ -93,7 +106,8 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
     except BaseException:
         await FrontendStack(table, service, grpc, None).stop()
         raise
-    return FrontendStack(table, service, grpc, http)
+    refresh = asyncio.create_task(refresh_statistics(service, collector), name="dyntriton-statistics")
+    return FrontendStack(table, service, grpc, http, [refresh])
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""Merge KServe ``ModelStatisticsResponse``s from several workers into one.
+"""Merge KServe ``ModelStatisticsResponse``s from several workers into one, and keep them monotonic.
 
 Counters and durations add up; ``last_inference`` takes the latest; batch
 statistics merge by batch size; map fields (e.g. ``response_stats``) by key.
+:class:`StatisticsLedger` keeps each instance's last report so totals never go
+down when a worker leaves.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2
 
-__all__ = ["merge_statistics"]
+__all__ = ["StatisticsLedger", "merge_statistics"]
 
 _MAX_FIELDS = {"last_inference"}
 _KEY_FIELDS = {"batch_stats": "batch_size"}
@@ -78,3 +80,27 @@ def merge_statistics(
     for key in sorted(merged):
         result.model_stats.add().CopyFrom(merged[key])
     return result
+
+
+class StatisticsLedger:
+    """The last statistics each worker instance reported, per model: totals that never go down.
+
+    A worker that leaves (deregistered, or its lease expired) stops answering, but what it
+    served stays counted: its last report is kept and added to the live instances' ones, so
+    ``ModelStatistics`` and the metrics made from it are monotonic, as Triton's own are.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str, str], service_pb2.ModelStatistics] = {}
+
+    def record(self, instance_id: str, response: service_pb2.ModelStatisticsResponse) -> None:
+        """Remember ``response``, the current statistics of instance ``instance_id`` (for some or all models)."""
+        for stats in response.model_stats:
+            self._last[(instance_id, stats.name, stats.version)] = stats
+
+    def total(self, *, keep: set[str] | None = None) -> service_pb2.ModelStatisticsResponse:
+        """Every instance's last report, departed ones included, merged (see :func:`merge_statistics`)."""
+        combined = service_pb2.ModelStatisticsResponse()
+        for stats in self._last.values():
+            combined.model_stats.append(stats)
+        return merge_statistics([combined], keep=keep)

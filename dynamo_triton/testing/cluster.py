@@ -7,6 +7,7 @@ is stopped (SIGTERM, then SIGKILL) when the owner is done with it.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -18,7 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Cluster", "Proc", "free_port", "http_get", "model_ready", "wait_until", "worker_requests"]
+__all__ = [
+    "Cluster",
+    "Proc",
+    "free_port",
+    "http_get",
+    "listening_addresses",
+    "model_ready",
+    "process_tree",
+    "wait_until",
+    "worker_requests",
+]
 
 #: The checkout whose model_repo/ the workers serve by default (an editable install).
 REPO = Path(__file__).resolve().parents[2]
@@ -84,6 +95,10 @@ class Cluster:
         proc = Proc(argv, self.tmp / f"{name}-{len(self.procs)}.log", self.env).start()
         self.procs.append(proc)
         return proc
+
+    def command(self, *args: str) -> Proc:
+        """``dyntriton ARGS`` exactly as given (no options added), stopped with the cluster."""
+        return self._proc(args[0] if args else "dyntriton", list(args))
 
     def frontend(self, grpc_port: int | None = None, http_port: int | None = None) -> tuple[Proc, str, int]:
         grpc_port = grpc_port or free_port()
@@ -166,3 +181,49 @@ def worker_requests(system_port: int, model: str) -> float:
         if line.startswith("dyntriton_worker_requests_total") and f'model="{model}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and every descendant of it alive now (Linux ``/proc``)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {pid}, True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    return tree
+
+
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """``(host, port)`` of every TCP socket listening in ``pid``'s process tree (Linux ``/proc``).
+
+    Hosts read as ``0.0.0.0``, ``127.0.0.1``, ``::`` or ``::1`` (IPv4-mapped IPv6 addresses as IPv4).
+    """
+    import ipaddress
+
+    inodes: set[str] = set()
+    for member in process_tree(pid):
+        for fd in Path(f"/proc/{member}/fd").glob("*"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    found: set[tuple[str, int]] = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                    continue
+                raw, port = fields[1].split(":")
+                packed = b"".join(bytes.fromhex(raw[i : i + 8])[::-1] for i in range(0, width, 8))
+                address = ipaddress.ip_address(packed)
+                mapped = getattr(address, "ipv4_mapped", None)  # gRPC binds 127.0.0.1 as ::ffff:127.0.0.1
+                found.add((str(mapped or address), int(port, 16)))
+    return found

@@ -34,3 +34,17 @@ def test_counters_add_up_and_last_inference_is_the_latest() -> None:
 def test_keep_filters_models() -> None:
     merged = merge_statistics([stats("a", 1, 1, 1, 1), stats("b", 1, 1, 1, 1)], keep={"b"})
     assert [m.name for m in merged.model_stats] == ["b"]
+
+
+def test_the_ledger_keeps_a_departed_instances_last_report() -> None:
+    from dynamo_triton.runtime.statistics import StatisticsLedger
+
+    ledger = StatisticsLedger()
+    ledger.record("worker-a", stats("a", 3, 300, 10, 3))
+    ledger.record("worker-b", stats("a", 4, 400, 20, 4))
+    before = ledger.total().model_stats[0].inference_count
+    ledger.record("worker-b", stats("a", 6, 600, 30, 6))  # worker-a left: it reports no more
+    after = ledger.total()
+    assert before == 7
+    assert after.model_stats[0].inference_count == 9 >= before
+    assert ledger.total(keep={"b"}).model_stats == []
