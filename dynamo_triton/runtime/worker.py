@@ -33,9 +33,10 @@ from dynamo_triton.errors import ConfigError, DyntritonError, InvalidRequestErro
 from dynamo_triton.kv import KVStore
 from dynamo_triton.leases import LeaseKeeper
 from dynamo_triton.runtime.cards import ModelCard, card_key
+from dynamo_triton.runtime.pipeline import parse_infer_request
 from dynamo_triton.runtime.service import INFER_ENDPOINT, STATISTICS_ENDPOINT
 from dynamo_triton.runtime.worker_metrics import WorkerMetrics
-from dynamo_triton.transport import Transport, TransportRequest, TransportServer
+from dynamo_triton.transport import Chunk, Transport, TransportRequest, TransportServer
 
 __all__ = ["Worker", "WorkerSettings"]
 
@@ -222,22 +223,15 @@ class Worker:
         else:
             raise InvalidRequestError(f"unknown worker endpoint {request.endpoint!r}")
 
-    async def _infer(self, payload: bytes) -> AsyncIterator[bytes]:
+    async def _infer(self, payload: bytes | memoryview) -> AsyncIterator[Chunk]:
+        """Parse (a large request's tensors stay where they were received), relabel, run on the backend."""
         if self._draining:
             raise NoInstanceError("this worker is shutting down")
-        try:
-            request = service_pb2.ModelInferRequest.FromString(payload)
-        except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
-            raise InvalidRequestError(f"the request is not a valid ModelInferRequest: {exc}") from exc
+        request, raw_inputs = parse_infer_request(payload)
         self._relabel(request)
-        serialized = getattr(self.backend, "infer_serialized", None)
         with self.metrics.track(request.model_name):
-            if serialized is not None:
-                async for chunk in serialized(request):
-                    yield chunk
-            else:
-                async for response in self.backend.infer(request):
-                    yield response.SerializeToString()
+            async for chunk in self.backend.infer_serialized(request, raw_inputs):
+                yield chunk
 
     def _relabel(self, request: service_pb2.ModelInferRequest) -> None:
         """Give every plugin-datatype input its carrier's datatype (a string field: no tensor byte is copied).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from dynamo_triton.backend import BackendSettings, ModelInfo
 from dynamo_triton.errors import BackendError, InvalidRequestError, ModelNotFoundError, TritonError
-from dynamo_triton.tensors import contents_to_raw
+from dynamo_triton.tensors import Raw, contents_to_raw
 from dynamo_triton.wire import field_header
 from dyntriton_backend_triton.classification import class_count
 from dyntriton_backend_triton.environment import (
@@ -222,19 +222,24 @@ class TritonBackend:
         async for info, response in self._run(request):
             yield self._to_kserve(request, info, response)
 
-    async def infer_serialized(self, request: service_pb2.ModelInferRequest) -> AsyncIterator[bytes]:
-        """Like :meth:`infer` (classifications included), but each response already serialized: its header
-        by protobuf, its tensors appended as ``raw_output_contents`` fields with one join (no protobuf copies)."""
-        async for info, response in self._run(request):
-            header = self._header(request, info, response).SerializeToString()
-            parts = [header]
+    async def infer_serialized(
+        self, request: service_pb2.ModelInferRequest, raw_inputs: Sequence[Raw] | None = None
+    ) -> AsyncIterator[list[bytes | memoryview]]:
+        """Like :meth:`infer` (classifications included), the worker's path: Triton reads the tensors
+        where they are (``raw_inputs`` or the request's own), and each response comes back as parts:
+        its header serialized by protobuf, then per output a ``raw_output_contents`` field header and
+        a view of the buffer Triton wrote the tensor into. No tensor byte is copied or joined."""
+        async for info, response in self._run(request, raw_inputs):
+            parts: list[bytes | memoryview] = [self._header(request, info, response).SerializeToString()]
             for tensor in response.outputs:
                 parts += (field_header(_RAW_OUTPUT_CONTENTS, len(tensor.data)), tensor.data)
-            yield b"".join(parts)
+            yield parts
 
-    async def _run(self, request: service_pb2.ModelInferRequest) -> AsyncIterator[tuple[ModelInfo, TritonResponse]]:
+    async def _run(
+        self, request: service_pb2.ModelInferRequest, raw_inputs: Sequence[Raw] | None = None
+    ) -> AsyncIterator[tuple[ModelInfo, TritonResponse]]:
         info = self.model(request.model_name)
-        inputs = self._inputs(request)
+        inputs = self._inputs(request, raw_inputs)
         classification = self._classification(request, info)
         parameters: dict[str, Any] = {}
         priority, timeout_us, correlation, flags = 0, 0, None, 0
@@ -285,8 +290,8 @@ class TritonBackend:
         return ClassificationSpec(counts, batched=info.config.max_batch_size > 0)
 
     @staticmethod
-    def _inputs(request: service_pb2.ModelInferRequest) -> list[InputTensor]:
-        raw = request.raw_input_contents
+    def _inputs(request: service_pb2.ModelInferRequest, raw_inputs: Sequence[Raw] | None = None) -> list[InputTensor]:
+        raw = request.raw_input_contents if raw_inputs is None else raw_inputs
         if raw and len(raw) != len(request.inputs):
             raise InvalidRequestError(
                 f"expected {len(request.inputs)} raw input contents (one per input), got {len(raw)}"
@@ -317,5 +322,5 @@ class TritonBackend:
         cls, request: service_pb2.ModelInferRequest, info: ModelInfo, response: TritonResponse
     ) -> service_pb2.ModelInferResponse:
         out = cls._header(request, info, response)
-        out.raw_output_contents.extend(tensor.data for tensor in response.outputs)
+        out.raw_output_contents.extend(bytes(tensor.data) for tensor in response.outputs)
         return out

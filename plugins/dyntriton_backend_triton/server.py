@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dynamo_triton.errors import BackendError, DyntritonError, TritonError
 from dyntriton_backend_triton import capi, classification
 from dyntriton_backend_triton.environment import load_library
@@ -77,15 +79,28 @@ class InputTensor:
     name: str
     datatype: str
     shape: Sequence[int]
-    data: bytes
+    data: bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
 class OutputTensor:
+    """An output; ``data`` is a view of the buffer Triton wrote it into (ours, kept alive by the view)."""
+
     name: str
     datatype: str
     shape: tuple[int, ...]
-    data: bytes
+    data: bytes | memoryview
+
+
+def _address_of(data: bytes | bytearray | memoryview) -> tuple[int | None, object]:
+    """The address of ``data``'s first byte, and the object to keep alive while Triton reads it."""
+    if isinstance(data, bytes):
+        pointer = ctypes.c_char_p(data)  # the bytes object's own buffer
+        return ctypes.cast(pointer, ctypes.c_void_p).value, pointer
+    if not len(data):
+        return None, data
+    view = np.frombuffer(data, dtype=np.uint8)  # read-only views work too; no copy
+    return view.ctypes.data, view
 
 
 @dataclass(frozen=True)
@@ -171,7 +186,7 @@ class TritonServer:
         self._allocator: int | None = None
         self._inflight: dict[int, _Inflight] = {}
         self._ids = itertools.count(1)
-        self._buffers: dict[int, ctypes.Array[ctypes.c_char]] = {}
+        self._buffers: dict[int, np.ndarray] = {}
         self._callbacks: list[Any] = []
         self._stopping = False
 
@@ -374,14 +389,24 @@ class TritonServer:
             if byte_size == 0:
                 buffer[0] = None
                 return None
-            memory = (ctypes.c_char * byte_size)()
-            address = ctypes.addressof(memory)
+            memory = np.empty(byte_size, dtype=np.uint8)  # not zeroed: Triton writes every byte
+            address = memory.ctypes.data
             self._buffers[address] = memory
             buffer[0] = address
             return None
         except Exception as exc:  # an exception here would look like success with no buffer
             log.exception("output allocation failed")
             return self.api.ErrorNew(capi.ERROR_CODE_OF_NAME["INTERNAL"], f"output allocation failed: {exc}".encode())
+
+    def _output_data(self, base: int | None, size: int) -> bytes | memoryview:
+        """An output's bytes: a view of the buffer we allocated for it (it outlives Triton's release
+        through the view), or a copy when Triton put the tensor in memory of its own."""
+        if not size or not base:
+            return b""
+        memory = self._buffers.get(base)
+        if memory is not None and size <= memory.nbytes:
+            return memoryview(memory)[:size]
+        return ctypes.string_at(base, size)
 
     def _release_buffer(self, _allocator: int, buffer: int, *_rest: Any) -> int | None:
         if buffer:
@@ -458,7 +483,7 @@ class TritonServer:
                 name=(name.value or b"").decode(),
                 datatype=capi.DATATYPE_NAMES[datatype.value],
                 shape=tuple(shape[i] for i in range(dims.value)),
-                data=ctypes.string_at(base, size.value) if size.value else b"",
+                data=self._output_data(base.value, size.value),
             )
             if classes is not None and tensor.name in classes.counts:
                 try:
@@ -610,9 +635,8 @@ class TritonServer:
             name = tensor.name.encode()
             shape = (ctypes.c_int64 * len(tensor.shape))(*tensor.shape)
             self._check(api.InferenceRequestAddInput(request, name, datatype, shape, len(tensor.shape)))
-            pointer = ctypes.c_char_p(tensor.data)  # points into the bytes object: no copy
-            keepalive.append((tensor.data, pointer))
-            address = ctypes.cast(pointer, ctypes.c_void_p)
+            address, holder = _address_of(tensor.data)  # points into the caller's buffer: no copy
+            keepalive.append((tensor.data, holder))
             self._check(
                 api.InferenceRequestAppendInputData(request, name, address, len(tensor.data), capi.MEMORY_CPU, 0)
             )

@@ -74,6 +74,12 @@ class EchoBackend:
         response.raw_output_contents.extend(request.raw_input_contents)
         yield response
 
+    async def infer_serialized(self, request: service_pb2.ModelInferRequest, raw_inputs=None) -> AsyncIterator[bytes]:
+        if raw_inputs is not None:
+            request.raw_input_contents.extend(bytes(raw) for raw in raw_inputs)
+        async for response in self.infer(request):
+            yield response.SerializeToString()
+
     async def statistics(self, name: str = "") -> Any:
         return service_pb2.ModelStatisticsResponse()
 

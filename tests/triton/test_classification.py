@@ -280,7 +280,7 @@ async def test_embedded_triton_answers_classifications_with_the_models_labels(ba
     assert tensor.datatype == "FP32" and list(tensor.shape) == [2, 23]
 
     chunks = [c async for c in backend.infer_serialized(classify_request(values, INT32_LABELLED=1))]
-    parsed = service_pb2.ModelInferResponse.FromString(chunks[0])
+    parsed = service_pb2.ModelInferResponse.FromString(b"".join(chunks[0]))
     assert parsed.outputs[0].datatype == "BYTES" and list(parsed.outputs[0].shape) == [2, 1]
     assert decode_bytes(parsed.raw_output_contents[0]).tolist() == [b"9:22", b"1:%d" % tied[0] + labelled(tied[0])]
 

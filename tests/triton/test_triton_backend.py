@@ -183,9 +183,10 @@ async def test_serialized_responses_equal_the_protobuf_ones(backend) -> None:
     }
     message = request("identity_multi", **arrays)
     [expected] = await run(backend, message)
-    [raw] = [chunk async for chunk in backend.infer_serialized(message)]
-    assert service_pb2.ModelInferResponse.FromString(raw) == expected
+    [parts] = [chunk async for chunk in backend.infer_serialized(message)]
+    assert service_pb2.ModelInferResponse.FromString(b"".join(parts)) == expected
     streamed = [
         chunk async for chunk in backend.infer_serialized(request("repeat", IN=("INT32", np.arange(3, dtype=np.int32))))
     ]
-    assert [int(outputs(service_pb2.ModelInferResponse.FromString(c))["OUT"][0]) for c in streamed] == [0, 1, 2]
+    parsed = [service_pb2.ModelInferResponse.FromString(b"".join(parts)) for parts in streamed]
+    assert [int(outputs(response)["OUT"][0]) for response in parsed] == [0, 1, 2]
