@@ -262,7 +262,7 @@ frontend_options = _apply(
         click.option(
             "--stream-window",
             type=click.IntRange(min=1),
-            default=64,
+            default=1024,
             show_default=True,
             help="Requests one ModelStreamInfer stream may have running or unsent before the frontend stops reading.",
         ),

@@ -11,11 +11,16 @@ Semantics (Triton's stream handler, which clients such as the sequence examples 
 - Every request gets exactly one terminal outcome: its response(s), or one error.
 
 Memory is bounded: a request holds one unit of the ``window`` from the moment it
-is read until its last answer has been handed to the transport, and at most
-``max_pending_bytes`` of produced-but-unsent answers are held. When either
-budget is spent the stream stops reading requests (and a decoupled request stops
-pulling from its worker), so a client that stops reading its responses is
+is read until its last answer has been handed to the transport, and its bytes
+plus its produced-but-unsent answers count against ``max_pending_bytes``. When
+either budget is spent the stream stops reading requests (and a decoupled request
+stops pulling from its worker), so a client that stops reading its responses is
 pushed back on by flow control instead of growing the frontend's memory.
+
+The window is wide (1024) on purpose: Triton reads a stream without limit, and
+a client may rely on it. With sequence models, requests answered in order can
+wait behind a START that Triton queues until an earlier sequence ENDs; if the
+stream stopped reading before that END arrived, nothing would ever move.
 """
 
 from __future__ import annotations
@@ -35,9 +40,9 @@ __all__ = ["DEFAULT_MAX_PENDING_BYTES", "DEFAULT_WINDOW", "StreamFormat", "run_s
 log = logging.getLogger(__name__)
 
 #: Requests of one stream in flight or waiting to be written.
-DEFAULT_WINDOW = 64
-#: Bytes of produced answers one stream may hold before it stops reading and pulling.
-DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
+DEFAULT_WINDOW = 1024
+#: Bytes of requests in flight and produced answers one stream may hold before it stops reading and pulling.
+DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
 
 
 class StreamFormat:
@@ -59,11 +64,12 @@ class StreamFormat:
 class _Slot:
     """The answers of one request, and whether it has ended."""
 
-    __slots__ = ("done", "items")
+    __slots__ = ("done", "items", "request_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, request_bytes: int) -> None:
         self.items: collections.deque[bytes] = collections.deque()
         self.done = False
+        self.request_bytes = request_bytes
 
 
 class _Stream:
@@ -71,7 +77,8 @@ class _Stream:
         self.pipeline, self.fmt = pipeline, fmt
         self.window, self.max_pending_bytes = window, max_pending_bytes
         self.ordered: collections.deque[_Slot] = collections.deque()  # non-decoupled answers, request order
-        self.ready: collections.deque[tuple[bytes, bool]] = collections.deque()  # (answer, ends its request)
+        # (answer, None or, for a request's last answer, the request's bytes to release)
+        self.ready: collections.deque[tuple[bytes, int | None]] = collections.deque()
         self.open_requests = 0  # read and not fully written
         self.pending_bytes = 0
         self.reading_done = False
@@ -89,16 +96,17 @@ class _Stream:
             self.room.clear()
             await self.room.wait()
 
-    def _wrote(self, size: int, ends_request: bool) -> None:
+    def _wrote(self, size: int, ends: int | None) -> None:
         self.pending_bytes -= size
-        if ends_request:
+        if ends is not None:
             self.open_requests -= 1
+            self.pending_bytes -= ends
         self.room.set()
 
     # -- producing answers -----------------------------------------------------------------------
-    def _push(self, item: bytes, ends_request: bool) -> None:
+    def _push(self, item: bytes, ends: int | None) -> None:
         self.pending_bytes += len(item)
-        self.ready.append((item, ends_request))
+        self.ready.append((item, ends))
         self.changed.set()
 
     def _hold(self, slot: _Slot, item: bytes) -> None:
@@ -117,13 +125,14 @@ class _Stream:
             slot = self.ordered.popleft()
             while slot.items:
                 item = slot.items.popleft()
-                self.ready.append((item, not slot.items))  # already counted in pending_bytes
+                self.ready.append((item, None if slot.items else slot.request_bytes))  # counted already
             released = True
         if released:
             self.changed.set()
 
-    def _finish_without_answer(self) -> None:
+    def _finish_without_answer(self, request_bytes: int) -> None:
         self.open_requests -= 1
+        self.pending_bytes -= request_bytes
         self.room.set()
         self.changed.set()
 
@@ -142,11 +151,11 @@ class _Stream:
         slot.done = True
         self._release_ordered()
 
-    async def _run_decoupled(self, prepared: PreparedRequest) -> None:
+    async def _run_decoupled(self, prepared: PreparedRequest, request_bytes: int) -> None:
         """Answers go out as produced; the producer waits while the byte budget is spent."""
         try:
             async for chunk in self.pipeline.stream(prepared, timeout=None):
-                self._push(self.fmt.response(prepared, chunk), ends_request=False)
+                self._push(self.fmt.response(prepared, chunk), None)
                 await self._wait_room(for_reading=False)
             final = self.fmt.final(prepared)
         except DyntritonError as exc:
@@ -155,13 +164,13 @@ class _Stream:
             log.exception("stream request %r for model %r failed", prepared.request_id, prepared.model)
             final = self.fmt.error(prepared.model, prepared.request_id, _internal(exc))
         if final is None:
-            self._finish_without_answer()
+            self._finish_without_answer(request_bytes)
         else:
-            self._push(final, ends_request=True)
+            self._push(final, request_bytes)
 
-    def _answer_now(self, model: str, request_id: str, error: DyntritonError) -> None:
+    def _answer_now(self, model: str, request_id: str, error: DyntritonError, request_bytes: int) -> None:
         """A request rejected before running: its error takes its place in the order."""
-        slot = _Slot()
+        slot = _Slot(request_bytes)
         self._hold(slot, self.fmt.error(model, request_id, error))
         slot.done = True
         self.ordered.append(slot)
@@ -169,18 +178,20 @@ class _Stream:
 
     def _start(self, raw: bytes) -> None:
         self.open_requests += 1
+        size = len(raw)
+        self.pending_bytes += size  # held until the request's last answer is written
         request: Any = None
         try:
             request, raw_inputs = self.pipeline.parse(raw)
             prepared = self.pipeline.prepare(request, raw, raw_inputs=raw_inputs)
         except DyntritonError as exc:
             model = request.model_name if request is not None else ""
-            self._answer_now(model, request.id if request is not None else "", exc)
+            self._answer_now(model, request.id if request is not None else "", exc, size)
             return
         if prepared.served.decoupled:
-            task = asyncio.create_task(self._run_decoupled(prepared))
+            task = asyncio.create_task(self._run_decoupled(prepared, size))
         else:
-            slot = _Slot()
+            slot = _Slot(size)
             self.ordered.append(slot)
             task = asyncio.create_task(self._run_ordered(prepared, slot))
         self.tasks.add(task)
@@ -200,9 +211,9 @@ class _Stream:
     async def answers(self) -> AsyncIterator[bytes]:
         while True:
             if self.ready:
-                item, ends_request = self.ready.popleft()
+                item, ends = self.ready.popleft()
                 yield item
-                self._wrote(len(item), ends_request)
+                self._wrote(len(item), ends)
                 continue
             if self.reading_done and self.open_requests == 0:
                 return

@@ -38,12 +38,10 @@ from dynamo_triton.testing.tritonserver import TritonDirect
 pytestmark = pytest.mark.slow
 
 MODEL = "simple_sequence"
-#: Steps per sequence. 16 sequences x 4 steps = 64 requests, the gRPC frontend's stream window:
-#: past it, with more sequences on a worker than Triton has slots (8 here), the stream stops
-#: reading behind a START waiting in Triton's backlog (answers are released in order) and
-#: Triton reaps a sequence for idleness, where Triton itself reads the whole stream (a limit of
-#: the stream window, not of sticky routing).
-STEPS = 4
+#: Steps per sequence: 16 sequences x 6 steps = 96 requests on one stream, more than the 8
+#: sequence slots per worker, so STARTs wait in Triton's backlog behind running sequences while
+#: the stream keeps reading (a narrow stream window would deadlock here; see runtime/streams.py).
+STEPS = 6
 WAIT = 60.0
 
 
