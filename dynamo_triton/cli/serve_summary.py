@@ -97,4 +97,4 @@ def print_summary(models: list[ServedModel], own: dict[str, int], footer: str, c
             row.append("\n".join([*(f"→ {t}" for t in inputs), *(f"← {t}" for t in outputs)]))
         table.add_row(*row)
     console.print(table)
-    console.print(footer, overflow="fold")
+    console.print(footer, soft_wrap=True)  # one line: the terminal wraps it, copy-paste keeps it whole

@@ -1,13 +1,18 @@
-"""End to end through `dyntriton serve` with each store, every model, streaming, deadlines, cancellation."""
+"""End to end through `dyntriton serve` with each store, every model, streaming, deadlines, cancellation.
+
+The tests that need every model share one `serve` (file store) per module; tests wait on events.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import ml_dtypes
 import numpy as np
@@ -15,7 +20,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from dynamo_triton.testing.cluster import START_TIMEOUT, Cluster, model_ready, wait_until, worker_requests
+from dynamo_triton.testing.cluster import START_TIMEOUT, Cluster, http_get, model_ready, wait_until, worker_requests
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +39,19 @@ def serve(cluster: Cluster, *models: str, extra: tuple[str, ...] = ()) -> str:
         wait_until(lambda m=model: model_ready(url, m), START_TIMEOUT, f"{model} to be ready", cluster)
     assert proc.alive()
     return url
+
+
+@pytest.fixture(scope="module")
+def every_model(tmp_path_factory: pytest.TempPathFactory, require_triton: None) -> Iterator[tuple[Cluster, str]]:
+    """One `serve` (file store, one worker process) of every model, shared by the module."""
+    tmp = tmp_path_factory.mktemp("serve")
+    env = {**os.environ, "DYN_FILE_KV": str(tmp / "kv"), "DYN_LOG": "info"}
+    env.pop("DYN_STORE_KV", None)
+    cluster = Cluster(tmp, env=env)
+    try:
+        yield cluster, serve(cluster, *ALL_MODELS)
+    finally:
+        cluster.stop()
 
 
 def check_identity(url: str) -> None:
@@ -72,8 +90,8 @@ def test_serve_with_etcd(cluster: Cluster, etcd_server: str) -> None:
     assert cluster.procs[0].stop() == 0
 
 
-def test_every_model_in_the_repository_through_tritonclient(cluster: Cluster) -> None:
-    url = serve(cluster, *ALL_MODELS)
+def test_every_model_in_the_repository_through_tritonclient(every_model: tuple[Cluster, str]) -> None:
+    _, url = every_model
     client = grpcclient.InferenceServerClient(url)
     index = {model["name"] for model in client.get_model_repository_index(as_json=True)["models"]}
     assert index == set(ALL_MODELS)
@@ -117,8 +135,8 @@ def test_every_model_in_the_repository_through_tritonclient(cluster: Cluster) ->
     assert "UNIMPLEMENTED" in str(info.value.status())
 
 
-def test_decoupled_model_streams_over_model_stream_infer(cluster: Cluster) -> None:
-    url = serve(cluster, "repeat")
+def test_decoupled_model_streams_over_model_stream_infer(every_model: tuple[Cluster, str]) -> None:
+    _, url = every_model
     client = grpcclient.InferenceServerClient(url)
     results: queue.Queue[object] = queue.Queue()
     client.start_stream(callback=lambda result, error: results.put(error or result))
@@ -137,8 +155,8 @@ def test_decoupled_model_streams_over_model_stream_infer(cluster: Cluster) -> No
         client.infer("repeat", [tensor("IN", "INT32", values)])
 
 
-def test_deadline_and_cancellation_reach_the_worker(cluster: Cluster) -> None:
-    url = serve(cluster, "delay")
+def test_deadline_and_cancellation_reach_the_worker(every_model: tuple[Cluster, str]) -> None:
+    cluster, url = every_model
     client = grpcclient.InferenceServerClient(url)
     slow = [
         tensor("INPUT0", "INT32", np.arange(3, dtype=np.int32)),
@@ -150,27 +168,23 @@ def test_deadline_and_cancellation_reach_the_worker(cluster: Cluster) -> None:
     assert "DEADLINE_EXCEEDED" in str(info.value.status())
     assert time.monotonic() - started < 2.5
 
+    system_port = int(cluster.procs[0].argv[cluster.procs[0].argv.index("--system-port") + 1])
+    received = worker_requests(system_port, "delay")
     outcome: queue.Queue[object] = queue.Queue()
     future = client.async_infer("delay", slow, callback=lambda result, error: outcome.put(error or result))
-    time.sleep(0.5)
+    wait_until(lambda: worker_requests(system_port, "delay") > received, 10, "the request to reach the worker", cluster)
     future.cancel()
     assert "CANCELLED" in str(outcome.get(timeout=10))
-    system_port = int(cluster.procs[0].argv[cluster.procs[0].argv.index("--system-port") + 1])
 
     def cancelled_on_the_worker() -> bool:
-        from dynamo_triton.testing.cluster import http_get
-
         text = http_get(system_port, "/metrics")[1]
         return 'dyntriton_worker_request_failures_total{model="delay",status="CANCELLED"}' in text
 
     wait_until(cancelled_on_the_worker, 10, "the worker to see the cancellation", cluster)
-    assert worker_requests(system_port, "delay") >= 2
 
 
 def test_frontend_started_after_the_workers_finds_them(cluster: Cluster) -> None:
     _, port = cluster.worker("identity")
-    from dynamo_triton.testing.cluster import http_get
-
     wait_until(lambda: http_get(port, "/health")[0] == 200, START_TIMEOUT, "worker registered", cluster)
     _, url, http_port = cluster.frontend()
     wait_until(lambda: model_ready(url, "identity"), 30, "frontend to discover the worker", cluster)
