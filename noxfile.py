@@ -39,6 +39,10 @@ def bench(session: nox.Session) -> None:
     bench_h2load.py needs h2load (Debian/Ubuntu: apt-get install nghttp2-client) and says so when it is missing.
     """
     session.install("-e", ".[triton,etcd,test]")
-    scripts = session.posargs or ["benchmarks/bench_h2load.py", "benchmarks/bench_serving.py"]
+    scripts = session.posargs or [
+        "benchmarks/bench_h2load.py",
+        "benchmarks/bench_rest.py",
+        "benchmarks/bench_serving.py",
+    ]
     for script in scripts:
         session.run("python", script)
