@@ -343,6 +343,11 @@ class TritonServer:
         self._check(self.api.ServerModelStatistics(server, name.encode(), version, ctypes.byref(message)))
         return self._message_json(message.value)  # type: ignore[arg-type]
 
+    @property
+    def in_flight(self) -> int:
+        """Requests handed to Triton whose final response has not been delivered yet."""
+        return len(self._inflight)
+
     def metrics_text(self) -> str:
         """Triton's own metrics (``nv_*`` families) in Prometheus text format; empty with metrics off."""
         if not self.options.metrics:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
@@ -91,12 +92,21 @@ async def test_decoupled_model_streams_every_response(backend) -> None:
     assert backend.model("repeat").decoupled and not backend.model("identity").decoupled
 
 
+async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 async def test_closing_the_stream_cancels_a_slow_request(backend) -> None:
     message = request(
         "delay", INPUT0=("INT32", np.arange(4, dtype=np.int32)), DELAY_MS=("UINT32", np.array([5000], np.uint32))
     )
     task = asyncio.ensure_future(run(backend, message))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: backend.server.in_flight >= 1, 10, "the request to reach Triton")
     task.cancel()
     started = asyncio.get_running_loop().time()
     with pytest.raises(asyncio.CancelledError):

@@ -96,7 +96,9 @@ def test_stopping_with_requests_in_flight_ends_them_with_an_error(require_triton
                 return "error: " + exc.message
 
         pending = [asyncio.ensure_future(call()) for _ in range(3)]
-        await asyncio.sleep(0.3)
+        deadline = asyncio.get_running_loop().time() + 10
+        while backend.server.in_flight < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # poll until the three requests are in Triton
         await asyncio.wait_for(backend.stop(), 30)
         return await asyncio.wait_for(asyncio.gather(*pending), 15)
 
