@@ -310,15 +310,20 @@ class TransportContract:
 
     async def test_one_cancelled_call_leaves_the_others_alone(self, serve: Callable, client: TransportClient) -> None:
         release = asyncio.Event()
+        arrived: list[bytes] = []
+        both = asyncio.Event()
 
         async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            arrived.append(bytes(request.payload))
+            if len(arrived) == 2:
+                both.set()
             await release.wait()
             yield request.payload
 
         _, address = await serve(handler)
         doomed = asyncio.create_task(collect(client.call(address, "x", b"doomed"), 3600))
         kept = asyncio.create_task(collect(client.call(address, "x", b"kept"), self.wait))
-        await asyncio.sleep(0.05)
+        await within(both.wait(), self.wait, "both calls to reach the handler")
         doomed.cancel()
         release.set()
         assert await kept == [b"kept"]
@@ -338,17 +343,21 @@ class TransportContract:
         assert probe.cancelled.is_set()
 
     async def test_stop_lets_requests_finish_within_grace(self, serve: Callable, client: TransportClient) -> None:
-        started = asyncio.Event()
+        started, release = asyncio.Event(), asyncio.Event()
 
         async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
             started.set()
-            await asyncio.sleep(0.2)
+            await release.wait()
             yield b"finished"
 
         server, address = await serve(handler)
         task = asyncio.create_task(collect(client.call(address, "x", b""), self.wait))
         await within(started.wait(), self.wait, "the handler's start")
-        await server.stop(grace=self.wait)
+        stopping = asyncio.create_task(server.stop(grace=self.wait))
+        await asyncio.sleep(0)  # let stop begin: it must wait for the handler, which waits for release
+        assert not stopping.done(), "stop returned while a request was still running"
+        release.set()
+        await within(stopping, self.wait, "stop after the request finished")
         assert await task == [b"finished"]
 
     async def test_peer_gone_fails_every_call_in_flight(self, serve: Callable, client: TransportClient) -> None:
