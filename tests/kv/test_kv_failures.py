@@ -20,17 +20,18 @@ from dynamo_triton.testing.kv_contract import next_event
 
 OWNER = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, sys, time
     from dynamo_triton.plugins import make_plugin_manager
 
     async def main():
         store = make_plugin_manager().kv_store(sys.argv[1], **dict(a.split("=", 1) for a in sys.argv[2:]))
         lease = await store.grant_lease(2)
         await store.put("owned/key", b"alive", lease=lease)
-        print("ready", flush=True)
+        print("ready", time.monotonic(), flush=True)
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the owner's keep-alive cadence (TTL / 4)
             await store.keep_alive(lease)
+            print("kept", time.monotonic(), flush=True)
 
     asyncio.run(main())
     """
@@ -43,12 +44,19 @@ async def seconds_until_delete_after_sigkill(store_name: str, **options: str) ->
     owner = subprocess.Popen([sys.executable, "-c", OWNER, store_name, *args], stdout=subprocess.PIPE)
     try:
         assert owner.stdout is not None
-        assert owner.stdout.readline().strip() == b"ready"
+        word, granted = owner.stdout.readline().split()
+        assert word == b"ready"
         store = make_plugin_manager().kv_store(store_name, **options)
         try:
             async with store.watch("owned/") as watch:
                 assert [e.key for e in watch.snapshot] == ["owned/key"]
-                await asyncio.sleep(3)  # longer than the TTL: keep-alives from the owner keep it
+                # Wait for the owner's keep-alives to carry the lease past its TTL (CLOCK_MONOTONIC is
+                # system-wide): the key must still be there, kept alive, not re-created.
+                while True:
+                    word, at = (await asyncio.to_thread(owner.stdout.readline)).split()
+                    assert word == b"kept"
+                    if float(at) - float(granted) > 2 + 0.5:
+                        break
                 assert await store.get("owned/key") is not None
                 owner.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
