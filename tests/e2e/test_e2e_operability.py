@@ -228,3 +228,33 @@ def test_a_request_that_fails_validation_is_counted_under_its_model(mem_serve: d
 def test_sigint_stops_serve_with_exit_code_0(mem_serve: dict) -> None:
     proc = mem_serve["proc"]
     assert proc.stop(signal.SIGINT) == 0, proc.output()[-2000:]
+
+
+def test_a_taken_port_is_one_clean_error_without_grpcs_own_log_and_exit_3(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+        command = ["frontend", "--file-kv-root", str(tmp_path / "kv"), "--grpc-port", str(port), "--http-port", "0"]
+        result = subprocess.run(
+            [sys.executable, "-m", "dynamo_triton", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert result.returncode == 3, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "--grpc-port" in result.stderr
+    assert "add_port.cc" not in result.stderr, "gRPC's own log stays quiet unless --log-verbose"
+
+
+def test_the_worker_says_it_is_serving_once(cluster: Cluster) -> None:
+    proc, system_port = cluster.worker("identity")
+    wait_until(lambda: http_get(system_port, "/health")[0] == 200, START_TIMEOUT, "the worker to register", cluster)
+    wait_until(lambda: "serving identity" in proc.output(), 10, "the worker's start line", cluster)
+    assert proc.output().count("serving identity") == 1, proc.output()
+    assert f"system http://127.0.0.1:{system_port}/metrics" in proc.output()
+    assert proc.stop() == 0
