@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamo_triton.testing.cluster import MODEL_REPO, free_port, model_ready, wait_until
+from dynamo_triton.testing.cluster import MODEL_REPO, free_port, model_ready, running, wait_until
 from dynamo_triton.testing.tritonserver import run_tritonserver
 
 SCENARIOS = [("INT32[16]", 16, (1, 8, 32)), ("1 MiB", 1024 * 1024 // 4, (1, 8))]
@@ -145,21 +145,6 @@ def _ms(text: str) -> float:
 
 
 @contextmanager
-def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextmanager
 def triton_direct(tmp: Path) -> Iterator[Running]:
     with run_tritonserver(MODEL_REPO, ["identity"], tmp=tmp, extra_args=["--log-info=false"]) as server:
         pid = _pid_listening(int(server.grpc_url.rsplit(":", 1)[1]))
@@ -178,7 +163,7 @@ def _pid_listening(port: int) -> int:
 def python_ceiling(tmp: Path) -> Iterator[Running]:
     port = free_port()
     script = Path(__file__).with_name("noop_grpc_server.py")
-    with process([sys.executable, str(script), str(port)], dict(os.environ), tmp / "noop.log") as proc:
+    with running([sys.executable, str(script), str(port)], dict(os.environ), tmp / "noop.log") as proc:
         url = f"127.0.0.1:{port}"
         wait_until(lambda: "ready" in (tmp / "noop.log").read_text(), 30, "the no-op grpc server")
         yield Running(url, proc.pid)
@@ -192,7 +177,7 @@ def _serve(*extra: str) -> Callable[[Path], Iterator[Running]]:
         argv = [sys.executable, "-m", "dynamo_triton", "serve", "--model", "identity"]
         argv += ["--model-repository", str(MODEL_REPO), "--grpc-host", "127.0.0.1", "--grpc-port", str(port)]
         argv += ["--http-port", str(free_port()), "--system-port", "0", *extra]
-        with process(argv, env, tmp / f"serve-{port}.log") as proc:
+        with running(argv, env, tmp / f"serve-{port}.log") as proc:
             url = f"127.0.0.1:{port}"
             wait_until(lambda: model_ready(url, "identity"), 180, f"dyntriton serve {' '.join(extra)}")
             yield Running(url, proc.pid)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamo_triton.testing.cluster import MODEL_REPO, free_port, http_get, wait_until
+from dynamo_triton.testing.cluster import MODEL_REPO, free_port, http_get, running, wait_until
 
 CONCURRENCY = (1, 8)
 
@@ -138,21 +138,6 @@ def h2load(port: int, scenario: Scenario, concurrency: int, seconds: float, tmp:
     )
 
 
-@contextmanager
-def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _ready(port: int) -> bool:
     return http_get(port, "/v2/models/identity/ready")[0] == 200
 
@@ -186,7 +171,7 @@ def triton_direct(tmp: Path) -> Iterator[int]:
         "--allow-metrics=false",
         "--log-info=false",
     ]
-    with process(argv, dict(os.environ), tmp / "tritonserver.log"):
+    with running(argv, dict(os.environ), tmp / "tritonserver.log"):
         wait_ready(port, "tritonserver", tmp / "tritonserver.log")
         yield port
 
@@ -208,7 +193,7 @@ def dyntriton(tmp: Path, *extra: str) -> Iterator[int]:
     argv += ["--grpc-host", "127.0.0.1", "--grpc-port", str(free_port()), "--http-port", str(port)]
     argv += ["--system-port", "0", *extra]
     log = tmp / f"serve{len(extra)}.log"
-    with process(argv, env, log):
+    with running(argv, env, log):
         wait_ready(port, "dyntriton serve", log)
         yield port
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import LoadResult, identity_request, run_load
 
-from dynamo_triton.testing.cluster import MODEL_REPO, free_port, model_ready, wait_until
+from dynamo_triton.testing.cluster import MODEL_REPO, free_port, model_ready, running, wait_until
 from dynamo_triton.testing.tritonserver import run_tritonserver
 
 SCENARIOS = [
@@ -40,21 +39,6 @@ SCENARIOS = [
     ("1 MiB", "unary", 1024 * 1024 // 4, (1, 8)),
     ("INT32[16] stream", "stream", 16 // 4, (1, 8)),
 ]
-
-
-@contextmanager
-def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextmanager
@@ -88,7 +72,7 @@ def dyntriton_in_process(tmp: Path) -> Iterator[str]:
         "--system-port",
         "0",
     )
-    with process(argv, env, tmp / "serve.log"):
+    with running(argv, env, tmp / "serve.log"):
         url = f"127.0.0.1:{port}"
         wait_until(lambda: model_ready(url, "identity"), 120, "dyntriton serve --in-process")
         yield url
@@ -102,7 +86,7 @@ def dyntriton_two_processes(tmp: Path) -> Iterator[str]:
         "frontend", "--grpc-host", "127.0.0.1", "--grpc-port", str(port), "--http-port", str(free_port())
     )
     worker = dyntriton("worker", "--model", "identity", "--model-repository", str(MODEL_REPO), "--system-port", "0")
-    with process(frontend, env, tmp / "frontend.log"), process(worker, env, tmp / "worker.log"):
+    with running(frontend, env, tmp / "frontend.log"), running(worker, env, tmp / "worker.log"):
         url = f"127.0.0.1:{port}"
         wait_until(lambda: model_ready(url, "identity"), 120, "dyntriton frontend + worker")
         yield url

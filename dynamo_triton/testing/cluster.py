@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ __all__ = [
     "listening_addresses",
     "model_ready",
     "process_tree",
+    "running",
     "wait_until",
     "worker_requests",
 ]
@@ -227,3 +228,21 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
                 mapped = getattr(address, "ipv4_mapped", None)  # gRPC binds 127.0.0.1 as ::ffff:127.0.0.1
                 found.add((str(mapped or address), int(port, 16)))
     return found
+
+
+@contextlib.contextmanager
+def running(
+    argv: list[str], env: dict[str, str], log: Path, *, stop_timeout: float = 60.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` with its output in ``log``; on exit SIGTERM it, then SIGKILL after ``stop_timeout``."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(stop_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
