@@ -289,10 +289,10 @@ async def _serve_until_stopped(shutdown: Shutdown, children: list[asyncio.subpro
     running = set(exits)
     try:
         while True:
-            done, _ = await asyncio.wait({waiter, *running}, return_when=asyncio.FIRST_COMPLETED)
-            if waiter in done:
+            await asyncio.wait({waiter, *running}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter.done():
                 return
-            for task in done:
+            for task in [task for task in running if task.done()]:
                 index = exits[task]
                 running.discard(task)
                 log.error(
