@@ -8,6 +8,8 @@ import ctypes
 import logging
 import signal
 import sys
+from collections.abc import Iterable
+from typing import cast
 
 import click
 
@@ -46,7 +48,7 @@ def forwarded_options(ctx: click.Context, names: set[str], overrides: dict[str, 
             if value:
                 argv.append(flag)
         elif param.multiple:
-            for item in value or ():
+            for item in cast(Iterable[object], value or ()):
                 argv += [flag, str(item)]
         elif value is not None:
             argv += [flag, str(value)]

@@ -77,7 +77,7 @@ class PreparedRequest:
     """
 
     request: service_pb2.ModelInferRequest
-    raw: Raw
+    raw: bytes
     served: ServedModel
     sequence: SequenceStep | None
     started: float
@@ -146,7 +146,7 @@ class RequestPipeline:
     def prepare(
         self,
         request: service_pb2.ModelInferRequest,
-        raw: Raw | None = None,
+        raw: bytes | None = None,
         *,
         raw_inputs: list[memoryview] | None = None,
     ) -> PreparedRequest:
@@ -182,7 +182,7 @@ class RequestPipeline:
         )
 
     # -- route -----------------------------------------------------------------------------------
-    def prepare_bytes(self, raw: Raw) -> PreparedRequest:
+    def prepare_bytes(self, raw: bytes) -> PreparedRequest:
         """:meth:`parse` then :meth:`prepare`: what a frontend receiving serialized requests calls."""
         request, raw_inputs = self.parse(raw)
         return self.prepare(request, raw, raw_inputs=raw_inputs)

@@ -213,12 +213,12 @@ class Worker:
             },
         )
 
-    async def _handle(self, request: TransportRequest) -> AsyncIterator[bytes]:
+    async def _handle(self, request: TransportRequest) -> AsyncIterator[Chunk]:
         if request.endpoint == INFER_ENDPOINT:
             async for chunk in self._infer(request.payload):
                 yield chunk
         elif request.endpoint == STATISTICS_ENDPOINT:
-            stats = await self.backend.statistics(request.payload.decode())
+            stats = await self.backend.statistics(bytes(request.payload).decode())
             yield stats.SerializeToString()
         else:
             raise InvalidRequestError(f"unknown worker endpoint {request.endpoint!r}")

@@ -35,12 +35,12 @@ from dynamo_triton.errors import (
     TritonError,
     error_from_status,
 )
-from dynamo_triton.transport import Handler, Transport, TransportClient, TransportRequest, TransportServer
+from dynamo_triton.transport import Chunk, Handler, Transport, TransportClient, TransportRequest, TransportServer
 
 __all__ = ["TransportContract", "collect", "echo"]
 
 
-async def echo(request: TransportRequest) -> AsyncIterator[bytes]:
+async def echo(request: TransportRequest) -> AsyncIterator[Chunk]:
     """A handler answering the request payload once."""
     yield request.payload
 
@@ -182,7 +182,7 @@ class TransportContract:
     async def test_large_payload_round_trip(self, serve: Callable, client: TransportClient) -> None:
         payload = bytes(range(256)) * (64 * 1024 * 1024 // 256)
 
-        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+        async def handler(request: TransportRequest) -> AsyncIterator[Chunk]:
             assert len(request.payload) == len(payload)
             yield request.payload
             yield b"done"
@@ -249,7 +249,7 @@ class TransportContract:
     async def test_a_response_in_parts_arrives_as_one_payload(self, serve: Callable, client: TransportClient) -> None:
         big = bytes(range(256)) * 1024  # 256 KiB: large parts are sent as they are, not joined
 
-        async def handler(request: TransportRequest) -> AsyncIterator[list]:
+        async def handler(request: TransportRequest) -> AsyncIterator[Any]:
             yield [b"head", memoryview(big), bytearray(b"tail")]
             yield (b"", b"second")
             if request.payload == b"bad":
@@ -263,7 +263,7 @@ class TransportContract:
         assert await collect(client.call(address, "x", b""), self.wait) == [b"head" + big + b"tail", b"second"]
 
     async def test_server_survives_failed_requests(self, serve: Callable, client: TransportClient) -> None:
-        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+        async def handler(request: TransportRequest) -> AsyncIterator[Chunk]:
             if request.payload == b"fail":
                 raise RuntimeError("bad")
             yield request.payload
@@ -313,7 +313,7 @@ class TransportContract:
         arrived: list[bytes] = []
         both = asyncio.Event()
 
-        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+        async def handler(request: TransportRequest) -> AsyncIterator[Chunk]:
             arrived.append(bytes(request.payload))
             if len(arrived) == 2:
                 both.set()
