@@ -1,0 +1,305 @@
+"""The nats transport's client: one connection and one inbox subscription for every call.
+
+Each call is ``{inbox}.{n}``; the inbox subscription routes what workers publish to the call's
+queue (see :mod:`dyntriton_transport_nats.wire`). A worker that vanishes is noticed two ways:
+a request to a subject nobody listens on comes back as a ``503`` from the NATS server at once,
+and while calls to an address are in flight the client probes it every ``probe_interval``
+seconds (the same ``503`` when its subscription is gone, silence for ``peer_timeout`` when it
+hangs or is cut off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, error_from_status
+from dyntriton_transport_nats.connection import NatsSettings, connect
+from dyntriton_transport_nats.server import PENDING_BYTES
+from dyntriton_transport_nats.wire import (
+    check_endpoint,
+    chunks,
+    decode_error,
+    encode_timeout,
+    parse_address,
+)
+
+__all__ = ["NatsClient"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_HINT = "the worker probably stopped or crashed; retry on another instance"
+
+#: What a call's queue carries: ("data", payload) / ("end", b"") / ("error", payload) / ("gone", why).
+_Item = tuple[str, Any]
+
+
+class _Call:
+    __slots__ = ("address", "buffer", "filled", "queue")
+
+    def __init__(self, address: str):
+        self.address = address
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.buffer: bytearray | None = None
+        self.filled = 0
+
+
+class _Peer:
+    """The calls in flight to one address, and the task probing it while there are any."""
+
+    def __init__(self, number: int, address: str, subject: str):
+        self.number, self.address, self.subject = number, address, subject
+        self.calls: set[str] = set()
+        self.probe: asyncio.Task[None] | None = None
+        self.answered = asyncio.Event()
+
+
+class NatsClient:
+    """Sends requests to ``nats:`` addresses; see :class:`dynamo_triton.transport.TransportClient`.
+
+    :param probe_interval: seconds between liveness probes of an address with calls in flight.
+    :param peer_timeout: seconds without a probe answer after which its calls fail with PeerGoneError.
+    :param max_chunk: largest message payload sent, in bytes (capped by the server's ``max_payload``).
+    """
+
+    def __init__(
+        self,
+        settings: NatsSettings,
+        *,
+        probe_interval: float = 1.0,
+        peer_timeout: float = 10.0,
+        max_chunk: int | None = None,
+    ):
+        self.settings, self.probe_interval, self.peer_timeout = settings, probe_interval, peer_timeout
+        self.max_chunk = max_chunk
+        self._nc: Any = None
+        self._connecting: asyncio.Task[Any] | None = None
+        self._inbox = ""
+        self._chunk = 0
+        self._ids = itertools.count(1)
+        self._calls: dict[str, _Call] = {}
+        self._peers: dict[str, _Peer] = {}
+        self._peer_numbers = itertools.count(1)
+        self._probed: dict[str, _Peer] = {}  # "p{number}" -> peer
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # -- connection ------------------------------------------------------------------------------
+    async def _connection(self) -> Any:
+        if self._closed:
+            raise PeerGoneError("this nats transport client is closed", hint="make a new client")
+        if self._nc is not None:
+            return self._nc
+        if self._connecting is None:
+            self._connecting = asyncio.create_task(self._connect())
+            self._connecting.add_done_callback(self._connected)
+        # shield: one caller giving up (deadline) must not abort the connect others wait on
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, task: asyncio.Task[Any]) -> None:
+        self._connecting = None
+        if not task.cancelled() and task.exception() is None:
+            self._nc = task.result()
+
+    async def _connect(self) -> Any:
+        nc = await connect(
+            self.settings,
+            name="dyntriton frontend",
+            purpose="the nats transport",
+            error=PeerGoneError,
+            on_disconnect=self._on_disconnect,
+        )
+        self._inbox = nc.new_inbox()
+        self._chunk = min(nc.max_payload, self.max_chunk or nc.max_payload)
+        await nc.subscribe(self._inbox + ".>", cb=self._on_message, pending_bytes_limit=PENDING_BYTES)
+        return nc
+
+    async def _on_disconnect(self) -> None:
+        # Answers published while we are away are lost: fail every call now rather than hang.
+        self._fail_all(f"lost the connection to NATS at {self.settings.describe()}")
+
+    def _fail_all(self, reason: str) -> None:
+        for call in self._calls.values():
+            call.queue.put_nowait(("gone", f"{reason} while waiting for {call.address}"))
+
+    # -- receiving -------------------------------------------------------------------------------
+    async def _on_message(self, msg: Any) -> None:
+        name, _, tail = msg.subject[len(self._inbox) + 1 :].partition(".")
+        if name.startswith("p"):
+            self._on_probe_answer(name, tail, msg)
+            return
+        call = self._calls.get(name)
+        if call is None:
+            return  # a call that already ended (cancelled): drop its late messages
+        op, _, rest = tail.partition(".")
+        if op == "D":
+            total, data = int(rest), msg.data
+            if total == len(data):
+                call.queue.put_nowait(("data", data))
+            else:
+                call.buffer = bytearray(total)
+                call.buffer[: len(data)] = data
+                call.filled = len(data)
+        elif op == "M":
+            buffer = call.buffer
+            if buffer is None:
+                return
+            data = msg.data
+            buffer[call.filled : call.filled + len(data)] = data
+            call.filled += len(data)
+            if call.filled >= len(buffer):
+                call.buffer = None
+                call.queue.put_nowait(("data", memoryview(buffer)))
+        elif op in ("E", "X", "G"):
+            call.queue.put_nowait(({"E": "end", "X": "error", "G": "gone"}[op], msg.data))
+        elif not op and _no_responders(msg):
+            call.queue.put_nowait(("gone", f"no worker listens at {call.address} (NATS answered 503, no responders)"))
+
+    def _on_probe_answer(self, name: str, op: str, msg: Any) -> None:
+        peer = self._probed.get(name)
+        if peer is None:
+            return
+        if op == "O":
+            peer.answered.set()
+        elif not op and _no_responders(msg):
+            self._fail_peer(peer, f"the worker at {peer.address} is gone (NATS: no responders on its subject)")
+
+    # -- liveness --------------------------------------------------------------------------------
+    def _fail_peer(self, peer: _Peer, reason: str) -> None:
+        for name in peer.calls:
+            call = self._calls.get(name)
+            if call is not None:
+                call.queue.put_nowait(("gone", reason))
+
+    def _enter(self, name: str, address: str, subject: str) -> None:
+        peer = self._peers.get(address)
+        if peer is None:
+            peer = self._peers[address] = _Peer(next(self._peer_numbers), address, subject)
+            self._probed[f"p{peer.number}"] = peer
+        peer.calls.add(name)
+        if peer.probe is None or peer.probe.done():
+            peer.probe = asyncio.create_task(self._probe(peer), name=f"dyntriton-nats-probe:{address}")
+
+    def _leave(self, name: str, address: str) -> None:
+        peer = self._peers.get(address)
+        if peer is None:
+            return
+        peer.calls.discard(name)
+        if not peer.calls:
+            del self._peers[address]
+            self._probed.pop(f"p{peer.number}", None)
+            if peer.probe is not None:
+                peer.probe.cancel()
+
+    async def _probe(self, peer: _Peer) -> None:
+        loop = asyncio.get_running_loop()
+        last_answer = loop.time()
+        while peer.calls:
+            await asyncio.sleep(self.probe_interval)
+            if self._nc is None or not self._nc.is_connected:
+                continue  # our own disconnect fails the calls; nothing to learn about the peer
+            peer.answered.clear()
+            try:
+                await self._nc.publish(f"{peer.subject}.P", b"", reply=f"{self._inbox}.p{peer.number}")
+                async with asyncio.timeout(self.probe_interval):
+                    await peer.answered.wait()
+                last_answer = loop.time()
+            except TimeoutError:
+                if loop.time() - last_answer >= self.peer_timeout:
+                    self._fail_peer(peer, f"the worker at {peer.address} did not answer for {self.peer_timeout:g} s")
+                    return
+            except Exception as exc:  # a closing connection: the calls fail through the disconnect
+                log.debug("probe of %s failed: %s", peer.address, exc)
+
+    # -- calls -----------------------------------------------------------------------------------
+    async def call(
+        self, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """Send one request to ``address`` and yield each response payload; see the transport contract."""
+        subject = parse_address(address)
+        check_endpoint(endpoint)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                nc = await self._connection()
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"deadline of {timeout} s exceeded while connecting to NATS for {address} (endpoint {endpoint!r})"
+            ) from None
+        name = str(next(self._ids))
+        reply = f"{self._inbox}.{name}"
+        call = self._calls[name] = _Call(address)
+        self._enter(name, address, subject)
+        finished = False
+        try:
+            await self._send_request(nc, subject, reply, endpoint, payload, deadline)
+            while True:
+                try:
+                    if call.queue.empty():
+                        async with asyncio.timeout_at(deadline):
+                            kind, body = await call.queue.get()
+                    else:
+                        kind, body = call.queue.get_nowait()
+                except TimeoutError:
+                    raise DeadlineExceededError(
+                        f"deadline of {timeout} s exceeded waiting for {address} (endpoint {endpoint!r})"
+                    ) from None
+                if kind == "data":
+                    yield body
+                elif kind == "end":
+                    finished = True
+                    return
+                elif kind == "error":
+                    finished = True
+                    raise error_from_status(*decode_error(body))
+                else:
+                    finished = True
+                    why = body if isinstance(body, str) else bytes(body).decode(errors="replace")
+                    raise PeerGoneError(why, hint=_RETRY_HINT)
+        finally:
+            self._calls.pop(name, None)
+            self._leave(name, address)
+            if not finished and self._nc is not None and self._nc.is_connected:
+                # Tell the worker to cancel; never wait for it here (we may be being cancelled).
+                task = asyncio.create_task(self._nc.publish(f"{subject}.C", b"", reply=reply))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _send_request(
+        self, nc: Any, subject: str, reply: str, endpoint: str, payload: bytes, deadline: float | None
+    ) -> None:
+        view = memoryview(payload).cast("B")
+        remaining = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+        head = f"{subject}.R.{encode_timeout(remaining)}.{view.nbytes}.{endpoint}"
+        try:
+            for number, piece in enumerate(chunks([view], self._chunk)):
+                await nc.publish(head if number == 0 else f"{subject}.M", piece, reply=reply)
+        except Exception as exc:
+            raise PeerGoneError(
+                f"cannot send to {subject} through NATS at {self.settings.describe()}: {type(exc).__name__} {exc}",
+                hint=_RETRY_HINT,
+            ) from exc
+
+    async def close(self) -> None:
+        """Close the connection; calls in flight raise PeerGoneError."""
+        self._closed = True
+        for call in self._calls.values():
+            call.queue.put_nowait(("gone", f"this client was closed while waiting for {call.address}"))
+        for peer in self._peers.values():
+            if peer.probe is not None:
+                peer.probe.cancel()
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            try:
+                await nc.close()
+            except Exception as exc:  # already broken: nothing left to release
+                log.debug("closing the NATS connection: %s", exc)
+
+
+def _no_responders(msg: Any) -> bool:
+    headers = msg.headers or {}
+    return str(headers.get("Status", "")).startswith("503")

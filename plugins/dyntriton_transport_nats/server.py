@@ -1,0 +1,200 @@
+"""The nats transport's server: one subscription per worker, one task per request.
+
+Threading and memory: everything runs on the event loop that called :meth:`NatsServer.start`.
+A request that fits one message reaches the handler as that message's bytes; a chunked one
+is received into a ``bytearray`` of its announced size and handed over as a memoryview (valid
+while the handler runs). Responses go out as slices of what the handler yielded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from dynamo_triton.errors import DyntritonError, TransportError
+from dynamo_triton.transport import Chunk, Handler, TransportRequest
+from dyntriton_transport_nats.connection import NatsSettings, connect
+from dyntriton_transport_nats.wire import ADDRESS_PREFIX, as_parts, chunks, decode_timeout, encode_error
+
+__all__ = ["NatsServer"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes a subscription may hold unprocessed before nats-py drops messages (a 64 MiB request
+#: and then some must fit while the loop is busy).
+PENDING_BYTES = 1 << 30
+
+
+class _Incoming:
+    """A chunked request being received."""
+
+    __slots__ = ("buffer", "endpoint", "filled", "timeout")
+
+    def __init__(self, endpoint: str, timeout: float | None, total: int, first: bytes):
+        self.endpoint, self.timeout = endpoint, timeout
+        self.buffer = bytearray(total)
+        self.buffer[: len(first)] = first
+        self.filled = len(first)
+
+
+class NatsServer:
+    """Serves a handler on a NATS subject; see :class:`dynamo_triton.transport.TransportServer`.
+
+    :param subject: the worker's subject (unique per server); the advertised address is ``nats:SUBJECT``.
+    :param max_chunk: largest message payload sent, in bytes (capped by the server's ``max_payload``).
+    """
+
+    def __init__(self, settings: NatsSettings, subject: str, *, max_chunk: int | None = None):
+        self.settings, self.subject, self.max_chunk = settings, subject, max_chunk
+        self.handler: Handler
+        self.address = ADDRESS_PREFIX + subject
+        self.stopping = False
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._incoming: dict[str, _Incoming] = {}
+        self._nc: Any = None
+        self._sub: Any = None
+        self._chunk = 0
+        self._silent = False
+
+    async def start(self, handler: Handler) -> str:
+        """Connect, subscribe and return ``nats:SUBJECT`` once the server knows the subscription."""
+        self.handler = handler
+        self._nc = await connect(
+            self.settings,
+            name=f"dyntriton worker {self.subject}",
+            purpose="the nats transport",
+            error=TransportError,
+            on_disconnect=self._on_disconnect,
+        )
+        self._chunk = min(self._nc.max_payload, self.max_chunk or self._nc.max_payload)
+        self._sub = await self._nc.subscribe(
+            self.subject + ".>", cb=self._on_message, pending_bytes_limit=PENDING_BYTES
+        )
+        # Round trip: the server has the subscription before anyone reads our address.
+        await self._nc.flush(timeout=self.settings.timeout)
+        return self.address
+
+    async def _on_disconnect(self) -> None:
+        # Whatever the handlers answer now is lost; clients see 503 or their own disconnect.
+        for task in list(self.tasks.values()):
+            task.cancel()
+        self._incoming.clear()
+
+    async def _on_message(self, msg: Any) -> None:
+        op, _, rest = msg.subject[len(self.subject) + 1 :].partition(".")
+        reply: str = msg.reply
+        if not reply:
+            return
+        if op == "M":
+            incoming = self._incoming.get(reply)
+            if incoming is None:
+                return  # cancelled while arriving
+            data = msg.data
+            incoming.buffer[incoming.filled : incoming.filled + len(data)] = data
+            incoming.filled += len(data)
+            if incoming.filled >= len(incoming.buffer):
+                del self._incoming[reply]
+                self._dispatch(reply, incoming.endpoint, memoryview(incoming.buffer), incoming.timeout)
+        elif op == "R":
+            timeout_token, total_token, endpoint = rest.split(".", 2)
+            if self.stopping:
+                await self._publish(f"{reply}.G", self.stopping_error())
+                return
+            timeout, total = decode_timeout(timeout_token), int(total_token)
+            if total == len(msg.data):
+                self._dispatch(reply, endpoint, msg.data, timeout)
+            else:
+                self._incoming[reply] = _Incoming(endpoint, timeout, total, msg.data)
+        elif op == "C":
+            self._incoming.pop(reply, None)
+            running = self.tasks.get(reply)
+            if running is not None:
+                running.cancel()
+        elif op == "P":
+            await self._publish(f"{reply}.O")
+
+    def _dispatch(self, reply: str, endpoint: str, payload: bytes | memoryview, timeout: float | None) -> None:
+        request = TransportRequest(endpoint, payload, timeout)
+        self.tasks[reply] = asyncio.create_task(self._run(reply, request), name=f"dyntriton-nats:{endpoint}")
+
+    def stopping_error(self) -> bytes:
+        return f"the server at {self.address} is shutting down".encode()
+
+    async def _publish(self, subject: str, payload: bytes | memoryview = b"") -> None:
+        await self._nc.publish(subject, payload)
+
+    async def _send(self, reply: str, chunk: Chunk) -> None:
+        parts = as_parts(chunk)  # TypeError before anything is sent: the call fails alone
+        total = sum(part.nbytes for part in parts)
+        first = True
+        for payload in chunks(parts, self._chunk):
+            await self._publish(f"{reply}.D.{total}" if first else f"{reply}.M", payload)
+            first = False
+
+    async def _run(self, reply: str, request: TransportRequest) -> None:
+        try:
+            try:
+                async with asyncio.timeout(request.timeout) as deadline:
+                    stream = self.handler(request)
+                    try:
+                        async for chunk in stream:
+                            await self._send(reply, chunk)
+                    finally:
+                        aclose = getattr(stream, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
+            except TimeoutError as exc:
+                if not deadline.expired():
+                    raise
+                message = f"deadline of {request.timeout} s exceeded on the server for endpoint {request.endpoint!r}"
+                raise DyntritonError(message, status="DEADLINE_EXCEEDED") from exc
+            await self._publish(f"{reply}.E")
+        except asyncio.CancelledError:
+            if self.stopping and not self._silent:
+                with contextlib.suppress(Exception):
+                    await self._publish(f"{reply}.G", self.stopping_error())
+            raise
+        except DyntritonError as exc:
+            await self._send_error(reply, exc.status, str(exc))
+        except Exception as exc:
+            log.exception("handler for endpoint %r failed", request.endpoint)
+            await self._send_error(reply, "INTERNAL", f"{type(exc).__name__}: {exc}")
+        finally:
+            self.tasks.pop(reply, None)
+
+    async def _send_error(self, reply: str, status: str, message: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._publish(f"{reply}.X", encode_error(status, message))
+
+    async def abort(self) -> None:
+        """Vanish like a crashed process: handlers cancelled, nobody told, the connection dropped."""
+        if self._nc is None:
+            return
+        self._silent = self.stopping = True
+        for task in list(self.tasks.values()):
+            task.cancel()
+        nc, self._nc = self._nc, None
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Refuse new requests (``G``), wait up to ``grace`` s for running ones, cancel the rest, disconnect."""
+        if self._nc is None:
+            return
+        self.stopping = True
+        pending = set(self.tasks.values())
+        if pending and grace > 0:
+            await asyncio.wait(pending, timeout=grace)
+        pending = {task for task in self.tasks.values() if not task.done()}
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        nc, self._nc = self._nc, None
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+            await nc.flush(timeout=self.settings.timeout)
+        with contextlib.suppress(Exception):
+            await nc.close()

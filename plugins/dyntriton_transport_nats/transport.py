@@ -1,0 +1,61 @@
+"""The nats transport object: makes servers and clients sharing one NATS configuration."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dyntriton_transport_nats.client import NatsClient
+from dyntriton_transport_nats.connection import NatsSettings
+from dyntriton_transport_nats.server import NatsServer
+
+__all__ = ["NatsTransport"]
+
+
+@dataclass
+class NatsTransport:
+    """Request/response over NATS subjects; see :mod:`dyntriton_transport_nats.wire`.
+
+    :param settings: how to reach NATS (servers, TLS, credentials).
+    :param subject_prefix: workers listen on ``{subject_prefix}.{unique id}``.
+    :param probe_interval: seconds between a client's liveness probes of a worker it waits for.
+    :param peer_timeout: seconds a worker may leave probes unanswered before its calls fail.
+    :param max_chunk: largest message payload, in bytes (None: the server's ``max_payload``).
+    """
+
+    settings: NatsSettings = field(default_factory=NatsSettings)
+    subject_prefix: str = "dyntriton.worker"
+    probe_interval: float = 1.0
+    peer_timeout: float = 10.0
+    max_chunk: int | None = None
+    name: str = "nats"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> NatsTransport:
+        """Settings from the environment: the NATS variables of
+        :mod:`dyntriton_transport_nats.connection` (``NATS_SERVER``, ``NATS_CA``, ``NATS_CREDS``...),
+        ``DYNTRITON_NATS_SUBJECT_PREFIX``, ``DYNTRITON_NATS_PROBE_INTERVAL`` and
+        ``DYNTRITON_NATS_PEER_TIMEOUT`` (seconds); unset ones keep their defaults.
+        """
+        env = os.environ if env is None else env
+        return cls(
+            settings=NatsSettings.from_options({}, env),
+            subject_prefix=env.get("DYNTRITON_NATS_SUBJECT_PREFIX") or "dyntriton.worker",
+            probe_interval=float(env.get("DYNTRITON_NATS_PROBE_INTERVAL") or 1.0),
+            peer_timeout=float(env.get("DYNTRITON_NATS_PEER_TIMEOUT") or 10.0),
+        )
+
+    def server(self, host: str = "127.0.0.1", port: int = 0) -> NatsServer:
+        """A server on a fresh subject. ``host`` and ``port`` do not apply: workers dial out to NATS."""
+        return NatsServer(self.settings, f"{self.subject_prefix}.{uuid.uuid4().hex}", max_chunk=self.max_chunk)
+
+    def client(self) -> NatsClient:
+        """A client with its own NATS connection."""
+        return NatsClient(
+            self.settings,
+            probe_interval=self.probe_interval,
+            peer_timeout=self.peer_timeout,
+            max_chunk=self.max_chunk,
+        )
