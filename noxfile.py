@@ -12,8 +12,8 @@ PYTHON = "3.11"
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The whole suite against real Triton, etcd and tritonclient (etcd-server must be installed)."""
-    session.install("-e", ".[triton,etcd,test]")
+    """The whole suite against real Triton, etcd, NATS and tritonclient (etcd-server and nats-server installed)."""
+    session.install("-e", ".[triton,etcd,nats,test]")
     session.run("pytest", *session.posargs)
 
 

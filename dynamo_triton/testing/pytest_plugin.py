@@ -14,6 +14,9 @@ Fixtures:
       @pytest.mark.parametrize("triton_direct", [(MODEL_REPO, ("classify",))], indirect=True)
 
   Without Triton it skips (fails under ``CI=true``), like ``etcd_server``.
+- ``nats_server``: the URL (``nats://127.0.0.1:PORT``) of a real nats-server with JetStream,
+  started once per session on a free loopback port with a temp storage dir; skips without the
+  binary (fails under ``CI=true``), like ``etcd_server``. Tests share it: use unique subjects and buckets.
 """
 
 from __future__ import annotations
@@ -39,6 +42,19 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     except EtcdNotInstalled as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"etcd tests must run in CI: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from dynamo_triton.testing.nats import NatsNotInstalled, run_nats
+
+    try:
+        with run_nats(tmp_path_factory.mktemp("nats")) as server:
+            yield server.url
+    except NatsNotInstalled as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"NATS tests must run in CI: {exc}")
         pytest.skip(str(exc))
 
 
