@@ -38,13 +38,13 @@ _Item = tuple[str, Any]
 
 
 class _Call:
-    __slots__ = ("address", "buffer", "filled", "queue")
+    __slots__ = ("address", "filled", "parts", "queue", "total")
 
     def __init__(self, address: str):
         self.address = address
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self.buffer: bytearray | None = None
-        self.filled = 0
+        self.parts: list[bytes] | None = None  # the chunks of a response being received
+        self.total = self.filled = 0
 
 
 class _Peer:
@@ -140,19 +140,17 @@ class NatsClient:
             if total == len(data):
                 call.queue.put_nowait(("data", data))
             else:
-                call.buffer = bytearray(total)
-                call.buffer[: len(data)] = data
-                call.filled = len(data)
+                call.parts, call.total, call.filled = [data], total, len(data)
         elif op == "M":
-            buffer = call.buffer
-            if buffer is None:
+            if call.parts is None:
                 return
             data = msg.data
-            buffer[call.filled : call.filled + len(data)] = data
+            call.parts.append(data)
             call.filled += len(data)
-            if call.filled >= len(buffer):
-                call.buffer = None
-                call.queue.put_nowait(("data", memoryview(buffer)))
+            if call.filled >= call.total:
+                # One copy, into the bytes the contract promises (consumers parse protobuf from it).
+                whole, call.parts = b"".join(call.parts), None
+                call.queue.put_nowait(("data", whole))
         elif op in ("E", "X", "G"):
             call.queue.put_nowait(({"E": "end", "X": "error", "G": "gone"}[op], msg.data))
         elif not op and _no_responders(msg):
