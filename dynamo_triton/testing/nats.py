@@ -87,6 +87,7 @@ def run_nats(
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dyntriton-nats-")))
+        data_dir.mkdir(parents=True, exist_ok=True)
         port = _free_port()
         log_path = data_dir / "nats-server.log"
         log = log_path.open("wb")

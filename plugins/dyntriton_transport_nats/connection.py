@@ -181,13 +181,14 @@ async def connect(
         async with asyncio.timeout(settings.timeout * 2 + 1):
             client = await nats.connect(**options)
     except Exception as exc:
-        reason = last[-1] if last else exc
-        if _auth_failure(reason):
+        refusal = next((failure for failure in last if _auth_failure(failure)), None)
+        if refusal is not None:  # the server then closes the socket: later errors are only resets
             raise error(
-                f"NATS at {settings.describe()} refused {name}'s credentials: {reason}",
+                f"NATS at {settings.describe()} refused the credentials ({refusal})",
                 hint="check NATS_USER / NATS_PASSWORD, NATS_TOKEN or NATS_CREDS",
                 status="UNAUTHENTICATED",
             ) from exc
+        reason = last[-1] if last else exc
         detail = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
         raise error(f"cannot reach NATS at {settings.describe()} ({detail})", hint=start_hint(settings)) from exc
     # nats-py reads these options on every reconnect: from now on, never give up.

@@ -1,0 +1,212 @@
+"""nats-only behaviour: chunk boundaries, vanished and silent workers, where the server comes from,
+unreachable NATS, credentials and mutual TLS, a missing nats-py. Against real nats-servers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from dyntriton_transport_nats.connection import NatsSettings
+from dyntriton_transport_nats.transport import NatsTransport
+from dyntriton_transport_nats.wire import chunks
+
+from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, PluginError, TransportError
+from dynamo_triton.plugins import make_plugin_manager
+from dynamo_triton.testing.nats import run_nats
+from dynamo_triton.testing.transport_contract import collect, echo
+from dynamo_triton.transport import TransportRequest
+
+WAIT = 10.0
+MiB = 1024 * 1024
+
+
+def transport(url: str, **kwargs: object) -> NatsTransport:
+    return NatsTransport(settings=NatsSettings(servers=(url,)), subject_prefix=f"t.{uuid.uuid4().hex[:8]}", **kwargs)
+
+
+async def round_trip(nats: NatsTransport, handler, payload: bytes, endpoint: str = "x") -> list[bytes]:
+    server = nats.server()
+    address = await server.start(handler)
+    client = nats.client()
+    try:
+        return await collect(client.call(address, endpoint, payload), WAIT)
+    finally:
+        await client.close()
+        await server.stop(grace=0)
+
+
+def test_chunks_cut_parts_at_size_and_copy_only_across_parts() -> None:
+    parts = [memoryview(b"abcde"), memoryview(b"fgh"), memoryview(b"ijklmnop")]
+    assert [bytes(c) for c in chunks(parts, 4)] == [b"abcd", b"efgh", b"ijkl", b"mnop"]
+    assert [bytes(c) for c in chunks(parts, 100)] == [b"abcdefghijklmnop"]
+    assert [bytes(c) for c in chunks([memoryview(b"")], 4)] == [b""]
+    single = memoryview(b"x" * 10)
+    assert all(isinstance(c, memoryview) for c in chunks([single], 4)), "one part's slices are not copied"
+
+
+@pytest.mark.parametrize("size", [0, 999, 1000, 1001, 4096])
+async def test_requests_and_responses_across_chunk_boundaries(nats_server: str, size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+
+    async def parts(request: TransportRequest) -> AsyncIterator[list]:
+        assert bytes(request.payload) == payload
+        yield [b"<", memoryview(request.payload), bytearray(b">")]
+        yield request.payload
+
+    assert await round_trip(transport(nats_server, max_chunk=1000), parts, payload) == [b"<" + payload + b">", payload]
+
+
+async def test_one_mib_either_side_of_max_payload(nats_server: str) -> None:
+    nats = transport(nats_server)
+    for size in (MiB - 1, MiB, MiB + 1):
+        payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+        assert await round_trip(nats, echo, payload) == [payload]
+
+
+async def test_plugin_reads_nats_server_from_the_environment(nats_server: str, monkeypatch) -> None:
+    monkeypatch.setenv("NATS_SERVER", nats_server)
+    monkeypatch.setenv("DYNTRITON_NATS_SUBJECT_PREFIX", f"env.{uuid.uuid4().hex[:8]}")
+    nats = make_plugin_manager().transport("nats")
+    assert nats.name == "nats" and nats.settings.servers == (nats_server,)
+    assert await round_trip(nats, echo, b"hello") == [b"hello"]
+
+
+async def test_unreachable_nats_names_the_server_and_how_to_start_one(nats_server: str) -> None:
+    nats = transport("nats://127.0.0.1:1")
+    with pytest.raises(TransportError) as caught:
+        await nats.server().start(echo)
+    assert "cannot reach NATS at nats://127.0.0.1:1" in str(caught.value)
+    assert "nats-server" in str(caught.value.hint) and "NATS_SERVER" in str(caught.value.hint)
+    client = nats.client()
+    with pytest.raises(PeerGoneError, match=re.escape("cannot reach NATS at nats://127.0.0.1:1")):
+        await collect(client.call("nats:some.worker", "x", b""), WAIT)
+    await client.close()
+
+
+async def test_bad_addresses_and_endpoints_are_named(nats_server: str) -> None:
+    client = transport(nats_server).client()
+    with pytest.raises(TransportError, match="expected 'nats:SUBJECT'"):
+        await collect(client.call("tcp://127.0.0.1:5", "x", b""), WAIT)
+    with pytest.raises(TransportError, match=re.escape("endpoint name 'a.b'")):
+        await collect(client.call("nats:w.1", "a.b", b""), WAIT)
+    await client.close()
+
+
+_WORKER = """
+import asyncio, sys
+from dyntriton_transport_nats.connection import NatsSettings
+from dyntriton_transport_nats.transport import NatsTransport
+
+async def handler(request):
+    yield b"started:" + bytes(request.payload)
+    await asyncio.sleep(3600)
+
+async def main():
+    server = NatsTransport(NatsSettings(servers=(sys.argv[1],)), subject_prefix="killed").server()
+    print(await server.start(handler), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_sigkilled_worker_fails_every_call_in_flight(nats_server: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WORKER, nats_server, stdout=asyncio.subprocess.PIPE
+    )
+    client = transport(nats_server, probe_interval=0.2).client()
+    try:
+        address = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode().strip()
+        assert address.startswith("nats:killed.")
+        streams = [client.call(address, "infer", b"%d" % i).__aiter__() for i in range(4)]
+        firsts = await asyncio.wait_for(asyncio.gather(*(s.__anext__() for s in streams)), WAIT)
+        assert [bytes(f) for f in firsts] == [b"started:%d" % i for i in range(4)]
+        proc.send_signal(signal.SIGKILL)
+        for stream in streams:
+            with pytest.raises(PeerGoneError) as caught:
+                await asyncio.wait_for(stream.__anext__(), WAIT)
+            assert address in str(caught.value)
+        await proc.wait()
+        with pytest.raises(PeerGoneError, match="no worker listens"):
+            await collect(client.call(address, "infer", b""), WAIT)
+    finally:
+        await client.close()
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_a_silent_worker_fails_after_peer_timeout_or_the_deadline(nats_server: str) -> None:
+    # Subscribed (so no 503), but answers nothing, not even probes: a hung process.
+    import nats
+
+    nc = await nats.connect(nats_server)
+    await nc.subscribe("silent.worker.>")
+    await nc.flush()
+    client = transport(nats_server, probe_interval=0.1, peer_timeout=0.5).client()
+    try:
+        with pytest.raises(DeadlineExceededError):
+            await collect(client.call("nats:silent.worker", "x", b"", timeout=0.2), WAIT)
+        with pytest.raises(PeerGoneError, match=re.escape("did not answer for 0.5 s")):
+            await collect(client.call("nats:silent.worker", "x", b""), WAIT)
+    finally:
+        await client.close()
+        await nc.close()
+
+
+async def test_credentials_are_used_and_a_refusal_says_which(tmp_path: Path) -> None:
+    with run_nats(tmp_path, extra_args=["--user", "dyn", "--pass", "s3cret"]) as server:
+        good = NatsSettings(servers=(server.url,), user="dyn", password="s3cret")
+        nats = NatsTransport(settings=good, subject_prefix="auth")
+        assert await round_trip(nats, echo, b"in") == [b"in"]
+        bad = NatsTransport(settings=NatsSettings(servers=(server.url,), user="dyn", password="wrong"))
+        with pytest.raises(TransportError) as caught:
+            await bad.server().start(echo)
+        assert caught.value.status == "UNAUTHENTICATED"
+        assert "NATS_USER" in str(caught.value.hint)
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make test certs")
+async def test_mutual_tls(tmp_path: Path) -> None:
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+             "-keyout", str(tmp_path / "ca.key"), "-out", str(tmp_path / "ca.pem"))  # fmt: skip
+    (tmp_path / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                 "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.csr"))  # fmt: skip
+        _openssl("x509", "-req", "-in", str(tmp_path / f"{name}.csr"), "-CA", str(tmp_path / "ca.pem"),
+                 "-CAkey", str(tmp_path / "ca.key"), "-CAcreateserial", "-days", "2",
+                 "-extfile", str(tmp_path / "san.cnf"), "-out", str(tmp_path / f"{name}.pem"))  # fmt: skip
+    tls = ["--tlsverify", "--tlscert", str(tmp_path / "server.pem"), "--tlskey", str(tmp_path / "server.key")]
+    tls += ["--tlscacert", str(tmp_path / "ca.pem")]
+    with run_nats(tmp_path / "nats", extra_args=tls) as server:
+        url = server.url.replace("nats://", "tls://")
+        settings = NatsSettings(
+            servers=(url,),
+            ca_file=str(tmp_path / "ca.pem"),
+            cert_file=str(tmp_path / "client.pem"),
+            key_file=str(tmp_path / "client.key"),
+        )
+        assert await round_trip(NatsTransport(settings=settings, subject_prefix="tls"), echo, b"sealed") == [b"sealed"]
+        no_cert = NatsTransport(settings=NatsSettings(servers=(url,), ca_file=str(tmp_path / "ca.pem"), timeout=2))
+        with pytest.raises(TransportError, match=re.escape("NATS at tls://127.0.0.1")):
+            await no_cert.server().start(echo)
+
+
+def test_missing_nats_py_gives_the_pip_hint(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "nats", None)
+    with pytest.raises(PluginError) as caught:
+        make_plugin_manager().transport("nats")
+    assert "pip install 'dynamo-triton[nats]'" in str(caught.value)
