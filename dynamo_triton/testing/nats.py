@@ -74,12 +74,14 @@ def run_nats(
     data_dir: Path | None = None,
     *,
     extra_args: Sequence[str] = (),
+    jetstream: bool = True,
     start_timeout: float = 20.0,
 ) -> Iterator[NatsServer]:
     """Run nats-server on 127.0.0.1 with JetStream (``-js -sd``) in a temp dir; always stops it.
 
     :param data_dir: folder for JetStream's storage and the log (a temporary one when None).
     :param extra_args: more nats-server arguments, e.g. ``["--user", "u", "--pass", "p"]``.
+    :param jetstream: False to start it without JetStream (to test what users see then).
     :raises NatsNotInstalled: no nats-server binary.
     :raises RuntimeError: the server did not accept connections within ``start_timeout`` s (with its log).
     """
@@ -92,7 +94,9 @@ def run_nats(
         log_path = data_dir / "nats-server.log"
         log = log_path.open("wb")
         stack.callback(log.close)
-        command = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data_dir / "jetstream"), *extra_args]
+        command = [binary, "-a", "127.0.0.1", "-p", str(port), *extra_args]
+        if jetstream:
+            command += ["-js", "-sd", str(data_dir / "jetstream")]
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
         server = NatsServer(f"nats://127.0.0.1:{port}", process, log_path)
         stack.callback(server.stop)

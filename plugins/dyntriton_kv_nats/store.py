@@ -143,7 +143,7 @@ class NatsStore:
                 f"NATS KV {self._where()} did not answer within {self.settings.nats.timeout:g} s",
                 hint=start_hint(self.settings.nats),
             ) from exc
-        except nats.errors.NoRespondersError as exc:
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
             raise StoreUnavailableError(
                 f"NATS at {self.settings.nats.describe()} has no JetStream (no responders for the KV API)",
                 hint="start nats-server with JetStream: `nats-server -js -sd DIR` (or jetstream enabled in its config)",
