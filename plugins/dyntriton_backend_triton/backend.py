@@ -23,6 +23,7 @@ from dyntriton_backend_triton.environment import (
     shm_regions,
 )
 from dyntriton_backend_triton.locator import TritonInstall, locate_triton
+from dyntriton_backend_triton.reaper import Reaper
 from dyntriton_backend_triton.server import ClassificationSpec, InputTensor, ServerOptions, TritonResponse, TritonServer
 
 __all__ = ["TritonBackend"]
@@ -78,6 +79,7 @@ class TritonBackend:
         self._models: dict[str, ModelInfo] = {}
         self._shm_before: set[str] = set()
         self._identity = ("triton", "")
+        self._reaper = Reaper()
 
     @property
     def server(self) -> TritonServer:
@@ -103,7 +105,13 @@ class TritonBackend:
             model_load_retries=int(self.settings.extra.get("model_load_retries", 0)),
         )
         server = TritonServer(install, options)
-        await asyncio.to_thread(server.start_blocking)
+        # Before any stub exists: whatever kills this process, its stubs die within a second.
+        self._reaper.start()
+        try:
+            await asyncio.to_thread(server.start_blocking)
+        except BaseException:
+            await asyncio.to_thread(self._reaper.stop)
+            raise
         self._server = server
         metadata = server.server_metadata()
         self._identity = (str(metadata.get("name") or "triton"), str(metadata.get("version") or ""))
@@ -117,6 +125,7 @@ class TritonBackend:
             await asyncio.wait_for(asyncio.to_thread(server.stop_blocking), timeout)
         except TimeoutError:
             log.warning("Triton did not stop within %.0f s; leaving it to process exit", timeout)
+        await asyncio.to_thread(self._reaper.stop)
         clean_stale_shm(only=shm_regions() - self._shm_before)
 
     async def metrics_text(self) -> str:
