@@ -7,12 +7,14 @@ code    meaning
 1       an error (the message says which; ``Hint:`` says what to do)
 2       a usage error (bad option or argument)
 3       could not start: a store, port, backend or model failed during start-up
-4       ``serve``: its workers died after start-up (no worker left to serve)
+4       ``serve``: its workers died after start-up and none is left (``--restart no``, or they exited 0)
+5       ``serve``: a child process kept failing (a crash loop: 5 failures within 60 s); restarts given up
 130     interrupted (Ctrl-C) during a short command
 ======  =====================================================================================
 
 Supervisors (systemd, Kubernetes) restart on any non-zero code; scripts can tell a
-configuration that never worked (3) from a crash in service (4).
+configuration that never worked (3) from a crash in service (4) and from a crash loop that
+``serve``'s own restarts could not cure (5).
 """
 
 from __future__ import annotations
@@ -22,17 +24,36 @@ from collections.abc import Iterator
 
 from dynamo_triton.errors import DyntritonError
 
-__all__ = ["EXIT_ERROR", "EXIT_START_FAILED", "EXIT_WORKERS_DIED", "WorkersDiedError", "exit_code_of", "starting"]
+__all__ = [
+    "EXIT_CRASH_LOOP",
+    "EXIT_ERROR",
+    "EXIT_START_FAILED",
+    "EXIT_WORKERS_DIED",
+    "CrashLoopError",
+    "WorkersDiedError",
+    "exit_code_of",
+    "starting",
+]
 
 EXIT_ERROR = 1
 EXIT_START_FAILED = 3
 EXIT_WORKERS_DIED = 4
+EXIT_CRASH_LOOP = 5
 
 
 class WorkersDiedError(DyntritonError):
     """Every worker ``serve`` started has exited while serving (exit code 4)."""
 
     exit_code = EXIT_WORKERS_DIED
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message, hint=hint, status="UNAVAILABLE")
+
+
+class CrashLoopError(DyntritonError):
+    """A child of ``serve`` failed too often in a short time; ``serve`` gave up restarting it (exit code 5)."""
+
+    exit_code = EXIT_CRASH_LOOP
 
     def __init__(self, message: str, *, hint: str | None = None):
         super().__init__(message, hint=hint, status="UNAVAILABLE")

@@ -1,4 +1,10 @@
-"""``dyntriton frontend``: KServe gRPC + HTTP over every worker discovered in the store."""
+"""``dyntriton frontend``: KServe gRPC + HTTP over every worker discovered in the store.
+
+SIGTERM drains: the ports stop accepting, requests in flight finish, then the process
+exits 0. Started with ``--reuse-port``, a frontend shares its ports (``SO_REUSEPORT``) with
+any other frontend started the same way, so a rolling restart loses no request: start
+the new process on the same ports, wait for its start line, then SIGTERM the old one.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,14 @@ import logging
 import click
 
 from dynamo_triton.cli.addresses import dial_address
-from dynamo_triton.cli.children import forwarded_options, spawn, stop_children
+from dynamo_triton.cli.children import forwarded_options, notify_ready, spawn, stop_children
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.exits import starting
 from dynamo_triton.cli.options import frontend_options, store_options, store_settings
 from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.launch import FrontendConfig, FrontendStack, Shutdown, start_frontend
 
-__all__ = ["FORWARDED", "frontend", "frontend_config", "listeners", "start_extra_frontends"]
+__all__ = ["FORWARDED", "extra_frontend_argv", "frontend", "frontend_config", "listeners", "start_extra_frontends"]
 
 log = logging.getLogger("dyntriton.frontend")
 
@@ -76,7 +82,14 @@ def frontend_config(
     show_default=True,
     help="Frontend processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each watching the store.",
 )
-@click.option("--reuse-port", is_flag=True, hidden=True, help="Bind with SO_REUSEPORT (set for extra processes).")
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    envvar="DYN_REUSE_PORT",
+    help="Bind the gRPC and HTTP ports with SO_REUSEPORT: a new frontend started the same way can take them "
+    "over before this one drains on SIGTERM (rolling restarts). Set for --processes > 1.",
+)
+@click.option("--ready-fd", type=int, hidden=True, help="Write 'ready' to this inherited pipe once serving.")
 @click.pass_context
 def frontend(
     ctx: click.Context,
@@ -85,18 +98,21 @@ def frontend(
     file_kv_root: str | None,
     processes: int,
     reuse_port: bool,
+    ready_fd: int | None,
     **options: object,
 ) -> None:
     """Serve KServe v2 gRPC and HTTP for every model live workers register.
 
-    Exits 3 when it cannot start (store unreachable, a port taken).
+    SIGTERM drains (stops accepting, finishes requests in flight) and exits 0; with --reuse-port a
+    new frontend on the same ports takes over first. Exits 3 when it cannot start (store unreachable,
+    a port taken).
     """
     plugins = plugins_from(ctx)
     config = frontend_config(**options, reuse_port=reuse_port or processes > 1)  # type: ignore[arg-type]
     extra_argv = ["frontend", *forwarded_options(ctx, FORWARDED, {}), "--reuse-port"]
     store = store_settings(store_kv, etcd_endpoints, file_kv_root)
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        run_service(_run(plugins, store_kv, store, config, processes - 1, extra_argv))
+        run_service(_run(plugins, store_kv, store, config, processes - 1, extra_argv, ready_fd))
 
 
 #: Options an extra frontend process receives from the command that starts it (serve or frontend).
@@ -118,10 +134,14 @@ FORWARDED = {
 }
 
 
+def extra_frontend_argv(argv: list[str], stack: FrontendStack) -> list[str]:
+    """``argv`` (a ``frontend ... --reuse-port`` command line) on the ports ``stack`` bound."""
+    return [*argv, "--grpc-port", str(stack.grpc.port), "--http-port", str(stack.http.port if stack.http else -1)]
+
+
 async def start_extra_frontends(count: int, argv: list[str], stack: FrontendStack) -> list[asyncio.subprocess.Process]:
     """Start ``count`` more frontend processes on the ports ``stack`` bound (with SO_REUSEPORT)."""
-    ports = ["--grpc-port", str(stack.grpc.port), "--http-port", str(stack.http.port if stack.http else -1)]
-    return [await spawn([*argv, *ports]) for _ in range(count)]
+    return [await spawn(extra_frontend_argv(argv, stack)) for _ in range(count)]
 
 
 def listeners(config: FrontendConfig, stack: FrontendStack) -> str:
@@ -139,6 +159,7 @@ async def _run(
     config: FrontendConfig,
     extra: int,
     extra_argv: list[str],
+    ready_fd: int | None = None,
 ) -> None:
     with starting():
         store = plugins.kv_store(store_kv, **store_options)
@@ -153,11 +174,13 @@ async def _run(
             + (f", {extra + 1} processes" if extra else ""),
             err=True,
         )
+        notify_ready(ready_fd)
         shutdown.started()
         signame = await shutdown.wait()
-        log.info("%s received: stopping", signame)
+        log.info("%s received: draining (the ports stop accepting; requests in flight finish)", signame)
         await stop_children(children)
         await stack.stop()
+        log.info("drained: exiting")
     finally:
         shutdown.close()
         await stop_children(children)

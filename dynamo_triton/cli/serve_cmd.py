@@ -6,9 +6,15 @@ the ``--workers N`` workers is a ``dyntriton worker`` child process, exactly wha
 you would run by hand on other hosts.
 
 The summary is printed once this serve's own workers serve every model asked
-(every model of the repository when none is named). Exit codes: 0 after SIGINT or
-SIGTERM, 3 when it could not start (a worker failed before registering, a port is
-taken...), 4 when every worker died while serving (restarting them is not done here).
+(every model of the repository when none is named). Child processes that fail while
+serving are restarted with backoff (``--restart on-failure``, see ``supervisor.py``); a
+worker runs in its own process group, killed whole (Triton's stubs included) before
+its restart. SIGHUP replaces the extra frontend processes one by one, each new one
+serving on the shared ports before the old one drains (``--frontends N``).
+
+Exit codes: 0 after SIGINT or SIGTERM, 3 when it could not start (a worker failed before
+registering, a port is taken...), 4 when no worker is left while serving (``--restart no``),
+5 when a child crash-loops (5 failures within 60 s).
 """
 
 from __future__ import annotations
@@ -21,14 +27,21 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import click
 
-from dynamo_triton.cli.children import die_with_parent, forwarded_options, stop_children
+from dynamo_triton.cli.children import (
+    forwarded_options,
+    own_group_dying_with_parent,
+    ready,
+    spawn_ready,
+    stop_children,
+)
 from dynamo_triton.cli.context import plugins_from, run_service
-from dynamo_triton.cli.exits import EXIT_START_FAILED, WorkersDiedError, starting
-from dynamo_triton.cli.frontend_cmd import FORWARDED, frontend_config, listeners, start_extra_frontends
+from dynamo_triton.cli.exits import EXIT_START_FAILED, starting
+from dynamo_triton.cli.frontend_cmd import FORWARDED, extra_frontend_argv, frontend_config, listeners
 from dynamo_triton.cli.options import (
     backend_options,
     format_ports,
@@ -38,6 +51,7 @@ from dynamo_triton.cli.options import (
     worker_options,
 )
 from dynamo_triton.cli.serve_summary import Ownership, print_summary, served_by_own
+from dynamo_triton.cli.supervisor import Child, RestartPolicy, Supervisor, exit_description
 from dynamo_triton.cli.worker_cmd import backend_settings
 from dynamo_triton.errors import DyntritonError
 from dynamo_triton.plugins import Plugins
@@ -69,11 +83,22 @@ STARTUP_TIMEOUT = 300.0
     is_flag=True,
     help="Run one worker inside this process (no sockets between frontend and worker). Implied by --store-kv mem.",
 )
+@click.option(
+    "--restart",
+    type=click.Choice(["on-failure", "no"]),
+    default="on-failure",
+    show_default=True,
+    envvar="DYN_RESTART",
+    help="Restart worker and frontend processes that fail, with backoff; 5 failures within 60 s stop serve "
+    "(exit 5). With 'no', serve exits 4 once no worker is left.",
+)
 @click.pass_context
 def serve(ctx: click.Context, **options: Any) -> None:
     """Run a KServe frontend and workers for the models of a Triton model repository.
 
-    Exit codes: 0 stopped by SIGINT/SIGTERM; 3 could not start; 4 every worker died while serving.
+    Exit codes: 0 stopped by SIGINT/SIGTERM; 3 could not start; 4 no worker left while serving
+    (--restart no); 5 a process crash-looped. SIGHUP restarts the extra frontend processes without
+    losing a request (--frontends N).
     """
     frontend_argv = ["frontend", *forwarded_options(ctx, FORWARDED, {}), "--reuse-port"]
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
@@ -116,6 +141,7 @@ class ServeOptions:
     workers: int
     frontends: int
     in_process: bool
+    restart: str
 
     def worker_argv(self, index: int) -> list[str]:
         """The ``dyntriton worker`` command line for child ``index``."""
@@ -178,14 +204,17 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
     with starting():
         store = plugins.kv_store(opts.store_kv, **store_settings(opts.store_kv, opts.etcd_endpoints, opts.file_kv_root))
     shutdown = Shutdown()
-    children: list[asyncio.subprocess.Process] = []
-    frontends: list[asyncio.subprocess.Process] = []
+    workers: list[Child] = []
+    frontends: list[Child] = []
     frontend: FrontendStack | None = None
     local: WorkerStack | None = None
     try:
         with starting():
             frontend = await start_frontend(plugins, store, config)
-            frontends = await start_extra_frontends(opts.frontends - 1, frontend_argv, frontend)
+            argv = extra_frontend_argv(frontend_argv, frontend)
+            for index in range(1, opts.frontends):
+                frontends.append(Child(f"frontend {index}", partial(spawn_ready, argv)))
+                await frontends[-1].start()
             if in_process:
                 local = await start_worker(
                     plugins,
@@ -206,32 +235,31 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
                 owner = Ownership(frozenset({os.getpid()}))
             else:
                 for index in range(opts.workers):
-                    argv = opts.worker_argv(index)
-                    children.append(await asyncio.create_subprocess_exec(*argv, preexec_fn=die_with_parent))
-                owner = Ownership(frozenset(child.pid for child in children))
-            own = await _wait_until_served(frontend, owner, children, 1 if in_process else opts.workers, opts.models)
+                    workers.append(Child(f"worker {index}", partial(_spawn_worker, opts.worker_argv(index)), True))
+                    await workers[-1].start()
+            processes = [child.process for child in workers if child.process is not None]
+            if not in_process:
+                owner = Ownership(frozenset(process.pid for process in processes))
+            own = await _wait_until_served(frontend, owner, processes, 1 if in_process else opts.workers, opts.models)
         mode = "in-process worker" if in_process else f"{opts.workers} worker process(es)"
         footer = f"{listeners(config, frontend)}; store {opts.store_kv}; {mode}; pid {os.getpid()}. Ctrl-C stops."
         print_summary(frontend.service.models(), own, footer)
         shutdown.started()
-        await _serve_until_stopped(shutdown, children)
+        supervisor = Supervisor(
+            [*workers, *frontends], RestartPolicy(restart=opts.restart), on_restart=_Comeback(frontend).watch
+        )
+        await _supervise(supervisor, shutdown, frontends)
     finally:
         shutdown.close()
-        await stop_children(frontends)
-        await stop_children(children)
+        await stop_children([child.process for child in frontends if child.process is not None])
+        await stop_children([child.process for child in workers if child.process is not None])
+        for child in workers:
+            child.kill_group()
         if local is not None:
             await local.stop()
         if frontend is not None:
             await frontend.stop()
         await store.close()
-
-
-def _exit_description(code: int) -> str:
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"was killed by {signal.Signals(-code).name}"
-        return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 async def _wait_until_served(
@@ -259,7 +287,7 @@ async def _wait_until_served(
                 if task.done():
                     child = children[index]
                     error = DyntritonError(
-                        f"worker {index} (pid {child.pid}) {_exit_description(task.result())} before it registered "
+                        f"worker {index} (pid {child.pid}) {exit_description(task.result())} before it registered "
                         "its models; its own error is printed above",
                         status="UNAVAILABLE",
                     )
@@ -282,34 +310,61 @@ async def _wait_until_served(
             task.cancel()
 
 
-async def _serve_until_stopped(shutdown: Shutdown, children: list[asyncio.subprocess.Process]) -> None:
-    """Return on SIGINT/SIGTERM; log each worker that dies; raise WorkersDiedError when none is left."""
-    waiter = asyncio.ensure_future(shutdown.wait())
-    exits = {asyncio.ensure_future(child.wait()): index for index, child in enumerate(children)}
-    running = set(exits)
+async def _spawn_worker(argv: list[str]) -> asyncio.subprocess.Process:
+    """A worker child in its own process group (killed whole, stubs included) that dies with serve."""
+    return await asyncio.create_subprocess_exec(*argv, preexec_fn=own_group_dying_with_parent)
+
+
+async def _supervise(supervisor: Supervisor, shutdown: Shutdown, frontends: list[Child]) -> None:
+    """Supervise until SIGINT/SIGTERM; SIGHUP replaces the extra frontend processes one at a time."""
+    loop = asyncio.get_running_loop()
+    rolling: set[asyncio.Task[None]] = set()
+
+    def roll() -> None:
+        if rolling:
+            log.warning("SIGHUP: a rolling restart of the frontends is already running")
+            return
+        log.info("SIGHUP: replacing %d frontend process(es) one at a time", len(frontends))
+        task = asyncio.ensure_future(_roll_frontends(supervisor, frontends))
+        rolling.add(task)
+        task.add_done_callback(rolling.discard)
+
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(shutdown.wait())
+    loop.add_signal_handler(signal.SIGHUP, roll)
     try:
-        while True:
-            await asyncio.wait({waiter, *running}, return_when=asyncio.FIRST_COMPLETED)
-            if waiter.done():
-                return
-            for task in [task for task in running if task.done()]:
-                index = exits[task]
-                running.discard(task)
-                log.error(
-                    "worker %d (pid %d) %s while serving; %d of %d worker(s) left",
-                    index,
-                    children[index].pid,
-                    _exit_description(task.result()),
-                    len(running),
-                    len(children),
-                )
-            if not running:
-                raise WorkersDiedError(
-                    f"every worker process exited ({len(children)} of {len(children)}); nothing is left to serve",
-                    hint="read the workers' errors above; run serve under a supervisor that restarts it "
-                    "(systemd, Kubernetes) to recover",
-                )
+        await supervisor.run(stopped)
     finally:
-        waiter.cancel()
-        for task in exits:
+        loop.remove_signal_handler(signal.SIGHUP)
+        stopped.cancel()
+        for task in rolling:
             task.cancel()
+
+
+async def _roll_frontends(supervisor: Supervisor, frontends: list[Child]) -> None:
+    for child in frontends:
+        try:
+            await supervisor.replace(child, ready)
+        except Exception as exc:  # the old process keeps serving
+            log.error("could not replace %s: %s", child.name, exc)
+            return
+
+
+class _Comeback:
+    """Logs when a restarted worker registers its models again (how long the capacity was missing)."""
+
+    def __init__(self, frontend: FrontendStack):
+        self._table = frontend.table
+        self._pending: dict[int, tuple[str, float]] = {}
+        self._table.subscribe(self._check)
+
+    def watch(self, child: Child) -> None:
+        if child.own_group and child.process is not None:
+            self._pending[child.process.pid] = (child.name, time.monotonic())
+
+    def _check(self) -> None:
+        if not self._pending:
+            return
+        pids = {inst.card.worker.get("pid") for inst in self._table.all_instances()}
+        for pid in [pid for pid in self._pending if pid in pids]:
+            name, since = self._pending.pop(pid)
+            log.warning("%s (pid %d) serves again, %.1f s after its restart", name, pid, time.monotonic() - since)

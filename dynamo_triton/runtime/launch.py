@@ -65,15 +65,16 @@ class FrontendStack:
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self) -> None:
-        """Stop the background refresh, the frontends, then discovery and transport clients."""
+        """Stop the background refresh, drain the frontends, then stop discovery and transport clients.
+
+        Both frontends stop together: neither port accepts while the other drains its requests in flight.
+        """
         for task in self.background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for frontend in (self.grpc, self.http):
-            if frontend is not None:
-                with contextlib.suppress(Exception):
-                    await frontend.stop()
+        frontends = [frontend.stop() for frontend in (self.grpc, self.http) if frontend is not None]
+        await asyncio.gather(*frontends, return_exceptions=True)
         await self.table.stop()
         await self.service.close()
 

@@ -17,7 +17,9 @@ alone). It holds the read end of a pipe the worker writes nothing to: end of fil
 (or a new parent) means the worker is gone. It then SIGKILLs every stub whose
 command line names that worker as its parent (stubs get the parent pid as an
 argument, so they are found even after they were re-parented), waits for them to
-go, unlinks their ``/dev/shm`` regions, and exits. A worker that stops normally
+go, unlinks their ``/dev/shm`` regions (and those the worker had mapped: it reads
+the worker's ``/proc/PID/maps`` every second, since stubs killed with the worker's
+process group leave no command line behind), and exits. A worker that stops normally
 closes the pipe after Triton stopped its stubs: the reaper finds nothing and exits.
 """
 
@@ -31,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +96,7 @@ def _gone(pid: int) -> bool:
 
 
 def _mapped(names: set[str]) -> set[str]:
-    mapped = set()
+    mapped: set[str] = set()
     for maps in Path("/proc").glob("[0-9]*/maps"):
         with contextlib.suppress(OSError):
             text = maps.read_text()
@@ -101,8 +104,18 @@ def _mapped(names: set[str]) -> set[str]:
     return mapped
 
 
-def reap(parent_pid: int, *, timeout: float = 3.0) -> tuple[list[Stub], list[str]]:
-    """SIGKILL the stubs of ``parent_pid``, wait up to ``timeout`` for them to go, unlink their regions.
+def mapped_regions(pid: int) -> set[str]:
+    """The python-backend regions process ``pid`` maps now (empty once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return set()
+    return {line.rsplit("/", 1)[-1] for line in text.splitlines() if SHM_PREFIX in line}
+
+
+def reap(parent_pid: int, *, regions: Iterable[str] = (), timeout: float = 3.0) -> tuple[list[Stub], list[str]]:
+    """SIGKILL the stubs of ``parent_pid``, wait up to ``timeout`` for them to go, unlink their regions
+    and ``regions`` (those no live process maps any more).
 
     :returns: the stubs killed and the ``/dev/shm`` regions removed.
     """
@@ -113,7 +126,7 @@ def reap(parent_pid: int, *, timeout: float = 3.0) -> tuple[list[Stub], list[str
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not all(_gone(stub.pid) for stub in stubs):
         time.sleep(0.02)
-    regions = {stub.region for stub in stubs if stub.region}
+    regions = set(regions) | {stub.region for stub in stubs if stub.region}
     removed = []
     for name in sorted(regions - _mapped(regions)):
         with contextlib.suppress(OSError):
@@ -160,12 +173,17 @@ def main(argv: list[str]) -> int:
     worker = int(argv[0])
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # leave with the worker, not before it
+    regions: set[str] = set()
+    next_scan = 0.0
     while os.getppid() == worker:
+        if time.monotonic() >= next_scan:
+            regions |= mapped_regions(worker)
+            next_scan = time.monotonic() + 1.0
         readable, _, _ = select.select([sys.stdin.buffer], [], [], 0.25)
         if readable and not os.read(sys.stdin.fileno(), 4096):
             break
-    stubs, removed = reap(worker)
-    if stubs:
+    stubs, removed = reap(worker, regions=regions)
+    if stubs or removed:
         print(
             f"dyntriton reaper: worker pid {worker} is gone; killed {len(stubs)} python backend stub(s) "
             f"({', '.join(str(stub.pid) for stub in stubs)}) and removed {len(removed)} /dev/shm region(s)",

@@ -91,6 +91,7 @@ def test_summary_lists_every_model_with_the_file_store_and_sigkill_of_the_worker
     proc = cluster.command(
         "serve",
         *("--grpc-port", str(free_port()), "--http-port", "0", "--system-port", "0", "--lease-ttl", "2"),
+        *("--restart", "no"),  # restarts are tests/fault/test_fault_supervision.py's
     )
     wait_until(lambda: summary_shown(proc), START_TIMEOUT, "the serve summary", cluster)
     summary = proc.output().split("dyntriton is serving", 1)[1]
