@@ -13,7 +13,8 @@ without guessing, and an optional ``hint`` saying what to do about it::
     │   ├── StoreUnavailableError        the store cannot be reached (UNAVAILABLE)
     │   └── LeaseExpiredError            a lease is gone (NOT_FOUND)
     ├── TransportError                   the request plane failed
-    │   └── PeerGoneError                the other side vanished (UNAVAILABLE)
+    │   ├── PeerGoneError                the other side vanished (UNAVAILABLE)
+    │   └── PeerUnresponsiveError        the other side stopped showing signs of life (UNAVAILABLE)
     ├── BackendError                     the inference backend failed
     │   └── TritonError                  Triton's own code and message
     ├── ModelNotFoundError               unknown model (NOT_FOUND)
@@ -40,6 +41,7 @@ __all__ = [
     "ModelNotFoundError",
     "NoInstanceError",
     "PeerGoneError",
+    "PeerUnresponsiveError",
     "PluginConflictError",
     "PluginError",
     "RequestCancelledError",
@@ -157,6 +159,19 @@ class TransportError(DyntritonError):
 
 class PeerGoneError(TransportError):
     """The remote end of a transport connection vanished."""
+
+
+class PeerUnresponsiveError(TransportError):
+    """The remote end is connected but stopped answering (heartbeats unanswered: frozen, stuck).
+
+    :param started: the peer had received the request before it stopped answering, so it may
+        have run (or may still run) there; False: it certainly never started there, and
+        sending it elsewhere is safe.
+    """
+
+    def __init__(self, message: str, *, started: bool, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.started = started
 
 
 class BackendError(DyntritonError):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import inspect
 import os
 import re
 import sys
@@ -186,9 +187,23 @@ class Plugins:
 
         return self.get("kv-store", name).obj(StoreSettings(options=options))
 
-    def transport(self, name: str) -> Any:
-        """Build the transport ``name``."""
-        return self.get("transport", name).obj()
+    def transport(self, name: str, settings: Any = None) -> Any:
+        """Build the transport ``name``; ``settings`` (a TransportSettings) reach a ``factory(settings)``.
+
+        A factory written ``factory()`` (the original form) is called without them, unless they
+        ask for TLS or a token, which it cannot provide: then ConfigError.
+        """
+        from dynamo_triton.transport import TransportSettings
+
+        factory = self.get("transport", name).obj
+        if _takes_an_argument(factory):
+            return factory(settings or TransportSettings())
+        if settings is not None and settings.secured:
+            raise ConfigError(
+                f"transport {name!r} takes no settings, so it cannot use TLS or a token",
+                hint="use --transport tcp, or drop --transport-tls-*/--transport-token",
+            )
+        return factory()
 
     def backend(self, name: str, settings: Any) -> Any:
         """Build the backend ``name`` with ``settings`` (a BackendSettings)."""
@@ -219,6 +234,15 @@ class Plugins:
     def commands(self) -> list[Provided]:
         """CLI commands registered by plugins (their loaders are not called)."""
         return self.registry.items("command")
+
+
+def _takes_an_argument(factory: Any) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(p.kind in positional or p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
 
 
 def _entry_points() -> list[md.EntryPoint]:

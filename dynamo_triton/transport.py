@@ -17,15 +17,32 @@ makes the client's iterator raise an error with the same ``status`` and message
 arrives as status ``INTERNAL``. A peer that vanishes raises
 :class:`~dynamo_triton.errors.PeerGoneError`. Closing the client's iterator early
 (``aclose()``, or cancelling the consuming task) cancels the handler on the server.
+
+Liveness (optional, see :class:`LivenessReporting`): a client with heartbeats reports a
+connected peer that stopped answering as *unresponsive*. Its calls the peer never received
+fail at once with :class:`~dynamo_triton.errors.PeerUnresponsiveError` (``started=False``:
+safe to send elsewhere), so do new calls; calls it received end at their deadline
+(DeadlineExceededError) or, without one, with PeerUnresponsiveError (``started=True``).
+When the peer answers again it is healthy again.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Chunk", "Handler", "Transport", "TransportClient", "TransportRequest", "TransportServer"]
+__all__ = [
+    "Chunk",
+    "Handler",
+    "LivenessReporting",
+    "Transport",
+    "TransportClient",
+    "TransportRequest",
+    "TransportServer",
+    "TransportSettings",
+    "liveness_check",
+]
 
 
 @dataclass(frozen=True)
@@ -87,3 +104,57 @@ class Transport(Protocol):
 
     def client(self) -> TransportClient:
         """A client able to reach any address this transport's servers advertise."""
+
+
+@runtime_checkable
+class LivenessReporting(Protocol):
+    """What a TransportClient with heartbeats adds: which peers stopped answering.
+
+    Optional: clients without it count as always healthy (:func:`liveness_check`).
+    """
+
+    def unresponsive(self, address: str) -> bool:
+        """True while the peer at ``address`` is connected but has shown no sign of life for the
+        transport's heartbeat limit; False when it answers, or when nothing is known (no connection)."""
+
+
+def liveness_check(client: TransportClient) -> Callable[[str], bool]:
+    """``client.unresponsive`` if the client reports liveness, else a check that says "healthy" (False)."""
+    if isinstance(client, LivenessReporting):
+        return client.unresponsive
+    return _healthy
+
+
+def _healthy(address: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """Options the CLI hands to a transport factory written ``factory(settings)``.
+
+    Factories written ``factory()`` keep working and get none (asking such a transport for TLS
+    or a token is a ConfigError: see :meth:`dynamo_triton.plugins.Plugins.transport`).
+    A process uses one settings object for its server and its clients.
+
+    :param tls_cert: PEM certificate this process presents (a worker's server certificate, a
+        frontend's client certificate).
+    :param tls_key: PEM private key of ``tls_cert``.
+    :param tls_ca: PEM CA bundle the peer's certificate must chain to (both sides check: mutual TLS).
+    :param token: shared secret a client must prove it holds before a server serves it.
+    :param heartbeat: seconds without a sign of life before a client reports a peer unresponsive
+        (0: no heartbeats).
+    :param options: transport-specific options.
+    """
+
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    token: str | None = field(default=None, repr=False)
+    heartbeat: float = 1.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def secured(self) -> bool:
+        """TLS or a token is asked for."""
+        return bool(self.tls_cert or self.tls_key or self.tls_ca or self.token)

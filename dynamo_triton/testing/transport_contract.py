@@ -15,6 +15,12 @@ Override :meth:`TransportContract.kill_server` to make a server vanish the way
 a crashed process would (the default stops it with no grace). ``wait`` bounds
 every wait so a broken transport fails instead of hanging. Needs pytest-asyncio
 in auto mode (or mark the tests yourself).
+
+Transports whose clients report liveness (:class:`~dynamo_triton.transport.LivenessReporting`)
+also run the liveness tests: override :meth:`TransportContract.freeze_server` and
+:meth:`TransportContract.thaw_server` (a server that stops reading and answering without
+closing anything, like a SIGSTOPped process) and set ``heartbeat`` to the limit the
+``transport`` fixture was built with (keep it short: the tests wait a few multiples of it).
 """
 
 from __future__ import annotations
@@ -32,10 +38,19 @@ from dynamo_triton.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     PeerGoneError,
+    PeerUnresponsiveError,
     TritonError,
     error_from_status,
 )
-from dynamo_triton.transport import Chunk, Handler, Transport, TransportClient, TransportRequest, TransportServer
+from dynamo_triton.transport import (
+    Chunk,
+    Handler,
+    LivenessReporting,
+    Transport,
+    TransportClient,
+    TransportRequest,
+    TransportServer,
+)
 
 __all__ = ["TransportContract", "collect", "echo"]
 
@@ -92,10 +107,20 @@ class TransportContract:
 
     #: upper bound, in seconds, of any wait in these tests.
     wait: float = 10.0
+    #: the heartbeat limit (seconds) of the ``transport`` fixture, for the liveness tests.
+    heartbeat: float = 1.0
 
     async def kill_server(self, server: TransportServer) -> None:
         """Make ``server`` vanish abruptly; transports override this to simulate a crash."""
         await server.stop(grace=0)
+
+    async def freeze_server(self, server: TransportServer) -> None:
+        """Make ``server`` stop reading and answering, connections left open (a frozen process)."""
+        pytest.skip("freeze_server is not implemented for this transport")
+
+    async def thaw_server(self, server: TransportServer) -> None:
+        """Undo :meth:`freeze_server`."""
+        pytest.skip("thaw_server is not implemented for this transport")
 
     @pytest.fixture
     async def client(self, transport: Transport) -> AsyncIterator[TransportClient]:
@@ -399,6 +424,87 @@ class TransportContract:
         await client.close()
         with pytest.raises(PeerGoneError):
             await within(task, self.wait, "PeerGoneError after client.close()")
+
+    # -- liveness (clients that report it) -----------------------------------------------------
+
+    def _liveness(self, client: TransportClient) -> LivenessReporting:
+        if not isinstance(client, LivenessReporting):
+            pytest.skip("this transport's client does not report liveness")
+        return client
+
+    async def _until(self, check: Callable[[], bool], what: str) -> float:
+        """Poll ``check`` until true; returns the seconds it took (fails after 3 heartbeats + 1 s)."""
+        loop = asyncio.get_running_loop()
+        began, limit = loop.time(), 3 * self.heartbeat + 1.0
+        while not check():
+            if loop.time() - began > limit:
+                pytest.fail(f"{what} did not happen within {limit:g} s")
+            await asyncio.sleep(0.02)
+        return loop.time() - began
+
+    async def test_a_frozen_server_is_unresponsive_and_every_call_ends(
+        self, serve: Callable, client: TransportClient
+    ) -> None:
+        """Calls it read end at their deadline (or at detection without one); unread ones fail at once."""
+        liveness = self._liveness(client)
+        probe = _Probe()
+
+        async def handler(request: TransportRequest) -> AsyncIterator[Chunk]:
+            if request.payload == b"block":
+                async for chunk in probe(request):
+                    yield chunk
+            else:
+                yield request.payload
+
+        server, address = await serve(handler)
+        loop = asyncio.get_running_loop()
+        deadline = 3 * self.heartbeat + 0.5
+        untimed = asyncio.create_task(collect(client.call(address, "x", b"block"), 3600))
+        timed = asyncio.create_task(collect(client.call(address, "x", b"block", timeout=deadline), 3600))
+        began = loop.time()
+        await self._until(lambda: len(probe.requests) == 2, "both calls to reach the handler")
+        await self.freeze_server(server)
+        unread = asyncio.create_task(collect(client.call(address, "x", b"late"), 3600))
+        took = await self._until(lambda: liveness.unresponsive(address), "the frozen server to be unresponsive")
+        assert took <= 2 * self.heartbeat + 0.5
+
+        with pytest.raises(PeerUnresponsiveError) as never_read:
+            await within(unread, self.wait, "the unread call's failure")
+        assert never_read.value.started is False and never_read.value.status == "UNAVAILABLE"
+        with pytest.raises(PeerUnresponsiveError) as was_read:
+            await within(untimed, self.wait, "the failure of the read call without a deadline")
+        assert was_read.value.started is True
+        with pytest.raises(PeerUnresponsiveError) as refused:
+            await collect(client.call(address, "x", b"new"), self.wait)
+        assert refused.value.started is False
+        assert not timed.done(), "a call the server read must wait for its deadline"
+        with pytest.raises(DeadlineExceededError):
+            await within(timed, self.wait, "the deadline of the read call")
+        assert loop.time() - began >= deadline - 0.05
+
+        await self.thaw_server(server)
+        await self._until(lambda: not liveness.unresponsive(address), "the thawed server to answer again")
+        assert await collect(client.call(address, "x", b"back"), self.wait) == [b"back"]
+
+    async def test_busy_or_idle_servers_stay_responsive(self, serve: Callable, client: TransportClient) -> None:
+        """Heartbeats do not depend on handlers: a request silent for 3 heartbeats, then an idle connection."""
+        liveness = self._liveness(client)
+
+        async def slow(request: TransportRequest) -> AsyncIterator[Chunk]:
+            await asyncio.sleep(3 * self.heartbeat)
+            yield b"done"
+
+        _, address = await serve(slow)
+        checks: list[bool] = []
+        call = asyncio.create_task(collect(client.call(address, "x", b""), self.wait))
+        while not call.done():
+            checks.append(liveness.unresponsive(address))
+            await asyncio.sleep(self.heartbeat / 8)
+        assert await call == [b"done"]
+        for _ in range(24):  # three more heartbeats, idle
+            checks.append(liveness.unresponsive(address))
+            await asyncio.sleep(self.heartbeat / 8)
+        assert not any(checks), "a healthy server was reported unresponsive"
 
 
 async def within_each(stream: AsyncIterator[bytes], wait: float) -> AsyncIterator[bytes]:

@@ -6,14 +6,20 @@ from typing import Any
 
 from dynamo_triton import hookimpl
 from dynamo_triton.registry import Register
+from dynamo_triton.transport import TransportSettings
 
 
-def _factory() -> Any:
+def _factory(settings: TransportSettings | None = None) -> Any:
     from dyntriton_transport_tcp.transport import TcpTransport
 
-    return TcpTransport.from_env()
+    transport = TcpTransport.from_env()
+    return transport if settings is None else transport.with_settings(settings)
 
 
 @hookimpl
 def dyntriton_register_transports(register: Register) -> None:
-    register("tcp", _factory, summary="asyncio tcp, length-prefixed frames, many requests per connection (default)")
+    register(
+        "tcp",
+        _factory,
+        summary="asyncio tcp, length-prefixed frames, many requests per connection, heartbeats, TLS (default)",
+    )

@@ -1,14 +1,40 @@
-"""The tcp transport's client: one lazily opened, shared connection per address."""
+"""The tcp transport's client: one lazily opened, shared connection per address, watched by heartbeats.
+
+Liveness costs nothing per request: each connection has one timer chain, ticking every
+``heartbeat / 4`` s. A sign of life is any byte received, or bytes the peer took off this
+side's send buffer. After a quiet tick the client sends PING (the server's protocol answers
+PONG at once); after ``heartbeat`` s without a sign of life the peer is *unresponsive*
+(a frozen or stuck process: a crashed one closes its connections instead):
+
+- calls the peer has not read (request id above its last ACK) fail at once with
+  PeerUnresponsiveError(started=False), and their CANCEL waits in the socket in case it wakes;
+- calls it has read end at their deadline (DeadlineExceededError) or, having none, fail at
+  once with PeerUnresponsiveError(started=True): a request without a deadline is bounded by
+  the heartbeat limit when its worker stops answering;
+- new calls fail at once with PeerUnresponsiveError(started=False), unsent;
+- the first sign of life makes it healthy again. A connection unresponsive for
+  ``_FORGET_AFTER`` s with no call left is closed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import logging
+import ssl
 from collections.abc import AsyncIterator
 
-from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, TransportError, error_from_status
+from dynamo_triton.errors import (
+    DeadlineExceededError,
+    PeerGoneError,
+    PeerUnresponsiveError,
+    TransportError,
+    error_from_status,
+)
 from dyntriton_transport_tcp.frames import (
+    ACK_BODY,
+    HEADER,
     Frame,
     FrameType,
     decode_error,
@@ -18,8 +44,21 @@ from dyntriton_transport_tcp.frames import (
     write_frame,
 )
 from dyntriton_transport_tcp.protocol import FrameProtocol
+from dyntriton_transport_tcp.security import answer
 
 __all__ = ["TcpClient", "parse_address"]
+
+log = logging.getLogger(__name__)
+
+_PING = HEADER.pack(FrameType.PING, 0, 0)
+_NO_TOKEN = HEADER.pack(FrameType.AUTH, 0, 0)
+#: Seconds an unresponsive connection with no call in flight is kept before it is closed.
+_FORGET_AFTER = 60.0
+_TOKEN_HINT = "set --transport-token (or DYN_TRANSPORT_TOKEN) on this frontend to the workers' token"
+_TLS_HINT = (
+    "give this frontend and the workers --transport-tls-cert/--transport-tls-key/--transport-tls-ca "
+    "from the same CA, or neither"
+)
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -31,65 +70,241 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class _Inbox(asyncio.Queue):  # type: ignore[type-arg]
+    """One call's frames (or the error that ends it); ``timed``: the call has a deadline."""
+
+    timed: bool
+
+
+def _again(error: TransportError) -> TransportError:
+    """A fresh copy of a connection-wide error, raised by one call (tracebacks are per raise)."""
+    if isinstance(error, PeerUnresponsiveError):
+        return PeerUnresponsiveError(error.message, started=error.started, hint=error.hint)
+    return type(error)(error.message, hint=error.hint)
+
+
 class _Connection:
-    """A client connection: its protocol routes frames to each call's queue by request id."""
+    """A client connection: its protocol routes frames to each call's inbox by request id."""
 
-    def __init__(self, address: str):
-        self.address = address
+    def __init__(self, address: str, client: TcpClient):
+        self.address, self.client = address, client
+        self.heartbeat, self.token = client.heartbeat, client.token
+        self.loop = asyncio.get_running_loop()
+        self.protocol: FrameProtocol
         self.writer: asyncio.StreamWriter
-        self.queues: dict[int, asyncio.Queue[Frame | PeerGoneError]] = {}
+        self.queues: dict[int, _Inbox] = {}
         self.ids = itertools.count(1)
-        self.failure: PeerGoneError | None = None
+        self.failure: TransportError | None = None
+        self.acked = 0  # highest request id the server has read
+        self.answered = False  # the server sent at least one frame
+        self.handshake: asyncio.Future[bytes | None] | None = None
+        self.unresponsive_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._seen = self._unsent = 0
+        self._quiet_since = self._last_tick = 0.0
+        self._pinged = False
 
+    # -- frames in -------------------------------------------------------------------------------
     def on_frame(self, frame: Frame) -> None:
         queue = self.queues.get(frame.request_id)
-        if queue is not None:  # else the call was cancelled; drop its late responses
+        if queue is not None:
             queue.put_nowait(frame)
+        elif frame.request_id == 0:
+            self._on_connection_frame(frame)
+        # else the call was cancelled; drop its late responses
+
+    def _on_connection_frame(self, frame: Frame) -> None:
+        self.answered = True
+        kind = frame.type
+        if kind is FrameType.ACK:
+            self.acked = ACK_BODY.unpack(frame.body)[0]
+        elif kind is FrameType.CHALLENGE:
+            if self.token is None:
+                self.writer.write(_NO_TOKEN)  # so the worker's log says why this connection ends
+                self.fail(TransportError(f"the worker at {self.address} requires a token; {_TOKEN_HINT}"))
+            elif self.handshake is not None and not self.handshake.done():
+                self.handshake.set_result(bytes(frame.body))
+        elif kind is FrameType.AUTH:
+            if self.handshake is not None and not self.handshake.done():
+                self.handshake.set_result(None)
+        elif kind is FrameType.ERROR:
+            _, message = decode_error(frame.body)
+            self.fail(TransportError(f"the worker at {self.address} refused this frontend: {message}"))
 
     def on_lost(self, exc: BaseException | None) -> None:
-        if exc is None:
-            self.fail("closed the connection")
+        if isinstance(exc, ssl.SSLError):
+            self.fail(
+                TransportError(
+                    f"the worker at {self.address} ended the TLS session ({exc.reason or exc})",
+                    hint=f"it probably refused this frontend's certificate; {_TLS_HINT}",
+                )
+            )
         elif isinstance(exc, TransportError):
-            self.fail(f"broke the protocol ({exc})")
+            self.fail(TransportError(f"the peer at {self.address} broke the protocol ({exc.message})", hint=exc.hint))
+        elif exc is not None:
+            self.fail(PeerGoneError(f"the peer at {self.address} reset the connection ({exc})", hint=_GONE_HINT))
+        elif not self.answered:
+            # Closed before a single frame: a worker that refuses this frontend (TLS, token) does that.
+            self.fail(
+                TransportError(
+                    f"the worker at {self.address} closed the connection before answering",
+                    hint=f"it may require TLS or a token this frontend lacks: {_TLS_HINT}; or {_TOKEN_HINT} "
+                    "(the worker's log says which)",
+                )
+            )
         else:
-            self.fail(f"reset the connection ({exc})")
+            self.fail(PeerGoneError(f"the peer at {self.address} closed the connection", hint=_GONE_HINT))
 
-    def fail(self, reason: str) -> None:
+    def fail(self, error: TransportError) -> None:
         """Mark the connection dead and fail every call in flight on it at once."""
         if self.failure is None:
-            self.failure = PeerGoneError(
-                f"the peer at {self.address} {reason}",
-                hint="the worker probably stopped or crashed; retry on another instance",
-            )
+            self.failure = error
+            if not isinstance(error, PeerGoneError):
+                self.client.warn(self.address, error)
         for queue in self.queues.values():
             queue.put_nowait(self.failure)
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(_again(self.failure))
+        if self._timer is not None:
+            self._timer.cancel()
         self.writer.close()
 
-    async def send(self, buffers: list) -> None:
+    # -- setting up ------------------------------------------------------------------------------
+    def opened(self, transport: asyncio.BaseTransport, protocol: FrameProtocol) -> None:
+        """Called by the protocol once connected (after TLS, if any), before any frame arrives."""
+        self.protocol = protocol
+        self.writer = asyncio.StreamWriter(transport, protocol, None, self.loop)  # type: ignore[arg-type]
+        tune_socket(self.writer)
+        if self.token is not None:
+            self.handshake = self.loop.create_future()  # the challenge may arrive before authenticate()
+
+    async def authenticate(self) -> None:
+        """Answer the server's token challenge and wait until it accepts (raises what fail() set)."""
+        assert self.token is not None and self.handshake is not None
+        challenge = await self.handshake
+        assert challenge is not None
+        self.handshake = self.loop.create_future()
+        write_frame(self.writer, simple_frame(FrameType.AUTH, 0, answer(self.token, challenge)))
+        await self.handshake
+        self.handshake = None
+
+    def watch(self) -> None:
+        """Start the heartbeat (no-op when the heartbeat is 0)."""
+        if self.heartbeat > 0:
+            self._quiet_since = self._last_tick = self.loop.time()
+            self._timer = self.loop.call_later(self.heartbeat / 4, self._tick)
+
+    # -- liveness --------------------------------------------------------------------------------
+    def _tick(self) -> None:
         if self.failure is not None:
-            raise self.failure
+            return
+        now, interval = self.loop.time(), self.heartbeat / 4
+        self._timer = self.loop.call_later(interval, self._tick)
+        received = self.protocol.received
+        unsent = self.writer.transport.get_write_buffer_size()
+        stalled_here = now - self._last_tick > 2 * interval  # this loop was blocked: no evidence either way
+        if received != self._seen or unsent < self._unsent or stalled_here:
+            self._seen, self._quiet_since, self._pinged = received, now, False
+            if self.unresponsive_since is not None:
+                log.warning(
+                    "tcp peer %s answers again after %.1f s unresponsive", self.address, now - self.unresponsive_since
+                )
+                self.unresponsive_since = None
+        self._unsent, self._last_tick = unsent, now
+        quiet = now - self._quiet_since
+        if quiet >= interval and not self._pinged:
+            self._pinged = True
+            self.writer.write(_PING)
+        if quiet >= self.heartbeat and self.unresponsive_since is None:
+            self._declare_unresponsive(now, quiet)
+        elif self.unresponsive_since is not None and not self.queues and now - self.unresponsive_since > _FORGET_AFTER:
+            self.fail(PeerGoneError(f"the peer at {self.address} was unresponsive for {_FORGET_AFTER:g} s"))
+
+    def _declare_unresponsive(self, now: float, quiet: float) -> None:
+        self.unresponsive_since = now
+        unread = [rid for rid in self.queues if rid > self.acked]
+        log.warning(
+            "tcp peer %s is unresponsive (no sign of life for %.1f s); %d call(s) in flight, %d of them not read by it",
+            *(self.address, quiet, len(self.queues), len(unread)),
+        )
+        silent = f"the peer at {self.address} stopped answering (nothing received for {quiet:.1f} s)"
+        never = PeerUnresponsiveError(f"{silent} before it read the request", started=False)
+        running = PeerUnresponsiveError(f"{silent} while it had the request", started=True)
+        for rid, queue in self.queues.items():
+            if rid > self.acked:
+                queue.put_nowait(never)
+            elif not queue.timed:
+                queue.put_nowait(running)
+        self.protocol.interrupt_drains(never)
+
+    def unresponsive_error(self) -> PeerUnresponsiveError:
+        assert self.unresponsive_since is not None
+        silent = self.loop.time() - self.unresponsive_since + self.heartbeat
+        return PeerUnresponsiveError(
+            f"the peer at {self.address} is unresponsive (nothing received for {silent:.1f} s)", started=False
+        )
+
+    # -- frames out ------------------------------------------------------------------------------
+    async def send(self, buffers: list, deadline: float | None) -> None:
+        if self.failure is not None:
+            raise _again(self.failure)
         try:
             write_frame(self.writer, buffers)
-            await self.writer.drain()
+            if self.protocol.paused:  # else drain() would return at once: skip its cost
+                async with asyncio.timeout_at(deadline):
+                    await self.writer.drain()
         except (ConnectionError, OSError) as exc:
-            self.fail(f"reset the connection ({exc})")
+            self.fail(PeerGoneError(f"the peer at {self.address} reset the connection ({exc})", hint=_GONE_HINT))
             raise PeerGoneError(f"the peer at {self.address} reset the connection ({exc})") from exc
+        except PeerUnresponsiveError as exc:
+            raise _again(exc) from None
 
     async def close(self) -> None:
-        self.fail("was disconnected by this client's close()")
+        self.fail(PeerGoneError(f"the peer at {self.address} was disconnected by this client's close()"))
+
+
+_GONE_HINT = "the worker probably stopped or crashed; retry on another instance"
+
+
+class _ClientProtocol(FrameProtocol):
+    def __init__(self, connection: _Connection, max_frame: int):
+        super().__init__(connection.on_frame, connection.on_lost, max_frame)
+        self.connection = connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.connection.opened(transport, self)
 
 
 class TcpClient:
     """Sends requests to ``tcp://`` addresses; see :class:`dynamo_triton.transport.TransportClient`.
 
-    :param connect_timeout: seconds to wait for a connection before PeerGoneError.
+    :param connect_timeout: seconds to wait for a connection (TLS and token included) before an error.
     :param max_frame: largest frame accepted or sent, in bytes.
+    :param heartbeat: seconds without a sign of life before a peer is unresponsive (0: never).
+    :param tls: a client context (certificate, CA) for mutual TLS, or None for plain tcp.
+    :param token: the workers' shared secret, or None.
     """
 
-    def __init__(self, *, connect_timeout: float, max_frame: int):
-        self.connect_timeout, self.max_frame = connect_timeout, max_frame
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        max_frame: int,
+        heartbeat: float = 0.0,
+        tls: ssl.SSLContext | None = None,
+        token: bytes | None = None,
+    ):
+        self.connect_timeout, self.max_frame, self.heartbeat = connect_timeout, max_frame, heartbeat
+        self.tls, self.token = tls, token
         self._connections: dict[str, _Connection] = {}
         self._connecting: dict[str, asyncio.Task[_Connection]] = {}
+        self._warned: dict[tuple[str, str], float] = {}
+
+    def unresponsive(self, address: str) -> bool:
+        """True while the connection to ``address`` is open but its peer stopped answering."""
+        connection = self._connections.get(address)
+        return connection is not None and connection.unresponsive_since is not None and connection.failure is None
 
     async def _connection(self, address: str) -> _Connection:
         connection = self._connections.get(address)
@@ -110,29 +325,70 @@ class TcpClient:
 
     async def _connect(self, address: str) -> _Connection:
         host, port = parse_address(address)
-        loop = asyncio.get_running_loop()
-        connection = _Connection(address)
+        connection = _Connection(address, self)
+        step = "connect"
         try:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: FrameProtocol(connection.on_frame, connection.on_lost, self.max_frame), host, port
-                ),
-                self.connect_timeout,
-            )
+            async with asyncio.timeout(self.connect_timeout):
+                await self._open(connection, host, port)
+                if self.token is not None:
+                    step = "token"
+                    await connection.authenticate()
         except TimeoutError as exc:
+            if step == "token":
+                connection.fail(
+                    TransportError(
+                        f"the worker at {address} did not ask for the token within {self.connect_timeout} s",
+                        hint="start the workers with the same --transport-token as this frontend",
+                    )
+                )
+                raise _again(connection.failure) from exc  # type: ignore[arg-type]
             raise PeerGoneError(
                 f"cannot connect to {address}: no answer within {self.connect_timeout} s",
                 hint="the worker is down or unreachable; check the address it advertised",
             ) from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise TransportError(
+                f"the worker at {address} presented a certificate this frontend does not accept ({exc.verify_message})",
+                hint="its certificate must be signed by this frontend's --transport-tls-ca and name the host "
+                "the worker advertises (subjectAltName)",
+            ) from exc
+        except ssl.SSLError as exc:
+            raise TransportError(
+                f"TLS with the worker at {address} failed ({exc.reason or exc})",
+                hint=f"the worker may run without TLS, or refused this frontend's certificate; {_TLS_HINT}",
+            ) from exc
+        except TransportError:
+            raise
         except OSError as exc:
+            if self.tls is not None and step == "connect" and isinstance(exc, ConnectionError):
+                raise TransportError(
+                    f"the worker at {address} closed the connection during the TLS handshake",
+                    hint=f"the worker may run without TLS, or refused this frontend's certificate; {_TLS_HINT}",
+                ) from exc
             raise PeerGoneError(
                 f"cannot connect to {address}: {exc.strerror or exc}",
                 hint="the worker is down or unreachable; check the address it advertised",
             ) from exc
-        connection.writer = asyncio.StreamWriter(transport, protocol, None, loop)
-        tune_socket(connection.writer)
+        connection.watch()
         self._connections[address] = connection
         return connection
+
+    async def _open(self, connection: _Connection, host: str, port: int) -> None:
+        await asyncio.get_running_loop().create_connection(
+            lambda: _ClientProtocol(connection, self.max_frame),
+            host,
+            port,
+            ssl=self.tls,
+            server_hostname=host if self.tls is not None else None,
+        )
+
+    def warn(self, address: str, error: TransportError) -> None:
+        """Log a connection's failure, at most once per address and message every 30 s."""
+        now = asyncio.get_running_loop().time()
+        key = (address, error.message)
+        if now - self._warned.get(key, -1e9) >= 30.0:
+            self._warned[key] = now
+            log.warning("tcp connection to %s failed: %s", address, error)
 
     async def call(
         self, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
@@ -152,12 +408,18 @@ class TcpClient:
             raise DeadlineExceededError(
                 f"deadline of {timeout} s exceeded while connecting to {address} (endpoint {endpoint!r})"
             ) from None
+        if connection.unresponsive_since is not None:
+            raise connection.unresponsive_error()
         rid = next(connection.ids)
-        queue: asyncio.Queue[Frame | PeerGoneError] = asyncio.Queue()
+        queue = _Inbox()
+        queue.timed = deadline is not None
         connection.queues[rid] = queue
         finished = False
         try:
-            await connection.send(request_frame(rid, endpoint, payload, timeout))
+            try:
+                await connection.send(request_frame(rid, endpoint, payload, timeout), deadline)
+            except TimeoutError:
+                raise DeadlineExceededError(self._late(timeout, address, endpoint, connection)) from None
             while True:
                 try:
                     if queue.empty():
@@ -166,12 +428,11 @@ class TcpClient:
                     else:
                         item = queue.get_nowait()
                 except TimeoutError:
-                    raise DeadlineExceededError(
-                        f"deadline of {timeout} s exceeded waiting for {address} (endpoint {endpoint!r})"
-                    ) from None
-                if isinstance(item, PeerGoneError):
-                    finished = True
-                    raise PeerGoneError(str(item.message), hint=item.hint)
+                    raise DeadlineExceededError(self._late(timeout, address, endpoint, connection)) from None
+                if isinstance(item, TransportError):
+                    # An unresponsive peer may wake up and read the request: its CANCEL goes out below.
+                    finished = not isinstance(item, PeerUnresponsiveError)
+                    raise _again(item)
                 if item.type is FrameType.DATA:
                     yield item.body
                 elif item.type is FrameType.END:
@@ -189,6 +450,11 @@ class TcpClient:
                 # Best effort: the CANCEL frame is tiny, so write it without waiting for drain.
                 with contextlib.suppress(ConnectionError, OSError, RuntimeError):
                     write_frame(connection.writer, simple_frame(FrameType.CANCEL, rid))
+
+    @staticmethod
+    def _late(timeout: float | None, address: str, endpoint: str, connection: _Connection) -> str:
+        why = " (the peer is unresponsive)" if connection.unresponsive_since is not None else ""
+        return f"deadline of {timeout} s exceeded waiting for {address} (endpoint {endpoint!r}){why}"
 
     async def close(self) -> None:
         """Close every connection; calls in flight raise PeerGoneError."""

@@ -11,6 +11,23 @@ followed by the body. Bodies by type:
 - ``CANCEL``: empty; the client gave up, the server cancels the handler.
 - ``GONE``: UTF-8 message; the server is shutting down and cancelled the request
   (the client raises PeerGoneError, so callers retry elsewhere as for a crash).
+
+Connection frames (request id 0, which no request uses):
+
+- ``PING`` / ``PONG``: empty; the client sends PING when the connection has been quiet for a
+  while, the server's protocol answers PONG at once (no task). Any byte received is a sign of
+  life; a peer silent for the heartbeat limit is *unresponsive* (see ``client.py``).
+- ``ACK``: ``!Q``, the highest REQUEST id the server has read on this connection. Written
+  before the handlers of those requests run, so a request above the last ACK has certainly
+  not started on the server (one ACK per batch of requests read together).
+- ``CHALLENGE``: 32 random bytes; a server that requires a token sends it on accepting.
+- ``AUTH``: client to server, HMAC-SHA256(token, ``b"dyntriton-tcp-auth/1"`` + challenge), or
+  empty from a client that has no token; server to client, empty: the connection is accepted.
+- ``ERROR`` with request id 0: the server refuses the connection (e.g. a wrong token) and
+  closes it; the body says why, as for a request.
+
+Both sides must run the same dyntriton version: a peer that does not know a frame type
+closes the connection.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 __all__ = [
+    "ACK_BODY",
     "DEFAULT_MAX_FRAME",
     "HEADER",
     "REQUEST_META",
@@ -38,6 +56,7 @@ __all__ = [
 
 HEADER = struct.Struct("!BQQ")
 REQUEST_META = struct.Struct("!dH")
+ACK_BODY = struct.Struct("!Q")
 #: Frames up to this size are joined into one write; bigger bodies are written as they are.
 _JOIN_BELOW = 64 * 1024
 #: Largest body accepted or sent, in bytes; 2 GiB leaves room for 64 MiB and 1 GiB tensors.
@@ -53,6 +72,11 @@ class FrameType(IntEnum):
     ERROR = 4
     CANCEL = 5
     GONE = 6
+    PING = 7
+    PONG = 8
+    ACK = 9
+    CHALLENGE = 10
+    AUTH = 11
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,18 @@ __all__ = ["FrameProtocol"]
 #: Bodies at least this big are received into their own buffer.
 _BIG = 64 * 1024
 _SCRATCH = 4 * _BIG
+_KINDS = frozenset(FrameType)
+#: First bytes of TLS records: an alert (a TLS server refusing plain bytes), a handshake (a ClientHello).
+_TLS_RECORDS = (0x15, 0x16)
+
+
+def _unknown_kind(kind: int) -> TransportError:
+    if kind in _TLS_RECORDS:
+        return TransportError(
+            "peer speaks TLS and this side does not",
+            hint="give both sides the same --transport-tls-cert/--transport-tls-key/--transport-tls-ca, or neither",
+        )
+    return TransportError(f"peer sent unknown frame type {kind}; is it a dyntriton tcp peer of the same version?")
 
 
 def _decode(kind: int, request_id: int, body: memoryview, *, owned: bool = False) -> Frame:
@@ -29,10 +41,7 @@ def _decode(kind: int, request_id: int, body: memoryview, *, owned: bool = False
     its own (``owned``): that payload is handed on as a view of the buffer, never copied (the
     worker points Triton at the tensors inside it).
     """
-    try:
-        frame_type = FrameType(kind)
-    except ValueError:
-        raise TransportError(f"peer sent unknown frame type {kind}; is it a dyntriton tcp peer?") from None
+    frame_type = FrameType(kind)  # checked by _parse
     if frame_type is not FrameType.REQUEST:
         return Frame(frame_type, request_id, bytes(body))
     if len(body) < REQUEST_META.size:
@@ -79,6 +88,17 @@ class _WriteFlowControl:
                 else:
                     waiter.set_exception(exc)
 
+    @property
+    def paused(self) -> bool:
+        """The transport's send buffer is over its high-water mark: ``drain()`` would wait."""
+        return self._paused
+
+    def interrupt_drains(self, exc: BaseException) -> None:
+        """Make every ``drain()`` waiting now raise ``exc`` (their peer stopped reading for good)."""
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+
     async def _drain_helper(self) -> None:
         if self._connection_lost:
             raise ConnectionResetError("Connection lost")
@@ -117,6 +137,11 @@ class FrameProtocol(_WriteFlowControl, asyncio.BufferedProtocol):
         self._big_pos = 0
         self._big_header: tuple[int, int] = (0, 0)
         self._error: BaseException | None = None
+        #: Bytes received so far: the heartbeat's sign of life, read a few times a second.
+        self.received = 0
+        #: Called as ``gate(kind, length)`` before each frame is accepted, while set; raises
+        #: TransportError to refuse it (a server waiting for a client's token).
+        self.gate: Callable[[FrameType, int], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -131,6 +156,7 @@ class FrameProtocol(_WriteFlowControl, asyncio.BufferedProtocol):
         return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.received += nbytes
         try:
             if self._big is not None:
                 self._big_pos += nbytes
@@ -149,6 +175,10 @@ class FrameProtocol(_WriteFlowControl, asyncio.BufferedProtocol):
         view = self._view
         while self._end - self._start >= HEADER.size:
             kind, request_id, length = HEADER.unpack_from(view, self._start)
+            if kind not in _KINDS:
+                raise _unknown_kind(kind)
+            if self.gate is not None:
+                self.gate(FrameType(kind), length)
             if length > self.max_frame:
                 raise TransportError(
                     f"peer sent a {length}-byte frame; the limit is {self.max_frame} bytes",

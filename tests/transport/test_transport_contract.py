@@ -8,18 +8,29 @@ import pytest
 
 from dynamo_triton.plugins import make_plugin_manager
 from dynamo_triton.testing.transport_contract import TransportContract
-from dynamo_triton.transport import Transport
+from dynamo_triton.transport import Transport, TransportSettings
 
 
 class TestTcpTransport(TransportContract):
+    heartbeat = 0.4
+
     @pytest.fixture
     def transport(self) -> Transport:
-        return make_plugin_manager().transport("tcp")
+        return make_plugin_manager().transport("tcp", TransportSettings(heartbeat=self.heartbeat))
 
     async def kill_server(self, server: Any) -> None:
         # What a crash looks like from the client: the listening socket and every
         # connection vanish at once, nobody says goodbye.
         server.abort()
+
+    async def freeze_server(self, server: Any) -> None:
+        # What SIGSTOP looks like from the client: connections stay open, nothing is read or answered.
+        for connection in server.connections:
+            connection.writer.transport.pause_reading()
+
+    async def thaw_server(self, server: Any) -> None:
+        for connection in server.connections:
+            connection.writer.transport.resume_reading()
 
 
 class TestInprocTransport(TransportContract):

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from dyntriton_transport_tcp.transport import TcpTransport
 
-from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, TransportError
+from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, PeerUnresponsiveError, TransportError
 from dynamo_triton.plugins import make_plugin_manager
 from dynamo_triton.testing.transport_contract import collect, echo
 from dynamo_triton.transport import TransportRequest
@@ -67,6 +67,51 @@ async def test_sigkilled_worker_fails_every_call_in_flight(client) -> None:
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+_ECHO_WORKER = """
+import asyncio
+from dyntriton_transport_tcp.transport import TcpTransport
+
+async def echo(request):
+    yield request.payload
+
+async def main():
+    server = TcpTransport().server("127.0.0.1", 0)
+    print(await server.start(echo), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_sigstopped_worker_is_unresponsive_within_the_heartbeat_and_back_after_sigcont() -> None:
+    """A real frozen process: its connection stays open, only the heartbeat tells."""
+    heartbeat = 0.5
+    client = TcpTransport(heartbeat=heartbeat).client()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _ECHO_WORKER, stdout=asyncio.subprocess.PIPE)
+    loop = asyncio.get_running_loop()
+    try:
+        address = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode().strip()
+        assert await collect(client.call(address, "x", b"1"), WAIT) == [b"1"]
+        proc.send_signal(signal.SIGSTOP)
+        stopped = loop.time()
+        # Sent after the freeze: never read, so it fails at detection (not at its 30 s deadline).
+        with pytest.raises(PeerUnresponsiveError) as caught:
+            await collect(client.call(address, "x", b"2", timeout=30.0), WAIT)
+        detected = loop.time() - stopped
+        assert caught.value.started is False and client.unresponsive(address)
+        assert heartbeat <= detected <= 2 * heartbeat + 0.3, detected
+        proc.send_signal(signal.SIGCONT)
+        while client.unresponsive(address):
+            assert loop.time() - stopped < WAIT, "still unresponsive after SIGCONT"
+            await asyncio.sleep(0.02)
+        assert await collect(client.call(address, "x", b"3"), WAIT) == [b"3"]
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        await proc.wait()
+        await client.close()
 
 
 async def test_connection_is_reused_and_recreated_after_failure(client) -> None:
