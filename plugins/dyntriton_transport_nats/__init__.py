@@ -8,13 +8,14 @@ from dynamo_triton import hookimpl
 from dynamo_triton.registry import Register
 
 
-def _factory() -> Any:
+def _factory(settings: Any = None) -> Any:
+    """The transport from the environment; the CLI's TransportSettings (TLS files, token) win over it."""
     from dynamo_triton.plugins import import_optional
 
     import_optional("nats", extra="nats", purpose="the nats transport")  # the pip hint now, not at first call
     from dyntriton_transport_nats.transport import NatsTransport
 
-    return NatsTransport.from_env()
+    return NatsTransport.from_settings(settings)
 
 
 @hookimpl

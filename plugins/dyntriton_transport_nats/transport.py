@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from dyntriton_transport_nats.client import NatsClient
 from dyntriton_transport_nats.connection import NatsSettings
@@ -45,6 +47,34 @@ class NatsTransport:
             subject_prefix=env.get("DYNTRITON_NATS_SUBJECT_PREFIX") or "dyntriton.worker",
             probe_interval=float(env.get("DYNTRITON_NATS_PROBE_INTERVAL") or 1.0),
             peer_timeout=float(env.get("DYNTRITON_NATS_PEER_TIMEOUT") or 10.0),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Any = None, env: Mapping[str, str] | None = None) -> NatsTransport:
+        """:meth:`from_env`, then what a :class:`~dynamo_triton.transport.TransportSettings` asks for.
+
+        With NATS the request plane is secured at the NATS server: ``tls_ca``/``tls_cert``/``tls_key``
+        become this process's TLS to NATS (``NATS_CA``/``NATS_CERT``/``NATS_KEY``) and ``token`` its
+        NATS authorization token (``NATS_TOKEN``); who may publish to workers' subjects is the NATS
+        server's permissions. ``options`` may set ``subject_prefix``, ``probe_interval``, ``peer_timeout``.
+        """
+        transport = cls.from_env(env)
+        if settings is None:
+            return transport
+        nats = dataclasses.replace(
+            transport.settings,
+            ca_file=settings.tls_ca or transport.settings.ca_file,
+            cert_file=settings.tls_cert or transport.settings.cert_file,
+            key_file=settings.tls_key or transport.settings.key_file,
+            token=settings.token or transport.settings.token,
+        )
+        options = dict(settings.options)
+        return dataclasses.replace(
+            transport,
+            settings=nats,
+            subject_prefix=str(options.get("subject_prefix") or transport.subject_prefix),
+            probe_interval=float(options.get("probe_interval") or transport.probe_interval),
+            peer_timeout=float(options.get("peer_timeout") or transport.peer_timeout),
         )
 
     def server(self, host: str = "127.0.0.1", port: int = 0) -> NatsServer:

@@ -79,6 +79,19 @@ async def test_plugin_reads_nats_server_from_the_environment(nats_server: str, m
     assert await round_trip(nats, echo, b"hello") == [b"hello"]
 
 
+async def test_cli_transport_settings_become_the_nats_connections_tls_and_token(tmp_path: Path) -> None:
+    from dynamo_triton.transport import TransportSettings
+
+    with run_nats(tmp_path, extra_args=["--auth", "t0ken"]) as server:
+        settings = TransportSettings(token="t0ken", options={"subject_prefix": "tok"})
+        nats = make_plugin_manager().transport("nats", settings)
+        assert nats.subject_prefix == "tok"
+        nats.settings = NatsSettings(servers=(server.url,), token=nats.settings.token)
+        assert await round_trip(nats, echo, b"tok") == [b"tok"]
+        with_ca = make_plugin_manager().transport("nats", TransportSettings(tls_ca="/ca.pem"))
+        assert with_ca.settings.ca_file == "/ca.pem" and with_ca.settings.tls
+
+
 async def test_unreachable_nats_names_the_server_and_how_to_start_one(nats_server: str) -> None:
     nats = transport("nats://127.0.0.1:1")
     with pytest.raises(TransportError) as caught:
