@@ -72,8 +72,16 @@ class Backend(Protocol):
     async def repository_index(self) -> list[str]:
         """Names of the models the repository holds (loaded or not)."""
 
-    async def load_model(self, name: str) -> ModelInfo:
-        """Load ``name`` and return what clients need to know about it.
+    async def load_model(
+        self, name: str, *, config: str | None = None, files: Mapping[str, bytes] | None = None
+    ) -> ModelInfo:
+        """Load (or reload) ``name`` and return what clients need to know about it.
+
+        ``config`` and ``files`` are Triton's load parameters (``RepositoryModelLoad``, see
+        docs/model-control.md): ``config`` is a ``ModelConfig`` as JSON used instead of the
+        repository's; ``files`` (``"1/model.onnx"`` -> content) is a model directory used instead
+        of the repository's, which then need not have the model. A backend without them raises
+        InvalidRequestError when they are given.
 
         Raises :class:`~dynamo_triton.errors.ModelNotFoundError` naming the repository and
         the models it has, or :class:`~dynamo_triton.errors.TritonError` with the engine's

@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
     from dynamo_triton.runtime.sequences import SequenceStep
 
-__all__ = ["Frontend", "FrontendFactory", "FrontendSettings", "InferenceService", "ServedModel"]
+__all__ = [
+    "Frontend",
+    "FrontendFactory",
+    "FrontendSettings",
+    "InferenceService",
+    "ModelRepository",
+    "RepositoryModel",
+    "ServedModel",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,46 @@ class ServedModel:
     server_version: str = ""
 
 
+@dataclass(frozen=True)
+class RepositoryModel:
+    """One entry of ``RepositoryIndex``, in Triton's words.
+
+    :param state: ``READY``, ``LOADING``, ``UNLOADING``, ``UNAVAILABLE``, or "" for a model never loaded.
+    :param reason: why it is in that state (Triton's load error, ``unloaded``), or "".
+    """
+
+    name: str
+    version: str = ""
+    state: str = ""
+    reason: str = ""
+
+
+@runtime_checkable
+class ModelRepository(Protocol):
+    """The model repository extension over the whole cluster (docs/model-control.md).
+
+    ``timeout`` is the caller's deadline in seconds (None: the implementation's default). Errors
+    are :class:`~dynamo_triton.errors.DyntritonError` with the protocol's status.
+    """
+
+    async def index(self, *, ready: bool = False) -> list[RepositoryModel]:
+        """Every model of the workers' repositories (only READY ones with ``ready``), sorted by name."""
+
+    async def load(
+        self,
+        name: str,
+        *,
+        config: str | None = None,
+        files: Mapping[str, bytes] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Load or reload ``name`` (Triton's ``config`` and ``file:<path>`` parameters); returns once it is ready
+        on at least one worker, or raises with the workers' errors (INVALID_ARGUMENT for a bad request)."""
+
+    async def unload(self, name: str, *, timeout: float | None = None) -> None:
+        """Unload ``name`` everywhere: returns once no worker that takes model control serves it."""
+
+
 @runtime_checkable
 class InferenceService(Protocol):
     """The routing core a frontend serves from.
@@ -62,10 +110,13 @@ class InferenceService(Protocol):
 
     :ivar metrics: the frontend process's metrics (shared by every protocol frontend).
     :ivar dtypes: the dtype table, core rows plus plugin rows, that requests are validated with.
+    :ivar repository: model control over the cluster (``RepositoryModelLoad`` / ``Unload`` /
+        ``RepositoryIndex``), or None where it is not offered (load and unload answer UNIMPLEMENTED).
     """
 
     metrics: FrontendMetrics
     dtypes: DTypeTable
+    repository: ModelRepository | None
 
     def ready(self) -> bool:
         """True when at least one model has a live instance."""

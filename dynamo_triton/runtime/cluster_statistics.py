@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from tritonclient.grpc import service_pb2
 
 from dynamo_triton.errors import DyntritonError
+from dynamo_triton.frontend import ModelRepository
 from dynamo_triton.runtime.discovery import Instance
 from dynamo_triton.runtime.service import STATISTICS_ENDPOINT, RoutingService
 from dynamo_triton.runtime.statistics import StatisticsLedger
@@ -38,6 +39,8 @@ class StatisticsService(RoutingService):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.ledger = StatisticsLedger()
+        #: Model control over the cluster, set by ``start_frontend`` (None: not offered).
+        self.repository: ModelRepository | None = None
 
     async def statistics(self, name: str = "") -> service_pb2.ModelStatisticsResponse:
         """Statistics of ``name`` (every served model when empty), summed over live and departed instances.

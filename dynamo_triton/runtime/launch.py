@@ -17,9 +17,11 @@ from dynamo_triton.backend import BackendSettings
 from dynamo_triton.frontend import Frontend, FrontendSettings
 from dynamo_triton.kv import KVStore
 from dynamo_triton.plugins import Plugins
+from dynamo_triton.runtime.cluster_repository import ClusterRepository
 from dynamo_triton.runtime.cluster_statistics import ModelStatisticsCollector, StatisticsService, refresh_statistics
 from dynamo_triton.runtime.discovery import ModelTable
 from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
+from dynamo_triton.runtime.model_control import ModelController
 from dynamo_triton.runtime.routing import make_policy
 from dynamo_triton.runtime.service import RoutingService
 from dynamo_triton.runtime.system_server import SystemServer
@@ -90,6 +92,7 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
     service = StatisticsService(
         table, make_policy(config.router), plugins.transport, metrics=metrics, dtypes=plugins.dtype_table()
     )
+    service.repository = ClusterRepository(store, config.namespace, table)
     collector = ModelStatisticsCollector()
     metrics.registry.register(collector)
     await table.start()
@@ -117,10 +120,13 @@ class WorkerStack:
 
     worker: Worker
     system: SystemServer | None
+    control: ModelController | None = None
 
     async def stop(self) -> None:
-        """Drain the worker, then stop the system port."""
+        """Stop model control, drain the worker, then stop the system port."""
         try:
+            if self.control is not None:
+                await self.control.stop()
             await self.worker.stop()
         finally:
             if self.system is not None:
@@ -155,15 +161,19 @@ async def start_worker(
             more_metrics=getattr(engine, "metrics_text", None),
         )
         await system.start()
+    control = ModelController(worker, explicit=settings.model_control == "explicit")
     try:
         await worker.start()
+        await control.start()
     except BaseException:
+        with contextlib.suppress(Exception):
+            await control.stop()
         with contextlib.suppress(Exception):
             await worker.stop()
         if system is not None:
             await system.stop()
         raise
-    return WorkerStack(worker, system)
+    return WorkerStack(worker, system, control)
 
 
 class Shutdown:

@@ -54,6 +54,9 @@ class WorkerSettings:
         is free is taken (None: ``port`` only).
     :param lease_ttl: seconds after which a dead worker's cards disappear.
     :param drain_timeout: seconds in-flight requests get on shutdown.
+    :param model_control: ``none``: serve ``models`` (or the whole repository) from start to end;
+        ``explicit`` (Triton's term): load only ``models`` at start, none when empty, and take load and
+        unload requests from the store (``runtime/model_control.py``, docs/model-control.md).
     """
 
     namespace: str = "dynamo"
@@ -63,6 +66,7 @@ class WorkerSettings:
     port_last: int | None = None
     lease_ttl: float = 10.0
     drain_timeout: float = 30.0
+    model_control: str = "none"
 
 
 class Worker:
@@ -100,8 +104,9 @@ class Worker:
     async def start(self) -> None:
         """Start the backend, load models, serve, register. Raises the backend's errors as they are."""
         await self.backend.start()
-        names = list(self.settings.models) or await self.backend.repository_index()
-        if not names:
+        explicit = self.settings.model_control == "explicit"
+        names = list(self.settings.models) or ([] if explicit else await self.backend.repository_index())
+        if not names and not explicit:
             raise DyntritonError("the model repository holds no model to serve", status="FAILED_PRECONDITION")
         for name in names:
             self.models[name] = await self.backend.load_model(name)
@@ -183,6 +188,21 @@ class Worker:
                 await self._lease.close(revoke=True)
             except DyntritonError as exc:
                 log.warning("could not revoke the lease (it will expire): %s", exc)
+
+    async def publish(self, info: ModelInfo) -> None:
+        """Serve ``info``, a model the backend has just (re)loaded: its card is put now and on re-registration."""
+        self.models[info.name] = info
+        self.metrics.models_loaded.set(len(self.models))
+        if self._registered and self._lease is not None:
+            await self.store.put(self._key(info.name), self._card(info).to_json(), lease=self._lease.lease_id)
+
+    async def withdraw(self, name: str) -> None:
+        """Stop announcing ``name``: its card is deleted (frontends stop routing here) before it is unloaded."""
+        if self.models.pop(name, None) is None:
+            return
+        self.metrics.models_loaded.set(len(self.models))
+        if self._registered:
+            await self.store.delete(self._key(name))
 
     async def health(self) -> tuple[bool, dict[str, object]]:
         """For the system port: healthy when registered and the backend is ready."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,15 @@ def load_failure_reason(name: str, message: str) -> str:
     reason = " ".join(reason.split())
     frames = [line.strip() for line in where.splitlines() if line.strip() and line.strip() != ";"]
     return reason + (f" (at {' <- '.join(frames)})" if frames else "")
+
+
+def _override_parse_error(config: str) -> str | None:
+    """Triton logs why a ``config`` override does not parse and returns "failed to poll": say it ourselves."""
+    try:
+        json_format.Parse(config, model_config_pb2.ModelConfig())
+    except json_format.ParseError as exc:
+        return f"Invalid config override: {exc}"
+    return None
 
 
 class TritonBackend:
@@ -144,24 +153,30 @@ class TritonBackend:
         index = await asyncio.to_thread(self.server.model_index)
         return sorted({entry["name"] for entry in index})
 
-    async def load_model(self, name: str) -> ModelInfo:
-        known = await self.repository_index()
-        if name not in known:
-            raise ModelNotFoundError(
-                f"model '{name}' is not in the model repository {self.repository}; "
-                f"it has: {', '.join(known) or 'no models'}"
-            )
+    async def load_model(
+        self, name: str, *, config: str | None = None, files: Mapping[str, bytes] | None = None
+    ) -> ModelInfo:
+        if not files:  # an override directory brings its own model: the repository need not have it
+            known = await self.repository_index()
+            if name not in known:
+                raise ModelNotFoundError(
+                    f"model '{name}' is not in the model repository {self.repository}; "
+                    f"it has: {', '.join(known) or 'no models'}"
+                )
         try:
-            await asyncio.to_thread(self.server.load_model, name)
+            await asyncio.to_thread(self.server.load_model, name, config=config, files=files)
         except TritonError as exc:
-            detail = self._config_parse_error(name) or self._backend_search_note(exc.message)
+            detail = (
+                _override_parse_error(config) if config is not None else self._config_parse_error(name)
+            ) or self._backend_search_note(exc.message)
             message = f"failed to load model '{name}': {load_failure_reason(name, exc.message)}"
+            fix = "the config override" if config is not None else f"the model in {self.repository / name}"
             raise TritonError(
                 exc.code,
                 message + (f"; {detail}" if detail else ""),
                 hint=None
                 if detail
-                else f"fix the model in {self.repository / name}, or leave it out "
+                else f"fix {fix}, or leave it out "
                 "(name the models to serve with --model); --model-load-retries N retries loads that fail now and then",
             ) from exc
         info = await asyncio.to_thread(self._describe, name)
@@ -206,11 +221,21 @@ class TritonBackend:
             decoupled=self.server.is_decoupled(name),
         )
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, *, timeout: float = 60.0) -> None:
+        """Unload ``name``; returns once Triton has (its requests in flight finish first), or after ``timeout``."""
         if name not in self._models:
             raise ModelNotFoundError(f"model '{name}' is not loaded; loaded: {', '.join(sorted(self._models))}")
         await asyncio.to_thread(self.server.unload_model, name)
         del self._models[name]
+        # Triton unloads in the background once the model's in-flight requests are done: wait for it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            index = await asyncio.to_thread(self.server.model_index)
+            if not any(entry["name"] == name and entry.get("state") == "UNLOADING" for entry in index):
+                return
+            await asyncio.sleep(0.05)
+        log.warning("model '%s' is still unloading after %.0f s", name, timeout)
 
     def model(self, name: str) -> ModelInfo:
         try:

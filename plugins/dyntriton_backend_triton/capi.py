@@ -63,6 +63,10 @@ MODEL_CONTROL_NONE = 0
 MODEL_CONTROL_POLL = 1
 MODEL_CONTROL_EXPLICIT = 2
 
+#: TRITONSERVER_ParameterType, in enum order.
+PARAMETER_STRING = 0
+PARAMETER_BYTES = 4
+
 REQUEST_RELEASE_ALL = 1
 RESPONSE_COMPLETE_FINAL = 1
 INDEX_FLAG_READY = 1
@@ -177,6 +181,12 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ServerModelTransactionProperties": (_ERR, [c_void_p, c_char_p, c_int64, POINTER(c_uint32), _PP]),
     "ServerLoadModel": (_ERR, [c_void_p, c_char_p]),
     "ServerUnloadModel": (_ERR, [c_void_p, c_char_p]),
+    # Load parameters (RepositoryModelLoad's "config" and "file:<path>"): ParameterNew copies a string
+    # value, ParameterBytesNew only points at the bytes (keep them alive until ParameterDelete).
+    "ParameterNew": (c_void_p, [c_char_p, c_int, c_void_p]),
+    "ParameterBytesNew": (c_void_p, [c_char_p, c_void_p, c_uint64]),
+    "ParameterDelete": (None, [c_void_p]),
+    "ServerLoadModelWithParameters": (_ERR, [c_void_p, c_char_p, _PP, c_uint64]),
     "ServerInferAsync": (_ERR, [c_void_p, c_void_p, c_void_p]),
     "ServerMetadata": (_ERR, [c_void_p, _PP]),
     "ServerMetrics": (_ERR, [c_void_p, _PP]),

@@ -321,9 +321,35 @@ class TritonServer:
         self._check(self.api.ServerModelIndex(self._require_server(), flags, ctypes.byref(message)))
         return self._message_json(message.value)  # type: ignore[arg-type]
 
-    def load_model(self, name: str) -> None:
-        """Load (or reload) ``name``; raises TritonError with Triton's message on failure. Blocking."""
-        self._check(self.api.ServerLoadModel(self._require_server(), name.encode()))
+    def load_model(self, name: str, *, config: str | None = None, files: Mapping[str, bytes] | None = None) -> None:
+        """Load (or reload) ``name``; raises TritonError with Triton's message on failure. Blocking.
+
+        :param config: a ``ModelConfig`` as JSON, loaded instead of the repository's ``config.pbtxt``
+            (Triton's ``config`` load parameter).
+        :param files: ``"<version>/<file>"`` -> content: an override model directory Triton writes to a
+            temporary folder and loads instead of the repository's (``file:<path>`` parameters; Triton
+            then requires ``config``).
+        """
+        server = self._require_server()
+        if config is None and not files:
+            self._check(self.api.ServerLoadModel(server, name.encode()))
+            return
+        api = self.api
+        parameters: list[int] = []
+        try:
+            if config is not None:
+                parameters.append(api.ParameterNew(b"config", capi.PARAMETER_STRING, config.encode()))
+            for path, content in (files or {}).items():
+                # Triton keeps a pointer to ``content`` (alive in ``files``) until ParameterDelete.
+                parameters.append(api.ParameterBytesNew(f"file:{path}".encode(), content, len(content)))
+            if not all(parameters):
+                raise TritonError("INTERNAL", "unexpected error on creating Triton parameter")
+            array = (ctypes.c_void_p * len(parameters))(*parameters)
+            self._check(api.ServerLoadModelWithParameters(server, name.encode(), array, len(parameters)))
+        finally:
+            for parameter in parameters:
+                if parameter:
+                    api.ParameterDelete(parameter)
 
     def unload_model(self, name: str) -> None:
         self._check(self.api.ServerUnloadModel(self._require_server(), name.encode()))

@@ -51,6 +51,7 @@ class EchoService:
         self.ready_flag = True
         self.metrics = FrontendMetrics()
         self.dtypes = default_table()
+        self.repository = None  # no model control: load and unload answer UNIMPLEMENTED
 
     def ready(self) -> bool:
         return self.ready_flag
