@@ -12,6 +12,11 @@ The contract (``docs/sequences.md``):
   the sequence is lost: this and every later request of it fail with UNAVAILABLE
   (:func:`lost_sequence_error`) until a START; they are never sent to an instance
   without the sequence's state.
+- When the pinned instance is connected but unresponsive (its worker is frozen: the
+  transport's heartbeats go unanswered), requests of the sequence fail at once with
+  UNAVAILABLE saying so, and the pin stays: the sequence goes on if the worker answers
+  again, and is lost if its card leaves. Other unresponsive instances are passed over
+  (a START goes to the next one in rendezvous order).
 - END, or the model's idle limit, ends the pin.
 - Requests of one sequence run one after the other, in the order they reached this
   frontend: each waits for the one before it to finish. Nothing else keeps them in
@@ -28,7 +33,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 
-from dynamo_triton.errors import DeadlineExceededError, DyntritonError, NoInstanceError
+from dynamo_triton.errors import DeadlineExceededError, DyntritonError, NoInstanceError, PeerUnresponsiveError
 from dynamo_triton.runtime.discovery import Instance, ModelTable
 from dynamo_triton.runtime.sequences import (
     Pin,
@@ -39,12 +44,24 @@ from dynamo_triton.runtime.sequences import (
     lost_sequence_error,
 )
 
-__all__ = ["Send", "SequenceRouter"]
+__all__ = ["Send", "SequenceRouter", "unresponsive_sequence_error"]
 
 log = logging.getLogger(__name__)
 
 #: Sends a payload to one instance and yields its answer chunks (the routing service's transport call).
 Send = Callable[[Instance, bytes, "float | None"], AsyncGenerator[bytes, None]]
+
+
+def _never(instance: Instance) -> bool:
+    return False
+
+
+def unresponsive_sequence_error(model: str, sequence_id: int | str) -> NoInstanceError:
+    """The UNAVAILABLE answer while the worker that may hold a sequence does not respond (it may come back)."""
+    return NoInstanceError(
+        f"the worker holding sequence {sequence_id!r} of model '{model}' is not responding (frozen or overloaded); "
+        "retry this request shortly: the sequence goes on if the worker recovers, and is lost if it leaves"
+    )
 
 
 class SequenceRouter:
@@ -54,10 +71,19 @@ class SequenceRouter:
     :param send: ``send(instance, payload, deadline)`` yields the instance's answer; raises
         DyntritonError (UNAVAILABLE when the instance could not be reached).
     :param pins: the pin table (a fresh one by default).
+    :param unresponsive: ``unresponsive(instance)``: connected but silent (default: never).
     """
 
-    def __init__(self, table: ModelTable, send: Send, pins: PinTable | None = None):
+    def __init__(
+        self,
+        table: ModelTable,
+        send: Send,
+        pins: PinTable | None = None,
+        *,
+        unresponsive: Callable[[Instance], bool] | None = None,
+    ):
         self._table, self._send = table, send
+        self._unresponsive = unresponsive or _never
         self.pins = pins if pins is not None else PinTable()
         # The last request of each sequence in flight here; a new one waits for it.
         self._tails: dict[tuple[str, int | str], asyncio.Future[None]] = {}
@@ -120,8 +146,15 @@ class SequenceRouter:
 
         rejection: DyntritonError | None = None  # Triton's "unknown sequence" from the last instance tried
         unreachable: Instance | None = None  # an instance that failed while we looked for the sequence
+        silent = False  # an unresponsive instance was passed over: it may hold the sequence
         tried = 0
         for instance in self._candidates(name, step, pin):
+            pinned_here = pin is not None and pin.instance_id == instance.instance_id
+            if self._unresponsive(instance):
+                if pinned_here:
+                    raise unresponsive_sequence_error(name, sequence_id)
+                silent = True
+                continue
             tried += 1
             if step.start:
                 # Pinned before the first await: a next step sent right behind START follows it.
@@ -146,6 +179,11 @@ class SequenceRouter:
                     continue
                 if exc.status != "UNAVAILABLE":
                     raise
+                if isinstance(exc, PeerUnresponsiveError) and not step.start:
+                    if current is not None or answered:
+                        raise unresponsive_sequence_error(name, sequence_id) from exc  # pinned: wait for it
+                    silent = True
+                    continue
                 if step.start and not answered:
                     pins.drop(name, sequence_id)
                     if tried < 2:
@@ -170,6 +208,13 @@ class SequenceRouter:
         if unreachable is not None:
             self._lose(name, step, unreachable.instance_id, unreachable.address, idle)
             raise lost_sequence_error(name, sequence_id, unreachable.instance_id, unreachable.address)
+        if silent and step.start:
+            raise NoInstanceError(
+                f"no instance of model '{name}' is responding right now (frozen or overloaded workers) to start "
+                f"sequence {sequence_id!r}; retry shortly"
+            )
+        if silent:
+            raise unresponsive_sequence_error(name, sequence_id)
         if rejection is not None:
             pins.drop(name, sequence_id)  # no instance holds it: a stale pin would only send the next step astray
             raise rejection

@@ -5,6 +5,12 @@ over the instance's transport, retrying once on another instance when the
 first fails before answering. Requests of a sequence to a model with
 ``sequence_batching`` go through the :class:`SequenceRouter` instead (sticky, never
 retried elsewhere mid-sequence). Tensor bytes pass through untouched.
+
+Instances whose transport reports them unresponsive (heartbeats unanswered: a frozen
+worker) are passed over by every policy and come back when they answer again; their
+cards stay. A request the unresponsive worker never read is sent elsewhere (the retry
+rule above); one it read ends at its deadline, or with UNAVAILABLE when it has none.
+Error texts name the model and what happened, never a worker's address.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from dynamo_triton.errors import (
     DyntritonError,
     ModelNotFoundError,
     NoInstanceError,
-    TransportError,
+    PeerGoneError,
+    PeerUnresponsiveError,
 )
 from dynamo_triton.frontend import ServedModel
 from dynamo_triton.runtime.discovery import Instance, ModelTable
@@ -32,7 +39,7 @@ from dynamo_triton.runtime.routing import Policy
 from dynamo_triton.runtime.sequence_routing import SequenceRouter
 from dynamo_triton.runtime.sequences import SequenceStep, idle_seconds
 from dynamo_triton.runtime.statistics import merge_statistics
-from dynamo_triton.transport import Transport, TransportClient
+from dynamo_triton.transport import Transport, TransportClient, liveness_check
 
 __all__ = ["RoutingService"]
 
@@ -65,20 +72,42 @@ class RoutingService:
         self.metrics = metrics or FrontendMetrics()
         self.dtypes = dtypes or default_table()
         self._clients: dict[str, TransportClient] = {}
+        self._liveness: dict[str, Callable[[str], bool]] = {}
         self._seen: set[str] = set()
+        self._addresses: set[str] = set()  # every worker address seen, kept out of error texts
         self._served: dict[str, ServedModel] | None = None
-        self.sequences = SequenceRouter(table, self._send)
+        self.sequences = SequenceRouter(table, self._send, unresponsive=self.unresponsive)
         table.subscribe(self.invalidate)
 
     def invalidate(self) -> None:
         """Called by the table after every change."""
         self._served = None
+        self._addresses.update(inst.address for inst in self._table.all_instances())
 
     def _client(self, transport: str) -> TransportClient:
         client = self._clients.get(transport)
         if client is None:
             client = self._clients[transport] = self._transports(transport).client()
+            self._liveness[transport] = liveness_check(client)
         return client
+
+    def unresponsive(self, instance: Instance) -> bool:
+        """The instance's transport reports it connected but silent (never true for transports without heartbeats)."""
+        check = self._liveness.get(instance.card.transport)
+        if check is None:
+            self._client(instance.card.transport)
+            check = self._liveness[instance.card.transport]
+        return check(instance.address)
+
+    def _scrubbed(self, exc: DyntritonError) -> DyntritonError:
+        """``exc`` with worker addresses taken out of its message (clients see the message)."""
+        text = exc.message
+        for address in self._addresses:
+            if address in text:
+                text = text.replace(f" at {address}", "").replace(address, "the worker")
+        if text != exc.message:
+            exc.message, exc.args = text, (text,)
+        return exc
 
     def _served_models(self) -> dict[str, ServedModel]:
         if self._served is None:
@@ -122,52 +151,85 @@ class RoutingService:
     async def infer(
         self, name: str, payload: bytes, *, timeout: float | None = None, sequence: SequenceStep | None = None
     ) -> AsyncIterator[bytes]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if sequence is not None:
-            served = self._served_models().get(name)
-            idle = None if served is None else idle_seconds(served.config)
-            if idle is not None:
-                async with contextlib.aclosing(self.sequences.infer(name, payload, sequence, idle, deadline)) as steps:
-                    async for chunk in steps:
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if sequence is not None:
+                served = self._served_models().get(name)
+                idle = None if served is None else idle_seconds(served.config)
+                if idle is not None:
+                    async with contextlib.aclosing(
+                        self.sequences.infer(name, payload, sequence, idle, deadline)
+                    ) as steps:
+                        async for chunk in steps:
+                            yield chunk
+                    return
+            tried: set[str] = set()
+            failure: DyntritonError | None = None
+            for _attempt in range(2):
+                candidates = [
+                    inst
+                    for inst in self._table.instances(name)
+                    if inst.instance_id not in tried and not self.unresponsive(inst)
+                ]
+                if not candidates:
+                    break
+                instance = self._policy.pick(name, candidates)
+                tried.add(instance.instance_id)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceededError(f"deadline exceeded before model '{name}' could be reached")
+                answered = False
+                instance.outstanding += 1
+                try:
+                    stream = self._client(instance.card.transport).call(
+                        instance.address, INFER_ENDPOINT, payload, timeout=remaining
+                    )
+                    async for chunk in stream:
+                        answered = True
                         yield chunk
-                return
-        tried: set[str] = set()
-        failure: DyntritonError | None = None
-        for _attempt in range(2):
-            candidates = [inst for inst in self._table.instances(name) if inst.instance_id not in tried]
-            if not candidates:
-                break
-            instance = self._policy.pick(name, candidates)
-            tried.add(instance.instance_id)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise DeadlineExceededError(f"deadline exceeded before model '{name}' could be reached")
-            answered = False
-            instance.outstanding += 1
-            try:
-                stream = self._client(instance.card.transport).call(
-                    instance.address, INFER_ENDPOINT, payload, timeout=remaining
+                    return
+                except DeadlineExceededError as exc:
+                    raise self._late(name, timeout, instance) from exc
+                except DyntritonError as exc:
+                    if exc.status != "UNAVAILABLE":
+                        raise
+                    if isinstance(exc, PeerGoneError):
+                        self._table.forget(instance)
+                    if isinstance(exc, PeerUnresponsiveError) and exc.started:
+                        raise NoInstanceError(
+                            f"the worker running this request of model '{name}' stopped responding; "
+                            "the request may have run there"
+                        ) from exc
+                    if answered:
+                        raise NoInstanceError(
+                            f"the instance serving model '{name}' failed after answering part of the request: {exc}"
+                        ) from exc
+                    log.info(
+                        "model %r: instance %s failed before answering (%s); retrying", name, instance.address, exc
+                    )
+                    failure = exc
+                finally:
+                    instance.outstanding -= 1
+            if failure is None:
+                self.model(name)  # unknown model: NOT_FOUND rather than UNAVAILABLE
+            if failure is None and any(self.unresponsive(inst) for inst in self._table.instances(name)):
+                raise NoInstanceError(
+                    f"no instance of model '{name}' is responding right now: its workers stopped answering "
+                    "(frozen or overloaded); retry shortly"
                 )
-                async for chunk in stream:
-                    answered = True
-                    yield chunk
-                return
-            except DyntritonError as exc:
-                if exc.status != "UNAVAILABLE":
-                    raise
-                if isinstance(exc, TransportError):
-                    self._table.forget(instance)
-                if answered:
-                    raise NoInstanceError(
-                        f"the instance serving model '{name}' failed after answering part of the request: {exc}"
-                    ) from exc
-                log.info("model %r: instance %s failed before answering (%s); retrying", name, instance.address, exc)
-                failure = exc
-            finally:
-                instance.outstanding -= 1
-        self.model(name)  # unknown model: NOT_FOUND rather than UNAVAILABLE
-        detail = f": {failure.message}" if failure else ""
-        raise NoInstanceError(f"no live instance of model '{name}' could take the request{detail}")
+            detail = f": {failure.message}" if failure else ""
+            raise NoInstanceError(f"no live instance of model '{name}' could take the request{detail}")
+        except DyntritonError as exc:
+            self._scrubbed(exc)
+            raise
+
+    def _late(self, name: str, timeout: float | None, instance: Instance) -> DeadlineExceededError:
+        what = f"deadline of {timeout:g} s exceeded" if timeout is not None else "deadline exceeded"
+        if self.unresponsive(instance):
+            return DeadlineExceededError(
+                f"{what}: the worker running this request of model '{name}' stopped responding"
+            )
+        return DeadlineExceededError(f"{what} waiting for model '{name}'")
 
     async def _send(self, instance: Instance, payload: bytes, deadline: float | None) -> AsyncGenerator[bytes, None]:
         """One call to ``instance``; an instance whose connection fails leaves the table."""
@@ -182,7 +244,9 @@ class RoutingService:
             async with contextlib.aclosing(call) as stream:  # type: ignore[type-var]
                 async for chunk in stream:
                     yield chunk
-        except TransportError:
+        except DeadlineExceededError as exc:
+            raise self._late(instance.card.model, remaining, instance) from exc
+        except PeerGoneError:
             self._table.forget(instance)
             raise
         finally:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator
 
@@ -365,8 +366,9 @@ class TcpClient:
                     f"the worker at {address} closed the connection during the TLS handshake",
                     hint=f"the worker may run without TLS, or refused this frontend's certificate; {_TLS_HINT}",
                 ) from exc
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's text repeats the address
             raise PeerGoneError(
-                f"cannot connect to {address}: {exc.strerror or exc}",
+                f"cannot connect to {address}: {reason}",
                 hint="the worker is down or unreachable; check the address it advertised",
             ) from exc
         connection.watch()

@@ -1,16 +1,25 @@
-"""Router policies over live instances."""
+"""Router policies over live instances, and the routing service around frozen (unresponsive) workers."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from dynamo_triton.errors import UnknownNameError
-from dynamo_triton.runtime.cards import ModelCard
-from dynamo_triton.runtime.discovery import Instance
-from dynamo_triton.runtime.routing import make_policy
+from dynamo_triton.errors import DeadlineExceededError, NoInstanceError, UnknownNameError
+from dynamo_triton.plugins import make_plugin_manager
+from dynamo_triton.runtime.cards import ModelCard, card_key
+from dynamo_triton.runtime.discovery import Instance, ModelTable
+from dynamo_triton.runtime.routing import POLICIES, make_policy
+from dynamo_triton.runtime.sequences import SequenceStep
+from dynamo_triton.runtime.service import RoutingService
+from dynamo_triton.transport import TransportRequest, TransportSettings
 
 
 def instance(instance_id: str, outstanding: int = 0) -> Instance:
@@ -41,3 +50,194 @@ def test_least_outstanding_prefers_the_idle_instance() -> None:
 def test_unknown_policy_lists_the_known_ones() -> None:
     with pytest.raises(UnknownNameError, match="least-outstanding, random, round-robin"):
         make_policy("fastest")
+
+
+# -- liveness: frozen workers (real tcp servers, heartbeats of HEARTBEAT s) ------------------------
+HEARTBEAT = 0.3
+WAIT = 10.0
+SEQUENCE_CONFIG = {"name": "m", "max_batch_size": 8, "sequence_batching": {"max_sequence_idle_microseconds": 10**7}}
+
+
+class Workers:
+    """tcp servers answering with their instance id, registered in a mem store; frontends over it."""
+
+    def __init__(self) -> None:
+        self.plugins = make_plugin_manager()
+        self.space = f"routing-{next(_spaces)}"
+        self.store = self.plugins.kv_store("mem", space=self.space)
+        self.transport = self.plugins.transport("tcp", TransportSettings(heartbeat=HEARTBEAT))
+        self.servers: dict[str, Any] = {}
+        self.calls: Counter[str] = Counter()
+        self.release = asyncio.Event()
+        self.blocked: list[str] = []
+        self.frontends: list[tuple[ModelTable, RoutingService]] = []
+
+    async def add(self, instance_id: str, config: dict | None = None) -> str:
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            self.calls[instance_id] += 1
+            if bytes(request.payload) == b"block":
+                self.blocked.append(instance_id)
+                await self.release.wait()
+            yield instance_id.encode()
+
+        server = self.transport.server()
+        address = await server.start(handler)
+        self.servers[instance_id] = server
+        card = ModelCard("m", "1", instance_id, address, "tcp", False, config or {"name": "m"}, {"name": "m"})
+        await self.store.put(card_key("dynamo", "m", instance_id), card.to_json())
+        return address
+
+    def freeze(self, instance_id: str) -> None:
+        for connection in self.servers[instance_id].connections:
+            connection.writer.transport.pause_reading()
+
+    def thaw(self, instance_id: str) -> None:
+        for connection in self.servers[instance_id].connections:
+            connection.writer.transport.resume_reading()
+
+    async def frontend(self, policy: str = "round-robin") -> RoutingService:
+        table = ModelTable(self.plugins.kv_store("mem", space=self.space), "dynamo")
+        await table.start()
+        service = RoutingService(table, make_policy(policy), lambda name: self.transport)
+        self.frontends.append((table, service))
+        await until(lambda: len(table.instances("m")) == len(self.servers), "the frontend to see every worker")
+        return service
+
+    async def close(self) -> None:
+        self.release.set()
+        for table, service in self.frontends:
+            await table.stop()
+            await service.close()
+        for server in self.servers.values():
+            await server.stop(grace=0)
+
+
+_spaces = itertools.count()
+
+
+async def until(check: Callable[[], bool], what: str) -> float:
+    """Poll ``check``; returns the seconds it took."""
+    began = time.monotonic()
+    while not check():
+        if time.monotonic() - began > WAIT:
+            raise AssertionError(f"timed out after {WAIT} s waiting for {what}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - began
+
+
+async def answer(service: RoutingService, payload: bytes = b"x", **kwargs: Any) -> str:
+    chunks = [bytes(chunk) async for chunk in service.infer("m", payload, **kwargs)]
+    return b"".join(chunks).decode()
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[Workers]:
+    w = Workers()
+    try:
+        yield w
+    finally:
+        await w.close()
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+async def test_every_policy_routes_around_a_frozen_worker_and_back(workers: Workers, policy: str) -> None:
+    await workers.add("a")
+    await workers.add("b")
+    service = await workers.frontend(policy)
+    assert {await answer(service) for _ in range(40)} == {"a", "b"}, "both connected and answering"
+    workers.freeze("b")
+    began = time.monotonic()
+    # Requests sent to b before it is found unresponsive were never read there: they go to a.
+    answers = [await answer(service, timeout=5.0) for _ in range(20)]
+    assert set(answers) == {"a"} and time.monotonic() - began < 3 * HEARTBEAT + 1.0
+    b = service._table.instance("m", "b")
+    assert b is not None and service.unresponsive(b), "b stays in the table, passed over"
+    workers.thaw("b")
+    await until(lambda: not service.unresponsive(b), "b to answer again")
+    seen: set[str] = set()
+    for _ in range(100):
+        seen.add(await answer(service))
+        if seen == {"a", "b"}:
+            break
+    assert seen == {"a", "b"}, f"{policy}: b should get traffic again"
+
+
+async def test_a_request_the_frozen_worker_read_ends_at_its_deadline(workers: Workers) -> None:
+    await workers.add("a")
+    service = await workers.frontend()
+    task = asyncio.create_task(answer(service, b"block", timeout=1.0))
+    await until(lambda: workers.blocked == ["a"], "the request to reach the worker")
+    began = time.monotonic()
+    workers.freeze("a")
+    with pytest.raises(DeadlineExceededError) as caught:
+        await asyncio.wait_for(task, WAIT)
+    assert 0.5 < time.monotonic() - began < 1.5, "it ends at its deadline, not before or after"
+    message = caught.value.message
+    assert "model 'm'" in message and "stopped responding" in message and "tcp://" not in message, message
+
+
+async def test_without_a_deadline_a_read_request_ends_at_detection_and_is_not_retried(workers: Workers) -> None:
+    await workers.add("a")
+    await workers.add("b")
+    service = await workers.frontend()
+    assert {await answer(service) for _ in range(4)} == {"a", "b"}
+    task = asyncio.create_task(answer(service, b"block"))
+    await until(lambda: len(workers.blocked) == 1, "the request to reach a worker")
+    frozen, other = workers.blocked[0], ({"a", "b"} - {workers.blocked[0]}).pop()
+    before = workers.calls[other]
+    began = time.monotonic()
+    workers.freeze(frozen)
+    with pytest.raises(NoInstanceError) as caught:
+        await asyncio.wait_for(task, WAIT)
+    assert time.monotonic() - began < 2 * HEARTBEAT + 0.5
+    assert caught.value.status == "UNAVAILABLE" and workers.calls[other] == before, "a read request is not re-sent"
+    message = caught.value.message
+    assert "model 'm'" in message and "stopped responding" in message and "tcp://" not in message, message
+
+
+async def test_when_every_worker_is_frozen_requests_fail_at_once(workers: Workers) -> None:
+    await workers.add("a")
+    service = await workers.frontend()
+    assert await answer(service) == "a"
+    workers.freeze("a")
+    a = service._table.instance("m", "a")
+    await until(lambda: a is not None and service.unresponsive(a), "a to be unresponsive")
+    began = time.monotonic()
+    with pytest.raises(NoInstanceError) as caught:
+        await answer(service, timeout=30.0)
+    assert time.monotonic() - began < 0.2
+    assert "no instance of model 'm' is responding" in caught.value.message
+
+
+async def test_a_sequence_pinned_to_a_frozen_worker_fails_fast_and_resumes_there(workers: Workers) -> None:
+    await workers.add("a", SEQUENCE_CONFIG)
+    await workers.add("b", SEQUENCE_CONFIG)
+    service = await workers.frontend()
+    holder = await answer(service, sequence=SequenceStep(7, True, False))
+    assert await answer(service, sequence=SequenceStep(7, False, False)) == holder
+    workers.freeze(holder)
+    instance = service._table.instance("m", holder)
+    await until(lambda: instance is not None and service.unresponsive(instance), "the holder to be unresponsive")
+    began = time.monotonic()
+    with pytest.raises(NoInstanceError) as caught:
+        await answer(service, timeout=30.0, sequence=SequenceStep(7, False, False))
+    assert time.monotonic() - began < 0.2 and "sequence 7 of model 'm' is not responding" in caught.value.message
+    other = ({"a", "b"} - {holder}).pop()
+    assert await answer(service, sequence=SequenceStep(8, True, False)) == other, "a new sequence starts elsewhere"
+    workers.thaw(holder)
+    await until(lambda: not service.unresponsive(instance), "the holder to answer again")
+    assert await answer(service, sequence=SequenceStep(7, False, True)) == holder, "the sequence goes on where it was"
+
+
+async def test_error_texts_name_the_model_and_never_an_address(workers: Workers) -> None:
+    await workers.add("a")
+    await workers.add("b")
+    service = await workers.frontend()
+    service.model("m")  # as the request pipeline does before routing
+    assert {await answer(service) for _ in range(4)} == {"a", "b"}
+    for server in workers.servers.values():
+        server.abort()  # both crash
+    with pytest.raises(NoInstanceError) as caught:
+        await answer(service)
+    message = caught.value.message
+    assert "model 'm'" in message and "tcp://" not in message and "127.0.0.1" not in message, message
