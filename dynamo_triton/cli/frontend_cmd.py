@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import click
 
@@ -18,11 +19,25 @@ from dynamo_triton.cli.addresses import dial_address
 from dynamo_triton.cli.children import forwarded_options, notify_ready, spawn, stop_children
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.exits import starting
-from dynamo_triton.cli.options import frontend_options, store_options, store_settings
+from dynamo_triton.cli.options import (
+    frontend_options,
+    store_options,
+    store_settings,
+    transport_options,
+    transport_settings,
+)
 from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.launch import FrontendConfig, FrontendStack, Shutdown, start_frontend
 
-__all__ = ["FORWARDED", "extra_frontend_argv", "frontend", "frontend_config", "listeners", "start_extra_frontends"]
+__all__ = [
+    "FORWARDED",
+    "extra_frontend_argv",
+    "frontend",
+    "frontend_config",
+    "listeners",
+    "share_token",
+    "start_extra_frontends",
+]
 
 log = logging.getLogger("dyntriton.frontend")
 
@@ -43,11 +58,21 @@ def frontend_config(
     tls_key: str | None,
     tls_client_ca: str | None,
     reuse_port: bool = False,
+    transport_tls_cert: str | None = None,
+    transport_tls_key: str | None = None,
+    transport_tls_ca: str | None = None,
+    transport_token: str | None = None,
+    transport_heartbeat: float = 1.0,
 ) -> FrontendConfig:
     """FrontendConfig from the shared CLI options; TLS needs both cert and key.
 
     :param reuse_port: bind with ``SO_REUSEPORT`` so several frontend processes share the ports.
+    :param transport_tls_cert: and the other ``transport_*``: the request plane's settings (see
+        :func:`~dynamo_triton.cli.options.transport_settings`).
     """
+    transport = transport_settings(
+        transport_tls_cert, transport_tls_key, transport_tls_ca, transport_token, transport_heartbeat
+    )
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together: give both or neither")
     if tls_client_ca and not tls_cert:
@@ -69,12 +94,20 @@ def frontend_config(
         router=router,
         grpc_options=grpc_options,
         http_options={"server_name": server_name, "max_input_size": http_max_input_size, "reuse_port": reuse_port},
+        transport=transport,
     )
+
+
+def share_token(token: str | None) -> None:
+    """Hand the transport token to child processes through their environment, never their command line."""
+    if token:
+        os.environ["DYN_TRANSPORT_TOKEN"] = token
 
 
 @click.command()
 @store_options
 @frontend_options
+@transport_options
 @click.option(
     "--processes",
     type=click.IntRange(min=1),
@@ -109,6 +142,7 @@ def frontend(
     """
     plugins = plugins_from(ctx)
     config = frontend_config(**options, reuse_port=reuse_port or processes > 1)  # type: ignore[arg-type]
+    share_token(config.transport.token)
     extra_argv = ["frontend", *forwarded_options(ctx, FORWARDED, {}), "--reuse-port"]
     store = store_settings(store_kv, etcd_endpoints, file_kv_root)
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
@@ -131,7 +165,11 @@ FORWARDED = {
     "tls_cert",
     "tls_key",
     "tls_client_ca",
-}
+    "transport_tls_cert",
+    "transport_tls_key",
+    "transport_tls_ca",
+    "transport_heartbeat",
+}  # the transport token goes through the environment (share_token), not the command line
 
 
 def extra_frontend_argv(argv: list[str], stack: FrontendStack) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from dynamo_triton.runtime.routing import POLICIES
+from dynamo_triton.transport import TransportSettings
 
 __all__ = [
     "PortRange",
@@ -18,6 +19,8 @@ __all__ = [
     "store_connection_overrides",
     "store_options",
     "store_settings",
+    "transport_options",
+    "transport_settings",
     "worker_options",
 ]
 
@@ -281,3 +284,72 @@ frontend_options = _apply(
         ),
     ]
 )
+
+#: The request plane's protection and liveness, the same on ``worker``, ``frontend`` and ``serve``.
+transport_options = _apply(
+    [
+        click.option(
+            "--transport-tls-cert",
+            envvar="DYN_TRANSPORT_TLS_CERT",
+            show_envvar=True,
+            type=click.Path(dir_okay=False),
+            help="Request plane TLS (tcp): the PEM certificate this process presents (a worker's server "
+            "certificate, a frontend's client certificate). With --transport-tls-key and --transport-tls-ca.",
+        ),
+        click.option(
+            "--transport-tls-key",
+            envvar="DYN_TRANSPORT_TLS_KEY",
+            show_envvar=True,
+            type=click.Path(dir_okay=False),
+            help="PEM private key of --transport-tls-cert.",
+        ),
+        click.option(
+            "--transport-tls-ca",
+            envvar="DYN_TRANSPORT_TLS_CA",
+            show_envvar=True,
+            type=click.Path(dir_okay=False),
+            help="PEM CA the other side's certificate must be signed by (mutual TLS: workers refuse frontends "
+            "without one, frontends check the worker's and its host name).",
+        ),
+        click.option(
+            "--transport-token",
+            envvar="DYN_TRANSPORT_TOKEN",
+            show_envvar=True,
+            help="Shared secret: workers serve only frontends that prove they hold it (tcp; never sent). "
+            "Prefer the environment variable: command lines are visible to other users.",
+        ),
+        click.option(
+            "--transport-heartbeat",
+            envvar="DYN_TRANSPORT_HEARTBEAT",
+            type=click.FloatRange(min=0),
+            default=1.0,
+            show_default=True,
+            show_envvar=True,
+            help="Seconds without a sign of life before a frontend stops routing to a worker (frozen, stuck) "
+            "until it answers again; 0: no heartbeats (tcp).",
+        ),
+    ]
+)
+
+
+def transport_settings(
+    transport_tls_cert: str | None,
+    transport_tls_key: str | None,
+    transport_tls_ca: str | None,
+    transport_token: str | None,
+    transport_heartbeat: float,
+) -> TransportSettings:
+    """TransportSettings from :data:`transport_options`; TLS needs its three files together."""
+    given = [transport_tls_cert, transport_tls_key, transport_tls_ca]
+    if any(given) and not all(given):
+        raise click.UsageError(
+            "--transport-tls-cert, --transport-tls-key and --transport-tls-ca go together (mutual TLS): "
+            "give all three or none"
+        )
+    return TransportSettings(
+        tls_cert=transport_tls_cert,
+        tls_key=transport_tls_key,
+        tls_ca=transport_tls_ca,
+        token=transport_token or None,
+        heartbeat=transport_heartbeat,
+    )

@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -41,13 +41,14 @@ from dynamo_triton.cli.children import (
 )
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.exits import EXIT_START_FAILED, starting
-from dynamo_triton.cli.frontend_cmd import FORWARDED, extra_frontend_argv, frontend_config, listeners
+from dynamo_triton.cli.frontend_cmd import FORWARDED, extra_frontend_argv, frontend_config, listeners, share_token
 from dynamo_triton.cli.options import (
     backend_options,
     format_ports,
     frontend_options,
     store_options,
     store_settings,
+    transport_options,
     worker_options,
 )
 from dynamo_triton.cli.serve_summary import Ownership, print_summary, served_by_own
@@ -57,6 +58,7 @@ from dynamo_triton.errors import DyntritonError
 from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.launch import FrontendStack, Shutdown, WorkerStack, start_frontend, start_worker
 from dynamo_triton.runtime.worker import WorkerSettings
+from dynamo_triton.transport import TransportSettings
 
 __all__ = ["serve"]
 
@@ -71,6 +73,7 @@ STARTUP_TIMEOUT = 300.0
 @backend_options
 @worker_options
 @frontend_options
+@transport_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Worker processes to start.")
 @click.option(
     "--frontends",
@@ -142,6 +145,11 @@ class ServeOptions:
     frontends: int
     in_process: bool
     restart: str
+    transport_tls_cert: str | None = None
+    transport_tls_key: str | None = None
+    transport_tls_ca: str | None = None
+    transport_token: str | None = None
+    transport_heartbeat: float = 1.0
 
     def worker_argv(self, index: int) -> list[str]:
         """The ``dyntriton worker`` command line for child ``index``."""
@@ -163,7 +171,14 @@ class ServeOptions:
         argv += ["--worker-host", self.worker_host, "--worker-port", format_ports(self.worker_port)]
         argv += ["--system-host", self.system_host]
         argv += ["--system-port", str(self.system_port + index if self.system_port else 0)]
-        return argv
+        for flag, path in (
+            ("--transport-tls-cert", self.transport_tls_cert),
+            ("--transport-tls-key", self.transport_tls_key),
+            ("--transport-tls-ca", self.transport_tls_ca),
+        ):
+            if path:
+                argv += [flag, path]
+        return argv  # the transport token reaches the workers through their environment (share_token)
 
     def check(self) -> None:
         """Reject combinations that cannot work, as usage errors."""
@@ -200,7 +215,15 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
         tls_key=opts.tls_key,
         tls_client_ca=opts.tls_client_ca,
         reuse_port=opts.frontends > 1,
+        transport_tls_cert=opts.transport_tls_cert,
+        transport_tls_key=opts.transport_tls_key,
+        transport_tls_ca=opts.transport_tls_ca,
+        transport_token=opts.transport_token,
+        transport_heartbeat=opts.transport_heartbeat,
     )
+    if in_process:  # no request plane on the network: nothing for TLS or a token to protect
+        config = replace(config, transport=TransportSettings(heartbeat=opts.transport_heartbeat))
+    share_token(opts.transport_token)
     with starting():
         store = plugins.kv_store(opts.store_kv, **store_settings(opts.store_kv, opts.etcd_endpoints, opts.file_kv_root))
     shutdown = Shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import click
 
@@ -12,7 +13,14 @@ from dynamo_triton.backend import BackendSettings
 from dynamo_triton.cli.addresses import dial_address
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.exits import starting
-from dynamo_triton.cli.options import backend_options, store_options, store_settings, worker_options
+from dynamo_triton.cli.options import (
+    backend_options,
+    store_options,
+    store_settings,
+    transport_options,
+    transport_settings,
+    worker_options,
+)
 from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.launch import Shutdown, start_worker
 from dynamo_triton.runtime.worker import WorkerSettings
@@ -45,6 +53,7 @@ def backend_settings(
 @store_options
 @backend_options
 @worker_options
+@transport_options
 @click.pass_context
 def worker(ctx: click.Context, **options: object) -> None:
     """Run a worker: load models, publish their cards under a lease, serve requests, drain on SIGTERM.
@@ -76,7 +85,16 @@ async def _run(
     lease_ttl: float,
     system_host: str,
     system_port: int,
+    transport_tls_cert: str | None = None,
+    transport_tls_key: str | None = None,
+    transport_tls_ca: str | None = None,
+    transport_token: str | None = None,
+    transport_heartbeat: float = 1.0,
 ) -> None:
+    protection = transport_settings(
+        transport_tls_cert, transport_tls_key, transport_tls_ca, transport_token, transport_heartbeat
+    )
+    os.environ.pop("DYN_TRANSPORT_TOKEN", None)  # read: Triton's stubs (and model code) need not see it
     with starting():
         store = plugins.kv_store(store_kv, **store_settings(store_kv, etcd_endpoints, file_kv_root))
     shutdown = Shutdown()
@@ -100,6 +118,7 @@ async def _run(
                 ),
                 system_host=system_host,
                 system_port=system_port,
+                transport_settings=protection,
             )
         system = f"http://{dial_address(system_host, stack.system.port)}/metrics" if stack.system else "-"
         click.echo(

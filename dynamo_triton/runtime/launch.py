@@ -26,6 +26,7 @@ from dynamo_triton.runtime.routing import make_policy
 from dynamo_triton.runtime.service import RoutingService
 from dynamo_triton.runtime.system_server import SystemServer
 from dynamo_triton.runtime.worker import Worker, WorkerSettings
+from dynamo_triton.transport import TransportSettings
 
 __all__ = [
     "FrontendConfig",
@@ -44,6 +45,7 @@ class FrontendConfig:
     """Everything a frontend stack needs; ports 0 pick free ports, ``http_port`` -1 serves no HTTP.
 
     :param host: interface the gRPC port binds (and the HTTP port, unless ``http_host`` is given).
+    :param transport: settings for the transport clients that reach the workers (TLS, token, heartbeat).
     """
 
     namespace: str = "dynamo"
@@ -54,6 +56,7 @@ class FrontendConfig:
     router: str = "round-robin"
     grpc_options: dict[str, Any] = field(default_factory=dict)
     http_options: dict[str, Any] = field(default_factory=dict)
+    transport: TransportSettings = field(default_factory=TransportSettings)
 
 
 @dataclass
@@ -90,7 +93,11 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
     table = ModelTable(store, config.namespace)
     metrics = FrontendMetrics()
     service = StatisticsService(
-        table, make_policy(config.router), plugins.transport, metrics=metrics, dtypes=plugins.dtype_table()
+        table,
+        make_policy(config.router),
+        lambda name: plugins.transport(name, config.transport),
+        metrics=metrics,
+        dtypes=plugins.dtype_table(),
     )
     service.repository = ClusterRepository(store, config.namespace, table)
     collector = ModelStatisticsCollector()
@@ -143,14 +150,19 @@ async def start_worker(
     settings: WorkerSettings,
     system_host: str = "127.0.0.1",
     system_port: int | None = 8081,
+    transport_settings: TransportSettings | None = None,
 ) -> WorkerStack:
     """Start a backend-backed worker registering in ``store``; ``system_port=None`` serves no system port.
+
+    ``transport_settings`` (TLS, token) protect the worker's transport server.
 
     The system port's ``/metrics`` carries the worker's metrics and, when the backend has a
     ``metrics_text()`` coroutine, the embedded server's own (Triton's ``nv_*`` families).
     """
     engine = plugins.backend(backend, backend_settings)
-    worker = Worker(engine, store, plugins.transport(transport), settings, dtypes=plugins.dtype_table())
+    worker = Worker(
+        engine, store, plugins.transport(transport, transport_settings), settings, dtypes=plugins.dtype_table()
+    )
     system = None
     if system_port is not None:
         system = SystemServer(
