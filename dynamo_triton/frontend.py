@@ -94,8 +94,9 @@ class ModelRepository(Protocol):
         files: Mapping[str, bytes] | None = None,
         timeout: float | None = None,
     ) -> None:
-        """Load or reload ``name`` (Triton's ``config`` and ``file:<path>`` parameters); returns once it is ready
-        on at least one worker, or raises with the workers' errors (INVALID_ARGUMENT for a bad request)."""
+        """Load or reload ``name`` (Triton's ``config`` and ``file:<path>`` parameters); returns once every worker
+        that has it answered and it is ready on at least one, or raises with the workers' errors
+        (INVALID_ARGUMENT for a bad request)."""
 
     async def unload(self, name: str, *, timeout: float | None = None) -> None:
         """Unload ``name`` everywhere: returns once no worker that takes model control serves it."""

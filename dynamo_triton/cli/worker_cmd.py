@@ -54,6 +54,15 @@ def backend_settings(
 @backend_options
 @worker_options
 @transport_options
+@click.option(
+    "--model-control",
+    envvar="DYN_MODEL_CONTROL",
+    type=click.Choice(["none", "explicit"]),
+    default="none",
+    show_envvar=True,
+    help="Triton's model control mode. none: serve --model (default: every model) until stopped; explicit: "
+    "load only --model at start and take load/unload requests from the frontends (docs/model-control.md).",
+)
 @click.pass_context
 def worker(ctx: click.Context, **options: object) -> None:
     """Run a worker: load models, publish their cards under a lease, serve requests, drain on SIGTERM.
@@ -90,6 +99,7 @@ async def _run(
     transport_tls_ca: str | None = None,
     transport_token: str | None = None,
     transport_heartbeat: float = 1.0,
+    model_control: str = "none",
 ) -> None:
     protection = transport_settings(
         transport_tls_cert, transport_tls_key, transport_tls_ca, transport_token, transport_heartbeat
@@ -115,6 +125,7 @@ async def _run(
                     port=worker_port[0],
                     port_last=worker_port[1],
                     lease_ttl=lease_ttl,
+                    model_control=model_control,
                 ),
                 system_host=system_host,
                 system_port=system_port,
@@ -122,7 +133,7 @@ async def _run(
             )
         system = f"http://{dial_address(system_host, stack.system.port)}/metrics" if stack.system else "-"
         click.echo(
-            f"worker {stack.worker.instance_id} serving {', '.join(sorted(stack.worker.models))} "
+            f"worker {stack.worker.instance_id} serving {', '.join(sorted(stack.worker.models)) or 'no model yet'} "
             f"at {stack.worker.address} (store {store_kv}, namespace {namespace}, system {system})",
             err=True,
         )

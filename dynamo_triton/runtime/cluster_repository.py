@@ -2,11 +2,14 @@
 
 A load or unload is a control record written to the store (``control_records.py``); the workers
 that take model control apply it and report their outcome in their repository reports, which this
-module watches from *before* it writes the record, so no outcome is missed. A load answers once one
-worker loaded the model *and* the frontend's routing table holds the card that worker published
-(the next request, and ModelConfig, see what was loaded), or with the workers' errors once every
-one of them failed. An unload answers once every such worker unloaded it and their cards are gone.
-Workers that die while a request waits count as failed (their report vanishes with their lease).
+module watches from *before* it writes the record, so no outcome is missed. A load answers once
+every worker whose repository has the model answered: successfully when at least one loaded it,
+after the frontend's routing table holds the cards they published (so the next request, and
+ModelConfig, see what was loaded, whichever worker answers them), else with the workers' errors.
+Waiting for all of them is what keeps a reload with a config override from leaving the workers
+serving two configs behind one answer. An unload answers once every such worker unloaded it and
+their cards are gone. Workers that die while a request waits count as failed (their report
+vanishes with their lease).
 See docs/model-control.md.
 """
 
@@ -114,13 +117,13 @@ class ClusterRepository:
         record = ControlRecord(model=name, action="load", config=config, files=files)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.default_timeout if timeout is None else timeout)
-        results = await self._send(
-            record, expected, deadline, done=lambda got: any(e.outcome == "ok" for e in got.values())
-        )
+        results = await self._send(record, expected, deadline)
         loaded = [iid for iid, entry in results.items() if entry.outcome == "ok"]
         if not loaded:
             raise _failure("load", name, results)
-        await self._card_in_table(name, loaded, deadline)
+        if len(loaded) < len(results):
+            log.warning("%s", _failure("load", name, results).message)
+        await self._cards_in_table(name, loaded, deadline)
 
     async def unload(self, name: str, *, timeout: float | None = None) -> None:
         if not name or "/" in name:
@@ -154,15 +157,13 @@ class ClusterRepository:
         record: ControlRecord,
         expected: set[str],
         deadline: float,
-        *,
-        done: Callable[[dict[str, ModelEntry]], bool] = lambda _got: False,
     ) -> dict[str, ModelEntry]:
-        """Write ``record``; collect the outcome of every expected worker (until ``done`` says enough)."""
+        """Write ``record``; collect the outcome of every expected worker (a worker that left: ``_GONE``)."""
         prefix = reports_prefix(self._namespace)
         results: dict[str, ModelEntry] = {}
 
         def finished() -> bool:
-            return len(results) == len(expected) or done(results)
+            return len(results) == len(expected)
 
         try:
             async with asyncio.timeout_at(deadline):
@@ -194,8 +195,8 @@ class ClusterRepository:
             ) from None
         return results
 
-    async def _card_in_table(self, name: str, instances: list[str], deadline: float) -> None:
-        """Wait until the routing table holds the card one of ``instances`` published for ``name``."""
+    async def _cards_in_table(self, name: str, instances: list[str], deadline: float) -> None:
+        """Wait until the routing table holds the cards ``instances`` published for ``name`` (those still there)."""
         cards: dict[str, ModelCard] = {}
         for iid in instances:
             entry = await self._store.get(card_key(self._namespace, name, iid))
@@ -205,7 +206,7 @@ class ClusterRepository:
             raise NoInstanceError(f"model '{name}' loaded, but the workers that loaded it left since")
 
         def seen() -> bool:
-            return any(
+            return all(
                 (inst := self._table.instance(name, iid)) is not None and inst.card == card
                 for iid, card in cards.items()
             )

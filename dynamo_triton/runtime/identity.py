@@ -20,11 +20,24 @@ __all__ = ["DEFAULT_SERVER_NAME", "EXTENSIONS", "ServerIdentity", "dyntriton_ver
 DEFAULT_SERVER_NAME = "triton"
 
 #: KServe/Triton protocol extensions that work through dyntriton's frontends (one server-wide list,
-#: as Triton's, reported alike on gRPC and HTTP; in Triton's order). Not listed, because they are
-#: not available through the frontend: model_repository (load/unload), schedule_policy,
+#: as Triton's, reported alike on gRPC and HTTP; in Triton's order). model_repository is index, load
+#: and unload over the cluster (docs/model-control.md; load and unload need workers started with
+#: ``--model-control explicit``, as Triton needs its explicit mode). Not listed, because they are not
+#: available through the frontend: model_repository(unload_dependents), schedule_policy,
 #: system_shared_memory, cuda_shared_memory, trace, logging. Triton's REST ``generate`` endpoints
 #: work too but are not an extension Triton lists.
-EXTENSIONS = ("classification", "sequence", "model_configuration", "binary_tensor_data", "parameters", "statistics")
+EXTENSIONS = (
+    "classification",
+    "sequence",
+    "model_repository",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+)
+
+#: What a frontend whose service offers no model control (``InferenceService.repository`` None) reports.
+_WITHOUT_MODEL_CONTROL = tuple(name for name in EXTENSIONS if name != "model_repository")
 
 
 def dyntriton_version() -> str:
@@ -57,6 +70,6 @@ def server_identity(service: InferenceService, name: str | None = None) -> Serve
     return ServerIdentity(
         name=name or DEFAULT_SERVER_NAME,
         version=versions[-1] if versions else "",
-        extensions=EXTENSIONS,
+        extensions=EXTENSIONS if service.repository is not None else _WITHOUT_MODEL_CONTROL,
         server_version=dyntriton_version(),
     )

@@ -120,12 +120,13 @@ class Cluster:
         )
         return proc, f"127.0.0.1:{grpc_port}", http_port
 
-    def worker(self, *models: str, system_port: int | None = None) -> tuple[Proc, int]:
+    def worker(self, *models: str, system_port: int | None = None, extra: tuple[str, ...] = ()) -> tuple[Proc, int]:
+        """``dyntriton worker`` for ``models`` (``extra``: more options, e.g. ``--model-control explicit``)."""
         system_port = system_port or free_port()
         args = ["worker", "--store-kv", self.store, "--model-repository", str(self.model_repo)]
         for model in models:
             args += ["--model", model]
-        args += ["--lease-ttl", str(self.lease_ttl), "--system-port", str(system_port)]
+        args += ["--lease-ttl", str(self.lease_ttl), "--system-port", str(system_port), *extra]
         return self._proc("worker", args), system_port
 
     def serve(self, *models: str, extra: tuple[str, ...] = ()) -> tuple[Proc, str]:

@@ -10,6 +10,8 @@ with handler cancellation), which cancels the worker's request.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 from typing import Any
@@ -18,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dynamo_triton.errors import DyntritonError, InvalidRequestError
-from dynamo_triton.frontend import InferenceService, ServedModel
+from dynamo_triton.frontend import InferenceService, ModelRepository, ServedModel
 from dynamo_triton.runtime.identity import server_identity
 from dynamo_triton.runtime.pipeline import RequestPipeline
 from dyntriton_frontend_http.compression import (
@@ -71,6 +73,10 @@ class RestRoutes:
         get("/v2/health/ready", self.ready)
         get("/v2/models/stats", self.statistics)
         post("/v2/repository/index", self.repository_index)
+        post("/v2/repository/models/{name}/load", self.repository_load)
+        post("/v2/repository/models/{name}/unload", self.repository_unload)
+        for suffix in ("/index", "/models/{name}/load", "/models/{name}/unload"):  # Triton's repository-named forms
+            post("/v2/repository/{repository}" + suffix, self.repository_named)
         for path in _model_paths():
             get(path, self.model_metadata)
         for suffix, handler in (("/ready", self.model_ready), ("/config", self.model_config)):
@@ -153,6 +159,7 @@ class RestRoutes:
     async def repository_index(self, request: web.Request) -> web.Response:
         try:
             body = await self._body(request)
+            ready = False
             if body.strip():
                 options = self._json(body, "repository index")
                 if not isinstance(options, dict):
@@ -161,10 +168,77 @@ class RestRoutes:
                     )
                 if "ready" in options and not isinstance(options["ready"], bool):
                     raise InvalidRequestError("Invalid value for 'ready': expected a boolean")
+                ready = bool(options.get("ready", False))
+            if self.service.repository is None:  # no model control: what is served is all there is
+                return json_response(
+                    [{"name": m.name, "version": m.version, "state": "READY"} for m in self.service.models()]
+                )
+            entries = await self.service.repository.index(ready=ready)
         except DyntritonError as exc:
             return error_response(exc)
-        # Every model the frontend knows has a live instance: all are READY, whatever 'ready' asks.
-        return json_response([{"name": m.name, "version": m.version, "state": "READY"} for m in self.service.models()])
+        # As Triton: a model never loaded has only its name; empty fields are left out.
+        return json_response([{key: value for key, value in entry.__dict__.items() if value} for entry in entries])
+
+    async def repository_load(self, request: web.Request) -> web.Response:
+        """``POST /v2/repository/models/{name}/load``: Triton's ``config`` (JSON string) and ``file:<path>``
+        (base64) parameters; answers once the model is ready on a worker (docs/model-control.md)."""
+        try:
+            repository = self._repository()
+            parameters = await self._parameters(request, "load model")
+            config, files = None, {}
+            for key, value in parameters.items():
+                if not isinstance(value, str):
+                    raise InvalidRequestError(f"Unable to parse load parameter '{key}': expected a string")
+                if key == "config":
+                    config = value
+                elif key.startswith("file:"):
+                    try:
+                        files[key[len("file:") :]] = base64.b64decode(value, validate=True)
+                    except (binascii.Error, ValueError):
+                        raise InvalidRequestError(f"Failed to decode base64 for load parameter '{key}'") from None
+                else:
+                    raise InvalidRequestError(f"unrecognized load parameter '{key}'.")
+            await repository.load(request.match_info["name"], config=config, files=files)
+        except DyntritonError as exc:
+            return error_response(exc)
+        return web.Response(status=200)
+
+    async def repository_unload(self, request: web.Request) -> web.Response:
+        """``POST /v2/repository/models/{name}/unload``: unload it on every worker that takes model control."""
+        try:
+            repository = self._repository()
+            dependents = (await self._parameters(request, "unload model")).get("unload_dependents", False)
+            if not isinstance(dependents, bool):
+                raise InvalidRequestError("Unable to parse 'unload_dependents': expected a boolean")
+            if dependents:
+                raise DyntritonError("unload_dependents is not supported by dyntriton", status="UNIMPLEMENTED")
+            await repository.unload(request.match_info["name"])
+        except DyntritonError as exc:
+            return error_response(exc)
+        return web.Response(status=200)
+
+    async def repository_named(self, _request: web.Request) -> web.Response:
+        return error_response(
+            DyntritonError("'repository_name' specification is not supported", status="UNIMPLEMENTED")
+        )
+
+    def _repository(self) -> ModelRepository:
+        if self.service.repository is None:
+            raise DyntritonError(
+                "model load and unload are not supported by this frontend (no model control)", status="UNIMPLEMENTED"
+            )
+        return self.service.repository
+
+    async def _parameters(self, request: web.Request, what: str) -> dict[str, Any]:
+        """The ``parameters`` object of an optional ``{"parameters": {...}}`` body."""
+        body = await self._body(request)
+        if not body.strip():
+            return {}
+        parsed = self._json(body, what)
+        parameters = parsed.get("parameters", {}) if isinstance(parsed, dict) else None
+        if not isinstance(parameters, dict):
+            raise InvalidRequestError(f'the {what} request must be a JSON object like {{"parameters": {{...}}}}')
+        return parameters
 
     # -- request bodies ---------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2
 
-from dynamo_triton.errors import ConfigError, DyntritonError
+from dynamo_triton.errors import ConfigError, DyntritonError, InvalidRequestError
 from dynamo_triton.frontend import FrontendSettings, InferenceService
 from dynamo_triton.runtime.identity import server_identity
 from dynamo_triton.runtime.pipeline import PreparedRequest, RequestPipeline
@@ -46,6 +46,8 @@ IMPLEMENTED = {
     "ModelStatistics",
     "RepositoryIndex",
 }
+#: Implemented when the service offers model control (``InferenceService.repository``).
+MODEL_CONTROL = {"RepositoryModelLoad", "RepositoryModelUnload"}
 
 
 def stream_response_bytes(infer_response: bytes) -> bytes:
@@ -174,13 +176,24 @@ class KServeGrpcFrontend:
             "RepositoryIndex": unary(
                 self.repository_index, service_pb2.RepositoryIndexRequest, service_pb2.RepositoryIndexResponse
             ),
+            "RepositoryModelLoad": unary(
+                self.repository_model_load,
+                service_pb2.RepositoryModelLoadRequest,
+                service_pb2.RepositoryModelLoadResponse,
+            ),
+            "RepositoryModelUnload": unary(
+                self.repository_model_unload,
+                service_pb2.RepositoryModelUnloadRequest,
+                service_pb2.RepositoryModelUnloadResponse,
+            ),
             # Raw bytes in and out: the tensor data passes through untouched.
             "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
         }
         descriptor = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+        implemented = IMPLEMENTED | (MODEL_CONTROL if self.service.repository is not None else set())
         for method in descriptor.methods:
-            if method.name not in IMPLEMENTED:
+            if method.name not in implemented:
                 handlers[method.name] = grpc.unary_unary_rpc_method_handler(self._unimplemented(method.name))
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
@@ -189,8 +202,9 @@ class KServeGrpcFrontend:
         async def handler(_request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             await context.abort(
                 grpc.StatusCode.UNIMPLEMENTED,
-                f"{name} is not supported by dyntriton: models are loaded by workers (dyntriton worker --model), "
-                "and shared-memory, trace and log settings are not available through the frontend",
+                f"{name} is not supported by dyntriton: shared-memory, trace and log settings are not available "
+                "through the frontend, and loading models needs a frontend with model control "
+                "(dyntriton frontend) and workers started with --model-control explicit",
             )
             raise AssertionError("unreachable")
 
@@ -236,11 +250,52 @@ class KServeGrpcFrontend:
         except DyntritonError as exc:
             await self._abort(context, exc)
 
-    async def repository_index(self, _request: Any, _context: Any) -> service_pb2.RepositoryIndexResponse:
+    async def repository_index(self, request: Any, context: Any) -> Any:
         response = service_pb2.RepositoryIndexResponse()
-        for model in self.service.models():
-            response.models.add(name=model.name, version=model.version, state="READY")
+        repository = self.service.repository
+        if repository is None:  # no model control: what is served is all there is
+            for model in self.service.models():
+                response.models.add(name=model.name, version=model.version, state="READY")
+            return response
+        try:
+            _no_repository_name(request)
+            for entry in await repository.index(ready=request.ready):
+                response.models.add(name=entry.name, version=entry.version, state=entry.state, reason=entry.reason)
+        except DyntritonError as exc:
+            await self._abort(context, exc)
         return response
+
+    async def repository_model_load(self, request: Any, context: Any) -> Any:
+        """Load or reload a model on the workers that take model control, with Triton's ``config`` and
+        ``file:<path>`` parameters; answers once it is ready on one of them (docs/model-control.md)."""
+        assert self.service.repository is not None
+        try:
+            _no_repository_name(request)
+            config, files = _load_parameters(request.parameters)
+            await self.service.repository.load(
+                request.model_name, config=config, files=files, timeout=context.time_remaining()
+            )
+        except DyntritonError as exc:
+            await self._abort(context, exc)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request: Any, context: Any) -> Any:
+        """Unload a model everywhere (its cards go first, so frontends stop routing to it)."""
+        assert self.service.repository is not None
+        try:
+            _no_repository_name(request)
+            dependents = request.parameters.get("unload_dependents")
+            if dependents is not None:
+                if dependents.WhichOneof("parameter_choice") != "bool_param":
+                    raise InvalidRequestError(
+                        "invalid value type for 'unload_dependents' parameter, expected bool_param."
+                    )
+                if dependents.bool_param:
+                    raise DyntritonError("unload_dependents is not supported by dyntriton", status="UNIMPLEMENTED")
+            await self.service.repository.unload(request.model_name, timeout=context.time_remaining())
+        except DyntritonError as exc:
+            await self._abort(context, exc)
+        return service_pb2.RepositoryModelUnloadResponse()
 
     # -- inference -------------------------------------------------------------------------------
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -267,6 +322,30 @@ class KServeGrpcFrontend:
                 yield answer
         finally:
             await answers.aclose()
+
+
+def _no_repository_name(request: Any) -> None:
+    if request.repository_name:
+        raise DyntritonError("'repository_name' specification is not supported", status="UNIMPLEMENTED")
+
+
+def _load_parameters(parameters: Mapping[str, Any]) -> tuple[str | None, dict[str, bytes]]:
+    """Triton's load parameters from a RepositoryModelLoadRequest: ``config`` (string_param) and
+    ``file:<path>`` (bytes_param); anything else is refused as Triton refuses it."""
+    config, files = None, {}
+    for key, parameter in parameters.items():
+        kind = parameter.WhichOneof("parameter_choice")
+        if key == "config":
+            if kind != "string_param":
+                raise InvalidRequestError(f"invalid value type for load parameter '{key}', expected string_param.")
+            config = parameter.string_param
+        elif key.startswith("file:"):
+            if kind != "bytes_param":
+                raise InvalidRequestError(f"invalid value type for load parameter '{key}', expected bytes_param.")
+            files[key[len("file:") :]] = parameter.bytes_param
+        else:
+            raise InvalidRequestError(f"unrecognized load parameter '{key}'.")
+    return config, files
 
 
 class _GrpcStreamFormat(StreamFormat):
