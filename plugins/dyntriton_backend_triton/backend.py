@@ -112,6 +112,7 @@ class TritonBackend:
             backend_directory=backends_directory(install, self.settings.backend_directory),
             log_verbose=self.settings.log_verbose,
             model_load_retries=int(self.settings.extra.get("model_load_retries", 0)),
+            c_callbacks=bool(self.settings.extra.get("c_callbacks", True)),
         )
         server = TritonServer(install, options)
         # Before any stub exists: whatever kills this process, its stubs die within a second.

@@ -33,6 +33,7 @@ import numpy as np
 
 from dynamo_triton.errors import BackendError, DyntritonError, TritonError
 from dyntriton_backend_triton import capi, classification
+from dyntriton_backend_triton.completions import EVENT_RELEASED, EVENT_RESPONSE, Completions, load_completions
 from dyntriton_backend_triton.environment import load_library
 from dyntriton_backend_triton.locator import TritonInstall
 
@@ -58,6 +59,8 @@ class ServerOptions:
         ~48 tracebacks; 0 fails at the first error.
     :param metrics: collect Triton's ``nv_*`` metrics (read with :meth:`TritonServer.metrics_text`).
     :param cpu_metrics: also collect ``nv_cpu_*`` utilisation and memory (polled by Triton).
+    :param c_callbacks: answer Triton's callbacks with the C completions library when it was built
+        (no GIL taken on Triton's threads); False forces the ctypes callbacks.
     """
 
     model_repository: Path
@@ -70,6 +73,7 @@ class ServerOptions:
     cpu_metrics: bool = True
     model_load_retries: int = 0
     server_id: str = "dyntriton"
+    c_callbacks: bool = True
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ class TritonServer:
         self._ids = itertools.count(1)
         self._buffers: dict[int, np.ndarray] = {}
         self._callbacks: list[Any] = []
+        self._completions: Completions | None = None
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -253,12 +258,21 @@ class TritonServer:
         self._make_allocator()
 
     def _make_allocator(self) -> None:
+        """Triton's callbacks: the C completions library when it was built, else ctypes callbacks."""
         api = self.api
-        alloc = capi.ALLOC_FN(self._alloc)
-        release = capi.RELEASE_FN(self._release_buffer)
+        self._completions = load_completions() if self.options.c_callbacks else None
+        completions = self._completions
+        if completions is not None:
+            alloc = capi.ALLOC_FN(completions.address("dt_alloc"))
+            release = capi.RELEASE_FN(completions.address("dt_release"))
+            response_done = capi.RESPONSE_COMPLETE_FN(completions.address("dt_response_complete"))
+            request_released = capi.REQUEST_RELEASE_FN(completions.address("dt_request_release"))
+        else:
+            alloc = capi.ALLOC_FN(self._alloc)
+            release = capi.RELEASE_FN(self._release_buffer)
+            response_done = capi.RESPONSE_COMPLETE_FN(self._on_response)
+            request_released = capi.REQUEST_RELEASE_FN(self._on_release)
         start = ctypes.cast(None, capi.START_FN)
-        response_done = capi.RESPONSE_COMPLETE_FN(self._on_response)
-        request_released = capi.REQUEST_RELEASE_FN(self._on_release)
         # Triton holds raw pointers to these: they must outlive the server.
         self._callbacks = [alloc, release, start, response_done, request_released]
         allocator = ctypes.c_void_p()
@@ -442,6 +456,9 @@ class TritonServer:
         through the view), or a copy when Triton put the tensor in memory of its own."""
         if not size or not base:
             return b""
+        if self._completions is not None:
+            view = self._completions.view(base, size)
+            return view if view is not None else ctypes.string_at(base, size)
         memory = self._buffers.get(base)
         if memory is not None and size <= memory.nbytes:
             return memoryview(memory)[:size]
@@ -467,7 +484,16 @@ class TritonServer:
         except Exception:
             log.exception("request release callback failed")
 
-    def _on_response(self, response: int, flags: int, userp: int) -> None:
+    def _on_event(self, kind: int, address: int, flags: int, key: int) -> None:
+        """A completion the C library queued, handled on the event loop's thread."""
+        if self._server is None:
+            return  # the server is gone: its objects must not be touched any more
+        if kind == EVENT_RESPONSE:
+            self._on_response(address, flags, key, direct=True)
+        elif kind == EVENT_RELEASED:
+            self._on_release(address, flags, key)
+
+    def _on_response(self, response: int, flags: int, userp: int, direct: bool = False) -> None:
         try:
             inflight = self._inflight.get(userp)
             final = bool(flags & capi.RESPONSE_COMPLETE_FINAL)
@@ -482,7 +508,7 @@ class TritonServer:
             elif not final:
                 return
             if inflight is not None:
-                self._deliver(inflight, result, userp)
+                self._deliver(inflight, result, userp, direct=direct)
         except Exception:
             log.exception("response callback failed")
 
@@ -556,7 +582,10 @@ class TritonServer:
         return OutputTensor(name=tensor.name, datatype="BYTES", shape=shape, data=data)
 
     # -- inference -------------------------------------------------------------------------------
-    def _deliver(self, inflight: _Inflight, response: TritonResponse, key: int | None = None) -> None:
+    def _deliver(
+        self, inflight: _Inflight, response: TritonResponse, key: int | None = None, *, direct: bool = False
+    ) -> None:
+        """Hand ``response`` to the request's coroutine; ``direct`` when already on its loop's thread."""
         with inflight.lock:
             if inflight.finished:
                 return
@@ -564,7 +593,10 @@ class TritonServer:
                 inflight.finished = True
                 if inflight.released and key is not None:
                     self._inflight.pop(key, None)
-        inflight.loop.call_soon_threadsafe(inflight.queue.put_nowait, response)
+        if direct:
+            inflight.queue.put_nowait(response)
+        else:
+            inflight.loop.call_soon_threadsafe(inflight.queue.put_nowait, response)
 
     def _cancel(self, inflight: _Inflight) -> None:
         with inflight.lock:
@@ -599,7 +631,10 @@ class TritonServer:
         api, server = self.api, self._require_server()
         key = next(self._ids)
         keepalive: list[Any] = []
-        inflight = _Inflight(asyncio.get_running_loop(), keepalive, classification)
+        loop = asyncio.get_running_loop()
+        if self._completions is not None:
+            self._completions.attach(loop, self._on_event)
+        inflight = _Inflight(loop, keepalive, classification)
         request = ctypes.c_void_p()
         self._check(api.InferenceRequestNew(ctypes.byref(request), server, model.encode(), version))
         submitted = False

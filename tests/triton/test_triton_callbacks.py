@@ -1,0 +1,67 @@
+"""Triton's callbacks: the C completions library (no GIL on Triton's threads) and the ctypes fallback agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCENARIO = textwrap.dedent(
+    """
+    import asyncio, hashlib, json, sys
+    import numpy as np
+    from tritonclient.grpc import service_pb2
+    from dynamo_triton.backend import BackendSettings
+    from dyntriton_backend_triton.backend import TritonBackend
+
+    def request(model, name, values, request_id):
+        message = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+        message.inputs.add(name=name, datatype="INT32", shape=list(values.shape))
+        message.raw_input_contents.append(values.tobytes())
+        return message
+
+    async def collect(backend, message):
+        return [r async for r in backend.infer(message)]
+
+    async def main(c_callbacks):
+        backend = TritonBackend(BackendSettings("model_repo", extra={"c_callbacks": c_callbacks}))
+        await backend.start()
+        for model in ("identity", "repeat"):
+            await backend.load_model(model)
+        used_c = backend.server._completions is not None
+        base = np.arange(16, dtype=np.int32).reshape(1, 16)
+        small = [request("identity", "INPUT0", base + i, str(i)) for i in range(50)]
+        big = request("identity", "INPUT0", np.arange(1 << 20, dtype=np.int32).reshape(1, -1), "big")
+        answers = await asyncio.gather(*(collect(backend, m) for m in small + [big]))
+        streamed = [r async for r in backend.infer(request("repeat", "IN", np.arange(4, dtype=np.int32), "s"))]
+        digest = hashlib.sha256()
+        for response in [a for answer in answers for a in answer] + streamed:
+            digest.update(response.SerializeToString())
+        await backend.stop()
+        print(json.dumps({"used_c": used_c, "digest": digest.hexdigest(), "streamed": len(streamed)}))
+
+    asyncio.run(main(sys.argv[1] == "c"))
+    """
+)
+
+
+def run(mode: str) -> dict:
+    completed = subprocess.run(
+        [sys.executable, "-c", SCENARIO, mode], capture_output=True, text=True, timeout=120, cwd=os.getcwd()
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_c_and_ctypes_callbacks_give_the_same_answers(require_triton: None) -> None:
+    with_c, with_ctypes = run("c"), run("ctypes")
+    if not with_c["used_c"]:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the C completions library was not built (setup.py's optional extension)")
+        pytest.skip("the C completions library is not built here (no C compiler at install time)")
+    assert not with_ctypes["used_c"]
+    assert with_c["digest"] == with_ctypes["digest"] and with_c["streamed"] == with_ctypes["streamed"] == 4
