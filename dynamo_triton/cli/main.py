@@ -29,6 +29,7 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("dynamo_triton.cli.worker_cmd:worker", "Run a worker: load models, register them, serve requests."),
     "frontend": ("dynamo_triton.cli.frontend_cmd:frontend", "Run the KServe frontend over discovered workers."),
     "infer": ("dynamo_triton.cli.infer_cmd:infer", "Send one inference request to a KServe endpoint."),
+    "model": ("dynamo_triton.cli.model_cmd:model", "Load, unload and list models (model repository extension)."),
 }
 
 

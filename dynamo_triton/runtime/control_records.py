@@ -210,7 +210,6 @@ class RepositoryReport:
     instance_id: str
     control: str
     models: Mapping[str, ModelEntry]
-    repository: str = ""
     host: str = ""
 
     def to_json(self) -> bytes:
@@ -218,7 +217,6 @@ class RepositoryReport:
             "schema": REPORT_SCHEMA,
             "instance_id": self.instance_id,
             "control": self.control,
-            "repository": self.repository,
             "host": self.host,
             "models": {name: entry.to_dict() for name, entry in sorted(self.models.items())},
         }
@@ -233,7 +231,6 @@ class RepositoryReport:
                 instance_id=str(body["instance_id"]),
                 control=str(body["control"]),
                 models={str(n): ModelEntry.from_dict(e) for n, e in dict(body["models"]).items()},
-                repository=str(body.get("repository", "")),
                 host=str(body.get("host", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,3 +179,26 @@ def test_unload_drains_it_everywhere(shared: Shared) -> None:
     with pytest.raises(InferenceServerException):
         echo(url, np.zeros((1, 2), dtype=np.int32))
     assert all(proc.alive() for proc in cluster.procs)
+
+
+def dyntriton(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dynamo_triton", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_model_command_loads_lists_and_unloads(shared: Shared, tmp_path: Path) -> None:
+    _, url, _ = shared
+    config = identity_config_from_disk(shared[0].model_repo)
+    config["max_batch_size"] = 2
+    (tmp_path / "identity.json").write_text(json.dumps(config))
+    loaded = dyntriton("model", "load", "identity", "--url", url, "--config-file", str(tmp_path / "identity.json"))
+    assert loaded.returncode == 0 and "model 'identity' loaded" in loaded.stdout, loaded.stderr
+    assert identity_config(url)["max_batch_size"] == 2
+    listed = dyntriton("model", "ls", "--url", url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {"name": "identity", "version": "1", "state": "READY"} in json.loads(listed.stdout)
+    table = dyntriton("model", "ls", "--url", url)
+    assert "broken" in table.stdout and "UNAVAILABLE" in table.stdout
+    unknown = dyntriton("model", "load", "nope", "--url", url)
+    assert unknown.returncode == 1 and "INVALID_ARGUMENT" in unknown.stderr
+    unloaded = dyntriton("model", "unload", "identity", "--url", url)
+    assert unloaded.returncode == 0 and not model_ready(url, "identity")
