@@ -181,6 +181,21 @@ def test_unload_drains_it_everywhere(shared: Shared) -> None:
     assert all(proc.alive() for proc in cluster.procs)
 
 
+def test_file_parameters_load_a_model_no_repository_has(shared: Shared) -> None:
+    cluster, url, _ = shared
+    config = identity_config_from_disk(cluster.model_repo)
+    config["name"] = "fresh"
+    code = (cluster.model_repo / "identity" / "1" / "model.py").read_bytes()
+    client = grpcclient.InferenceServerClient(url)
+    client.load_model("fresh", config=json.dumps(config), files={"file:1/model.py": code})
+    tensor = grpcclient.InferInput("INPUT0", [1, 3], "INT32")
+    tensor.set_data_from_numpy(np.array([[7, 8, 9]], dtype=np.int32))
+    np.testing.assert_array_equal(client.infer("fresh", [tensor]).as_numpy("OUTPUT0"), [[7, 8, 9]])
+    assert index(url)["fresh"] == ("READY", "")
+    client.unload_model("fresh")
+    assert not client.is_model_ready("fresh")
+
+
 def dyntriton(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dynamo_triton", *args], capture_output=True, text=True, timeout=120)
 
