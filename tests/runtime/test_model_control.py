@@ -274,7 +274,7 @@ async def test_a_load_past_its_deadline_says_which_workers_it_waited_for(cluster
 async def test_a_worker_that_dies_while_loading_fails_the_request_instead_of_hanging(cluster: Cluster) -> None:
     backend = RepoBackend()
     backend.gate = asyncio.Event()
-    worker, control = await cluster.worker(backend)
+    _, control = await cluster.worker(backend)
     load = asyncio.create_task(cluster.repository.load("a"))
     await eventually(lambda: backend.loads, "the load to reach the backend")
     await control.stop()  # its report goes with its lease
