@@ -195,6 +195,11 @@ class RoutingService:
                         raise
                     if isinstance(exc, PeerGoneError):
                         self._table.forget(instance)
+                    if answered and not instance.card.decoupled:
+                        # A non-decoupled model answers exactly once and that answer arrived: only the
+                        # end of the stream was lost with the worker. The request is complete.
+                        log.info("model %r: instance %s went away after its answer (%s)", name, instance.address, exc)
+                        return
                     if isinstance(exc, PeerUnresponsiveError) and exc.started:
                         raise NoInstanceError(
                             f"the worker running this request of model '{name}' stopped responding; "

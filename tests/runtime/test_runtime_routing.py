@@ -72,20 +72,28 @@ class Workers:
         self.blocked: list[str] = []
         self.frontends: list[tuple[ModelTable, RoutingService]] = []
 
-    async def add(self, instance_id: str, config: dict | None = None) -> str:
+    async def add(self, instance_id: str, config: dict | None = None, *, decoupled: bool = False) -> str:
         async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
             self.calls[instance_id] += 1
             if bytes(request.payload) == b"block":
                 self.blocked.append(instance_id)
                 await self.release.wait()
             yield instance_id.encode()
+            if bytes(request.payload) == b"answer-then-hang":
+                self.blocked.append(instance_id)
+                await asyncio.Event().wait()  # the end of the stream never comes: the test kills the worker
 
         server = self.transport.server()
         address = await server.start(handler)
         self.servers[instance_id] = server
-        card = ModelCard("m", "1", instance_id, address, "tcp", False, config or {"name": "m"}, {"name": "m"})
+        card = ModelCard("m", "1", instance_id, address, "tcp", decoupled, config or {"name": "m"}, {"name": "m"})
         await self.store.put(card_key("dynamo", "m", instance_id), card.to_json())
         return address
+
+    def kill(self, instance_id: str) -> None:
+        """Drop the worker's connections as a crash would (no GONE, no END)."""
+        for connection in self.servers[instance_id].connections:
+            connection.writer.transport.abort()
 
     def freeze(self, instance_id: str) -> None:
         for connection in self.servers[instance_id].connections:
@@ -241,3 +249,20 @@ async def test_error_texts_name_the_model_and_never_an_address(workers: Workers)
         await answer(service)
     message = caught.value.message
     assert "model 'm'" in message and "tcp://" not in message and "127.0.0.1" not in message, message
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+async def test_a_worker_lost_after_its_answer(workers: Workers, decoupled: bool) -> None:
+    """A non-decoupled model answers once: that answer stands when the worker dies before the end of
+    its stream. A decoupled one may have had more to say: UNAVAILABLE, and no second worker runs it."""
+    await workers.add("a", decoupled=decoupled)
+    service = await workers.frontend()
+    task = asyncio.create_task(answer(service, b"answer-then-hang"))
+    await until(lambda: workers.blocked == ["a"], "the answer to be sent")
+    workers.kill("a")
+    if decoupled:
+        with pytest.raises(NoInstanceError, match="failed after answering part of the request"):
+            await asyncio.wait_for(task, WAIT)
+    else:
+        assert await asyncio.wait_for(task, WAIT) == "a"
+    assert workers.calls["a"] == 1
