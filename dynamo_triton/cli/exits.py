@@ -9,6 +9,8 @@ code    meaning
 3       could not start: a store, port, backend or model failed during start-up
 4       ``serve``: its workers died after start-up and none is left (``--restart no``, or they exited 0)
 5       ``serve``: a child process kept failing (a crash loop: 5 failures within 60 s); restarts given up
+6       ``worker``: its backend broke in a way only a new process cures (a Triton python stub died);
+        its supervisor (``serve``, systemd, Kubernetes) should restart it
 130     interrupted (Ctrl-C) during a short command
 ======  =====================================================================================
 
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from dynamo_triton.errors import DyntritonError
 
 __all__ = [
+    "EXIT_BACKEND_BROKEN",
     "EXIT_CRASH_LOOP",
     "EXIT_ERROR",
     "EXIT_START_FAILED",
@@ -39,6 +42,7 @@ EXIT_ERROR = 1
 EXIT_START_FAILED = 3
 EXIT_WORKERS_DIED = 4
 EXIT_CRASH_LOOP = 5
+EXIT_BACKEND_BROKEN = 6
 
 
 class WorkersDiedError(DyntritonError):

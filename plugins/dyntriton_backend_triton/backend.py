@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from dynamo_triton.backend import BackendSettings, ModelInfo
+from dynamo_triton.cli.exits import EXIT_BACKEND_BROKEN
 from dynamo_triton.errors import BackendError, InvalidRequestError, ModelNotFoundError, TritonError
 from dynamo_triton.tensors import Raw, contents_to_raw
 from dynamo_triton.wire import field_header
@@ -24,7 +26,14 @@ from dyntriton_backend_triton.environment import (
 )
 from dyntriton_backend_triton.locator import TritonInstall, locate_triton
 from dyntriton_backend_triton.reaper import Reaper
-from dyntriton_backend_triton.server import ClassificationSpec, InputTensor, ServerOptions, TritonResponse, TritonServer
+from dyntriton_backend_triton.server import (
+    STUB_UNHEALTHY,
+    ClassificationSpec,
+    InputTensor,
+    ServerOptions,
+    TritonResponse,
+    TritonServer,
+)
 
 __all__ = ["TritonBackend"]
 
@@ -89,6 +98,7 @@ class TritonBackend:
         self._shm_before: set[str] = set()
         self._identity = ("triton", "")
         self._reaper = Reaper()
+        self._broken = ""  # the model whose stub died: the worker exits (see _stub_died)
 
     @property
     def server(self) -> TritonServer:
@@ -147,7 +157,8 @@ class TritonBackend:
         return self._identity
 
     async def ready(self) -> bool:
-        return self._server is not None and await asyncio.to_thread(self._server.is_ready)
+        """Not ready once a stub died (the worker's /health says 503 until it exits)."""
+        return self._server is not None and not self._broken and await asyncio.to_thread(self._server.is_ready)
 
     # -- models ----------------------------------------------------------------------------------
     async def repository_index(self) -> list[str]:
@@ -274,6 +285,11 @@ class TritonBackend:
         self, request: service_pb2.ModelInferRequest, raw_inputs: Sequence[Raw] | None = None
     ) -> AsyncIterator[tuple[ModelInfo, TritonResponse]]:
         info = self.model(request.model_name)
+        if self._broken:
+            raise BackendError(
+                f"this worker is restarting: the python backend stub of model '{self._broken}' died",
+                status="UNAVAILABLE",
+            )
         inputs = self._inputs(request, raw_inputs)
         classification = self._classification(request, info)
         parameters: dict[str, Any] = {}
@@ -309,8 +325,32 @@ class TritonBackend:
             async for response in stream:
                 if response.outputs or not (response.final and info.decoupled):
                     yield info, response
+        except TritonError as exc:
+            if STUB_UNHEALTHY in exc.message:
+                self._stub_died(info.name, exc)
+            raise
         finally:
             await stream.aclose()
+
+    def _stub_died(self, name: str, error: TritonError) -> None:
+        """A python-backend stub of ``name`` died. Triton 2.51 never restarts it (every later request fails
+        "is not healthy"), loading the unchanged model again is a no-op, and unloading it hangs on the dead
+        stub: the worker cannot recover in-process. It stops answering for the model at once (UNAVAILABLE,
+        which the frontend retries on another instance) and exits with EXIT_BACKEND_BROKEN so that its
+        supervisor (serve, systemd, Kubernetes) restarts it; the reaper takes its other stubs along."""
+        if self._broken:
+            return
+        self._broken = name
+        log.error(
+            "model '%s': %s Triton can neither restart the stub nor unload the model: this worker exits "
+            "(code %d) to be restarted by its supervisor",
+            name,
+            error.message,
+            EXIT_BACKEND_BROKEN,
+        )
+        # A moment for this request's UNAVAILABLE answer to leave; requests still in flight then see the
+        # connection drop and are retried elsewhere too.
+        asyncio.get_running_loop().call_later(0.2, os._exit, EXIT_BACKEND_BROKEN)
 
     @staticmethod
     def _classification(request: service_pb2.ModelInferRequest, info: ModelInfo) -> ClassificationSpec | None:

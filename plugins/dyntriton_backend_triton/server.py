@@ -38,6 +38,7 @@ from dyntriton_backend_triton.environment import load_library
 from dyntriton_backend_triton.locator import TritonInstall
 
 __all__ = [
+    "STUB_UNHEALTHY",
     "ClassificationSpec",
     "InputTensor",
     "OutputTensor",
@@ -139,7 +140,7 @@ def cuda_driver_present() -> bool:
 
 
 #: What Triton's python backend says when the stub process of a model instance died or froze.
-_STUB_UNHEALTHY = "is not healthy"
+STUB_UNHEALTHY = "is not healthy"
 
 
 class _Error:
@@ -156,10 +157,10 @@ class _Error:
         if free:
             self.api.ErrorDelete(err)
         name = capi.ERROR_CODE_NAMES[code] if 0 <= code < len(capi.ERROR_CODE_NAMES) else "UNKNOWN"
-        if name == "INTERNAL" and _STUB_UNHEALTHY in message:
+        if name == "INTERNAL" and STUB_UNHEALTHY in message:
             # The python backend restarts a dead stub on its next request; this request never ran:
             # UNAVAILABLE lets the frontend retry it on another instance (Triton says INTERNAL).
-            return TritonError("UNAVAILABLE", message, hint="the model's python backend stub died; Triton restarts it")
+            return TritonError("UNAVAILABLE", message, hint="the model's python backend stub died; its worker restarts")
         return TritonError(name, message)
 
     def check(self, err: int | None, what: str = "") -> None:
