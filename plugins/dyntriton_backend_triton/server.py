@@ -264,6 +264,7 @@ class TritonServer:
         self._completions = load_completions() if self.options.c_callbacks else None
         completions = self._completions
         if completions is not None:
+            api.hold_gil(capi.REQUEST_PATH)  # no Triton thread ever waits for the GIL now
             alloc = capi.ALLOC_FN(completions.address("dt_alloc"))
             release = capi.RELEASE_FN(completions.address("dt_release"))
             response_done = capi.RESPONSE_COMPLETE_FN(completions.address("dt_response_complete"))
