@@ -12,6 +12,7 @@ from dynamo_triton.transport import TransportSettings
 
 __all__ = [
     "PortRange",
+    "advertise_host_option",
     "backend_options",
     "format_ports",
     "frontend_options",
@@ -213,6 +214,35 @@ worker_options = _apply(
         ),
     ]
 )
+
+
+def _advertise_host(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A bare host name or IP address: no scheme, path or port (the port is ``--worker-port``'s)."""
+    if value is None or not value.strip():
+        return None
+    host = value.strip()
+    if "://" in host or "/" in host or any(char.isspace() for char in host):
+        raise click.BadParameter(f"{host!r} is not a host name or IP address (e.g. 10.0.0.7 or worker-1.lan)")
+    name, sep, port = host.rpartition(":")
+    if sep and name.count(":") == 0 and port.isdigit():
+        raise click.BadParameter(
+            f"{host!r} carries a port: give the host only ({name}); the port is set with --worker-port"
+        )
+    return host.strip("[]")
+
+
+#: ``worker`` only (``serve``'s workers share its host): the address frontends dial.
+advertise_host_option = click.option(
+    "--advertise-host",
+    envvar="DYN_ADVERTISE_HOST",
+    show_envvar=True,
+    callback=_advertise_host,
+    help="Host name or IP address frontends on other hosts dial to reach this worker (tcp), published in "
+    "its model cards. Default: --worker-host, or this host's name resolved when that is 0.0.0.0, which "
+    "is often wrong (127.0.1.1, a container address). Across hosts, set it to this host's address on the "
+    "network the frontends share, with --worker-host 0.0.0.0 (or that address) and a fixed --worker-port.",
+)
+
 
 frontend_options = _apply(
     [

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from dataclasses import replace
 
 import click
 
@@ -14,6 +15,7 @@ from dynamo_triton.cli.addresses import dial_address
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.exits import starting
 from dynamo_triton.cli.options import (
+    advertise_host_option,
     backend_options,
     store_options,
     store_settings,
@@ -53,6 +55,7 @@ def backend_settings(
 @store_options
 @backend_options
 @worker_options
+@advertise_host_option
 @transport_options
 @click.option(
     "--model-control",
@@ -72,6 +75,21 @@ def worker(ctx: click.Context, **options: object) -> None:
     plugins = plugins_from(ctx)
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
         run_service(_run(plugins, **options))  # type: ignore[arg-type]
+
+
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+def _check_reachable(worker_host: str, advertise_host: str) -> None:
+    """Warn when the worker advertises another host's reachable address but binds loopback only."""
+    if worker_host.startswith(_LOOPBACK) and not advertise_host.startswith(_LOOPBACK):
+        log.warning(
+            "--advertise-host %s, but the transport binds %s: frontends on other hosts cannot connect; "
+            "add --worker-host 0.0.0.0 (or %s)",
+            advertise_host,
+            worker_host,
+            advertise_host,
+        )
 
 
 async def _run(
@@ -100,10 +118,15 @@ async def _run(
     transport_token: str | None = None,
     transport_heartbeat: float = 1.0,
     model_control: str = "none",
+    advertise_host: str | None = None,
 ) -> None:
     protection = transport_settings(
         transport_tls_cert, transport_tls_key, transport_tls_ca, transport_token, transport_heartbeat
     )
+    if advertise_host:
+        _check_reachable(worker_host, advertise_host)
+        # A transport option (the tcp transport reads it): the card then names this host.
+        protection = replace(protection, options={**protection.options, "advertise_host": advertise_host})
     os.environ.pop("DYN_TRANSPORT_TOKEN", None)  # read: Triton's stubs (and model code) need not see it
     with starting():
         store = plugins.kv_store(store_kv, **store_settings(store_kv, etcd_endpoints, file_kv_root))

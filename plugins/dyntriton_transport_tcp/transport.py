@@ -65,9 +65,14 @@ class TcpTransport:
         )
 
     def with_settings(self, settings: TransportSettings) -> TcpTransport:
-        """This transport with the CLI's TLS files, token and heartbeat."""
+        """This transport with the CLI's TLS files, token and heartbeat.
+
+        ``settings.options["advertise_host"]`` (``worker --advertise-host``), when given, replaces
+        ``DYNTRITON_TCP_ADVERTISE_HOST``.
+        """
         return replace(
             self,
+            advertise_host=settings.options.get("advertise_host") or self.advertise_host,
             heartbeat=settings.heartbeat,
             tls_cert=settings.tls_cert,
             tls_key=settings.tls_key,
