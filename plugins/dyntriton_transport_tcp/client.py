@@ -99,6 +99,7 @@ class _Connection:
         self.acked = 0  # highest request id the server has read
         self.answered = False  # the server sent at least one frame
         self.handshake: asyncio.Future[bytes | None] | None = None
+        self.awaiting_challenge = False
         self.unresponsive_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._seen = self._unsent = 0
@@ -124,10 +125,19 @@ class _Connection:
                 self.writer.write(_NO_TOKEN)  # so the worker's log says why this connection ends
                 self.fail(TransportError(f"the worker at {self.address} requires a token; {_TOKEN_HINT}"))
             elif self.handshake is not None and not self.handshake.done():
+                self.awaiting_challenge = False
                 self.handshake.set_result(bytes(frame.body))
         elif kind is FrameType.AUTH:
             if self.handshake is not None and not self.handshake.done():
                 self.handshake.set_result(None)
+        elif kind is FrameType.PONG and self.awaiting_challenge:
+            # The PING sent on connecting came back without a challenge first: no token asked for.
+            self.fail(
+                TransportError(
+                    f"the worker at {self.address} does not ask for a token, and this frontend has one: "
+                    "give the workers the same --transport-token (DYN_TRANSPORT_TOKEN)"
+                )
+            )
         elif kind is FrameType.ERROR:
             _, message = decode_error(frame.body)
             self.fail(TransportError(f"the worker at {self.address} refused this frontend: {message}"))
@@ -148,9 +158,9 @@ class _Connection:
             # Closed before a single frame: a worker that refuses this frontend (TLS, token) does that.
             self.fail(
                 TransportError(
-                    f"the worker at {self.address} closed the connection before answering",
-                    hint=f"it may require TLS or a token this frontend lacks: {_TLS_HINT}; or {_TOKEN_HINT} "
-                    "(the worker's log says which)",
+                    f"the worker at {self.address} closed the connection before answering: it may require TLS "
+                    "or a token this frontend lacks (--transport-tls-*, --transport-token)",
+                    hint=f"{_TLS_HINT}; or {_TOKEN_HINT} (the worker's log says which)",
                 )
             )
         else:
@@ -178,6 +188,10 @@ class _Connection:
         tune_socket(self.writer)
         if self.token is not None:
             self.handshake = self.loop.create_future()  # the challenge may arrive before authenticate()
+            # A worker with a token sends its challenge on accepting, before it reads anything: a PONG
+            # coming first says it has none; a TLS worker refuses the PING at once (no 3 s wait).
+            self.awaiting_challenge = True
+            self.writer.write(_PING)
 
     async def authenticate(self) -> None:
         """Answer the server's token challenge and wait until it accepts (raises what fail() set)."""

@@ -20,7 +20,9 @@ Connection frames (request id 0, which no request uses):
 - ``ACK``: ``!Q``, the highest REQUEST id the server has read on this connection. Written
   before the handlers of those requests run, so a request above the last ACK has certainly
   not started on the server (one ACK per batch of requests read together).
-- ``CHALLENGE``: 32 random bytes; a server that requires a token sends it on accepting.
+- ``CHALLENGE``: 32 random bytes; a server that requires a token sends it on accepting (a
+  client with a token sends PING on connecting: a PONG before any CHALLENGE means the server
+  wants no token; PING and AUTH are the only frames a server reads before the token).
 - ``AUTH``: client to server, HMAC-SHA256(token, ``b"dyntriton-tcp-auth/1"`` + challenge), or
   empty from a client that has no token; server to client, empty: the connection is accepted.
 - ``ERROR`` with request id 0: the server refuses the connection (e.g. a wrong token) and

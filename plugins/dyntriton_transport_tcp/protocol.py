@@ -28,8 +28,8 @@ _TLS_RECORDS = (0x15, 0x16)
 def _unknown_kind(kind: int) -> TransportError:
     if kind in _TLS_RECORDS:
         return TransportError(
-            "peer speaks TLS and this side does not",
-            hint="give both sides the same --transport-tls-cert/--transport-tls-key/--transport-tls-ca, or neither",
+            "peer speaks TLS and this side does not: give both sides --transport-tls-cert/--transport-tls-key/"
+            "--transport-tls-ca from one CA, or neither"
         )
     return TransportError(f"peer sent unknown frame type {kind}; is it a dyntriton tcp peer of the same version?")
 

@@ -91,7 +91,7 @@ class _Connection:
             self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self._too_slow)
 
     def _gate(self, kind: FrameType, length: int) -> None:
-        if kind is FrameType.AUTH and length <= 64:
+        if (kind is FrameType.AUTH and length <= 64) or (kind is FrameType.PING and length == 0):
             return
         raise TransportError(
             f"no token (its first frame was {kind.name}, not the answer to the token challenge): "

@@ -197,8 +197,21 @@ async def test_a_wrong_token_is_refused(serving: Callable, caplog: pytest.LogCap
 
 async def test_a_frontend_with_a_token_notices_a_worker_without_one(serving: Callable) -> None:
     address = await serving(TcpTransport())
-    error = await refused(TcpTransport(token="s3cret", connect_timeout=0.5), address)
-    assert "did not ask for the token" in str(error)
+    began = asyncio.get_running_loop().time()
+    error = await refused(TcpTransport(token="s3cret"), address)
+    assert "does not ask for a token" in str(error) and "--transport-token" in str(error)
+    assert asyncio.get_running_loop().time() - began < 1.0, "known at the first PONG, not after a timeout"
+
+
+async def test_a_plain_frontend_with_a_token_is_told_the_worker_wants_tls(
+    certs: Path, serving: Callable, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = await serving(tls(certs, "worker", token="s3cret"))
+    began = asyncio.get_running_loop().time()
+    error = await refused(TcpTransport(token="s3cret"), address)
+    assert "TLS" in str(error) and "--transport-tls" in str(error)
+    assert asyncio.get_running_loop().time() - began < 1.0
+    await one_refusal(caplog, "plain (non-TLS) connection")
 
 
 @needs_openssl
