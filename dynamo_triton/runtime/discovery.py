@@ -3,6 +3,11 @@
 The table follows the store: a card put adds (or replaces) an instance, a card
 deleted (its worker deregistered or its lease expired) removes it. The router
 may also drop an instance at once when its connection fails, ahead of the lease.
+
+When the watch ends (the store went away, or cannot resume it: etcd compacted
+its history or was wiped, a file store's folder was replaced), the table re-lists
+the store and is rebuilt from that listing, logging what changed; the workers,
+whose leases the store no longer knows, put their cards again.
 """
 
 from __future__ import annotations
@@ -109,7 +114,8 @@ class ModelTable:
             )
             self._changed()
 
-    def _apply_put(self, key: str, value: bytes) -> None:
+    def _apply_put(self, key: str, value: bytes, *, previous: Instance | None = None) -> None:
+        """Add or replace the instance of the card at ``key``; ``previous``: its entry before a re-list."""
         parsed = parse_card_key(self._namespace, key)
         if parsed is None:
             return
@@ -119,9 +125,9 @@ class ModelTable:
             log.warning("ignoring model card at %s: %s", key, exc)
             return
         model = self._models.setdefault(parsed[0], _Model())
-        previous = model.instances.get(parsed[1])
+        previous = model.instances.get(parsed[1]) or previous
         if previous is not None:
-            instance.outstanding = previous.outstanding
+            instance.outstanding = previous.outstanding  # requests in flight there still finish
         model.instances[parsed[1]] = instance
         if previous is None:
             log.info("model %r: instance %s at %s is live", parsed[0], parsed[1], instance.address)
@@ -136,11 +142,26 @@ class ModelTable:
             log.info("model %r: instance %s left", parsed[0], parsed[1])
             self._changed()
 
-    def _reset(self, snapshot: list[KVEntry]) -> None:
+    def _reset(self, snapshot: list[KVEntry], *, resync: bool = False) -> None:
+        """Rebuild the table from ``snapshot``; ``resync``: after a watch ended, so say what changed."""
+        before = {(inst.card.model, inst.instance_id): inst for inst in self.all_instances()}
         self._models.clear()
         for entry in snapshot:
-            self._apply_put(entry.key, entry.value)
+            parsed = parse_card_key(self._namespace, entry.key)
+            self._apply_put(entry.key, entry.value, previous=before.get(parsed) if parsed else None)
         self._changed()
+        if resync:
+            after = {(inst.card.model, inst.instance_id) for inst in self.all_instances()}
+            log.warning(
+                "re-listed %s from the %s store: the routing table was rebuilt with %d instance(s) of %d model(s) "
+                "(%d new, %d gone; workers the store forgot are back once they register again)",
+                self._prefix,
+                self._store.name,
+                len(after),
+                len(self.model_names()),
+                len(after - before.keys()),
+                len(before.keys() - after),
+            )
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every change of the table."""
@@ -172,7 +193,7 @@ class ModelTable:
         while True:
             try:
                 async with self._store.watch(self._prefix) as watch:
-                    self._reset(watch.snapshot)
+                    self._reset(watch.snapshot, resync=self._synced.is_set())
                     self._synced.set()
                     delay = 0.2
                     async for event in watch:
@@ -185,7 +206,7 @@ class ModelTable:
             except DyntritonError as exc:
                 if not self._synced.is_set():
                     raise
-                log.warning("watch on %s failed (%s); retrying in %.1f s", self._prefix, exc, delay)
+                log.warning("watch on %s ended (%s); re-listing in %.1f s", self._prefix, exc, delay)
             except Exception:
                 log.exception("watch on %s failed; retrying in %.1f s", self._prefix, delay)
             await asyncio.sleep(delay)

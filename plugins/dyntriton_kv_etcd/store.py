@@ -6,6 +6,16 @@ a client certificate and key enable mutual TLS; a user and password enable
 etcd authentication (the token is refreshed in the background). Every call
 is bounded: an unreachable etcd raises StoreUnavailableError naming the
 endpoints within ``timeout`` seconds.
+
+A watch ends with a StoreError that says why, and the watcher re-lists, when
+it cannot be trusted to continue: etcd compacted the history past our revision,
+or the watch stream had to be re-established (etcd restarted, or was unreachable
+for a while). etcd3aio would resume such a stream from the last revision seen,
+which is exact only if etcd kept its data: a wiped etcd, one restarted without
+its data or restored from an older backup starts again from a lower revision,
+and a watch resumed at the old one waits silently for revisions the new store
+may reach only later (or has already passed with other keys). A revision lower
+than ours is named in the error; either way the watcher re-lists.
 """
 
 from __future__ import annotations
@@ -191,28 +201,73 @@ class EtcdStore:
                 [KVEntry(kv.key.decode(), kv.value, kv.mod_revision, kv.lease or None) for kv in response.kvs]
             )
             start = int(response.header.revision) + 1
-            watch.feed(self._follow(watch, prefix, start), name=f"dyntriton-etcd-watch:{prefix}")
+            established: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            watch.feed(self._follow(watch, prefix, start, established), name=f"dyntriton-etcd-watch:{prefix}")
+            # Open only once etcd created the watch: a stream created later is a reconnection (see _follow).
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    await established
+            except BaseException as exc:
+                await watch.aclose()
+                if isinstance(exc, TimeoutError):
+                    raise StoreUnavailableError(
+                        f"etcd at {self.settings.describe()} did not open a watch on {prefix!r} within "
+                        f"{self.settings.timeout:g} s",
+                        hint="check ETCD_ENDPOINTS and that etcd is running (`etcdctl endpoint health`)",
+                    ) from exc
+                raise
 
         return QueueWatch(opener)
 
-    async def _follow(self, watch: QueueWatch, prefix: str, start_revision: int) -> None:
-        """Feed ``watch`` from etcd; etcd3aio resumes from the last revision after transient errors."""
+    async def _follow(
+        self, watch: QueueWatch, prefix: str, start_revision: int, established: asyncio.Future[None]
+    ) -> None:
+        """Feed ``watch`` from etcd until it must be re-listed (see the module docstring), then fail it.
+
+        ``established`` is resolved when etcd created the watch, or failed with why it could not.
+        """
         client = await self._connected()
         end = self._etcd.prefix_range_end(prefix) if prefix else b"\0"
+        seen = start_revision - 1  # the snapshot's revision
+        stream = client.watch.watch(prefix or b"\0", range_end=end, start_revision=start_revision)
         try:
-            async for response in client.watch.watch(prefix or b"\0", range_end=end, start_revision=start_revision):
-                if response.compact_revision > 0:
-                    watch.fail(StoreError(f"etcd compacted the history past revision {start_revision}; re-list"))
-                    return
-                for event in response.events:
-                    kind = EventKind.DELETE if event.type == 1 else EventKind.PUT
-                    value = None if kind is EventKind.DELETE else event.kv.value
-                    watch.push(WatchEvent(kind, event.kv.key.decode(), value, event.kv.mod_revision))
-            watch.fail(StoreUnavailableError(f"etcd at {self.settings.describe()} ended the watch on {prefix!r}"))
+            async with contextlib.aclosing(stream):  # closed here, not by the garbage collector later
+                async for response in stream:
+                    revision = int(response.header.revision)
+                    if response.compact_revision > 0:
+                        raise StoreError(
+                            f"etcd compacted its history past revision {seen} (now from "
+                            f"{response.compact_revision}): the watch cannot resume"
+                        )
+                    if 0 < revision < seen:
+                        raise StoreError(
+                            f"etcd's revision went back from {seen} to {revision}: the store was wiped, restarted "
+                            "without its data or restored from a backup, so the watch cannot resume"
+                        )
+                    if response.created:
+                        if established.done():  # etcd3aio opened a new stream after a transient error
+                            raise StoreUnavailableError(
+                                f"etcd at {self.settings.describe()} is reachable again; the watch on {prefix!r} "
+                                "starts over in case etcd lost its data meanwhile"
+                            )
+                        established.set_result(None)
+                    seen = max(seen, revision)
+                    for event in response.events:
+                        kind = EventKind.DELETE if event.type == 1 else EventKind.PUT
+                        value = None if kind is EventKind.DELETE else event.kv.value
+                        watch.push(WatchEvent(kind, event.kv.key.decode(), value, event.kv.mod_revision))
+            raise StoreUnavailableError(f"etcd at {self.settings.describe()} ended the watch on {prefix!r}")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            watch.fail(StoreUnavailableError(f"watch on etcd at {self.settings.describe()} failed: {exc}"))
+            error = (
+                exc
+                if isinstance(exc, StoreError)
+                else StoreUnavailableError(f"watch on etcd at {self.settings.describe()} failed: {exc}")
+            )
+            if not established.done():
+                established.set_exception(error)
+            watch.fail(error)
 
     async def grant_lease(self, ttl: float) -> int:
         client = await self._connected()
