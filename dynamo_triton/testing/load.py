@@ -23,10 +23,22 @@ class Load:
     """``concurrency`` threads sending ``model`` (the identity model's INPUT0/OUTPUT0) until stopped.
 
     :param deadline: client timeout per request, seconds; a request past it is counted as hung.
+    :param own_connections: each thread dials its own TCP connection, like independent clients (gRPC
+        otherwise shares one connection between channels to the same target): needed to spread the
+        load over frontend processes that share a port (SO_REUSEPORT balances connections).
     """
 
-    def __init__(self, url: str, *, concurrency: int = 8, model: str = "identity", deadline: float = 10.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        concurrency: int = 8,
+        model: str = "identity",
+        deadline: float = 10.0,
+        own_connections: bool = False,
+    ):
         self.url, self.concurrency, self.model, self.deadline = url, concurrency, model, deadline
+        self.own_connections = own_connections
         self.ok = 0
         self.hung = 0
         self.failures: collections.Counter[str] = collections.Counter()
@@ -60,7 +72,8 @@ class Load:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        client = grpcclient.InferenceServerClient(self.url)
+        channel_args = [("grpc.use_local_subchannel_pool", 1)] if self.own_connections else None
+        client = grpcclient.InferenceServerClient(self.url, channel_args=channel_args)
         data = np.arange(16, dtype=np.int32).reshape(1, 16)
         try:
             while not self._stop.is_set():
