@@ -7,7 +7,10 @@ may also drop an instance at once when its connection fails, ahead of the lease.
 When the watch ends (the store went away, or cannot resume it: etcd compacted
 its history or was wiped, a file store's folder was replaced), the table re-lists
 the store and is rebuilt from that listing, logging what changed; the workers,
-whose leases the store no longer knows, put their cards again.
+whose leases the store no longer knows, put their cards again. Until they do, an
+instance the listing lacks stays routable for one lease TTL (its card says how
+long; :data:`DEFAULT_GRACE` otherwise), so a wiped store costs no request: one
+that really died meanwhile goes when its connection fails, or at the end of it.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from dynamo_triton.errors import ConfigError, DyntritonError
 from dynamo_triton.kv import EventKind, KVEntry, KVStore
 from dynamo_triton.runtime.cards import ModelCard, models_prefix, parse_card_key
 
-__all__ = ["Instance", "ModelTable"]
+__all__ = ["DEFAULT_GRACE", "Instance", "ModelTable"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds an instance missing from a re-list stays routable when its card does not give its lease TTL.
+DEFAULT_GRACE = 10.0
 
 
 @dataclass(eq=False)
@@ -35,6 +41,8 @@ class Instance:
     """One worker instance serving one model, as the router sees it.
 
     :param outstanding: requests sent and not yet finished (for least-outstanding).
+    :param missing_until: set when a re-list of the store lacked this card: the loop time at
+        which it leaves the table unless its worker puts the card again first.
     """
 
     card: ModelCard
@@ -42,6 +50,7 @@ class Instance:
     metadata: service_pb2.ModelMetadataResponse
     outstanding: int = 0
     key: str = ""
+    missing_until: float | None = None
 
     @property
     def instance_id(self) -> str:
@@ -80,6 +89,7 @@ class ModelTable:
         self._listeners: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
+        self._expiry: asyncio.TimerHandle | None = None
 
     # -- reading ---------------------------------------------------------------------------------
     def model_names(self) -> list[str]:
@@ -143,25 +153,62 @@ class ModelTable:
             self._changed()
 
     def _reset(self, snapshot: list[KVEntry], *, resync: bool = False) -> None:
-        """Rebuild the table from ``snapshot``; ``resync``: after a watch ended, so say what changed."""
+        """Rebuild the table from ``snapshot``; ``resync``: after a watch ended, so say what changed.
+
+        On a resync, instances the snapshot lacks are kept until their grace ends (module docstring).
+        """
         before = {(inst.card.model, inst.instance_id): inst for inst in self.all_instances()}
         self._models.clear()
         for entry in snapshot:
             parsed = parse_card_key(self._namespace, entry.key)
             self._apply_put(entry.key, entry.value, previous=before.get(parsed) if parsed else None)
+        missing = {key: inst for key, inst in before.items() if self.instance(*key) is None} if resync else {}
+        now = asyncio.get_running_loop().time()
+        for (model, instance_id), inst in missing.items():
+            if inst.missing_until is None:
+                inst.missing_until = now + float(inst.card.worker.get("lease_ttl") or DEFAULT_GRACE)
+            self._models.setdefault(model, _Model()).instances[instance_id] = inst
         self._changed()
         if resync:
             after = {(inst.card.model, inst.instance_id) for inst in self.all_instances()}
             log.warning(
                 "re-listed %s from the %s store: the routing table was rebuilt with %d instance(s) of %d model(s) "
-                "(%d new, %d gone; workers the store forgot are back once they register again)",
+                "(%d new, %d missing from the store, routed to until their workers register again or their "
+                "lease time passes)",
                 self._prefix,
                 self._store.name,
                 len(after),
                 len(self.model_names()),
                 len(after - before.keys()),
-                len(before.keys() - after),
+                len(missing),
             )
+        self._schedule_expiry()
+
+    def _schedule_expiry(self) -> None:
+        """Wake up when the first instance missing from a re-list runs out of grace."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        ends = [inst.missing_until for inst in self.all_instances() if inst.missing_until is not None]
+        if ends:
+            self._expiry = asyncio.get_running_loop().call_at(min(ends), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        now = asyncio.get_running_loop().time()
+        for inst in self.all_instances():
+            if inst.missing_until is not None and inst.missing_until <= now:
+                model = self._models[inst.card.model]
+                del model.instances[inst.instance_id]
+                log.warning(
+                    "model %r: instance %s at %s did not register again after the store was re-listed; "
+                    "removed from routing",
+                    inst.card.model,
+                    inst.instance_id,
+                    inst.address,
+                )
+                self._changed()
+        self._schedule_expiry()
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every change of the table."""
@@ -214,6 +261,9 @@ class ModelTable:
 
     async def stop(self) -> None:
         """Stop watching."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -230,6 +230,7 @@ class Worker:
                 "server_name": self.backend.server_identity()[0],
                 "server_version": self.backend.server_identity()[1],
                 "models": sorted(self.models),
+                "lease_ttl": self.settings.lease_ttl,  # how long frontends wait for it after a store resync
             },
         )
 

@@ -4,8 +4,9 @@ etcd is stopped, its data folder deleted and a fresh etcd started on the same UR
 starts again from 1 and it knows no lease). The frontend's watch cannot resume there: it must
 re-list and say so; the old worker must notice its lease is gone and put its card again; a worker
 started after the wipe must get traffic within 10 s of registering. Load runs throughout
-(tritonclient, concurrency 4) and its outcome is printed: the requests that fail while the
-table is empty are the cost of the wipe.
+(tritonclient, concurrency 4) and none of it may fail: until the old worker puts its card
+again, the frontend keeps routing to it. Workers keep the default lease TTL (10 s), so the old
+worker's next keep-alive (which finds its lease gone) often comes after the frontend re-listed.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def cluster(tmp_path: Path, etcd: EtcdNode, require_triton: None) -> Iterator[Cl
     env = {**os.environ, "ETCD_ENDPOINTS": etcd.url, "DYN_LOG": "info"}
     for name in ("DYN_STORE_KV", "DYN_NAMESPACE", "DYN_TRANSPORT_TOKEN"):
         env.pop(name, None)
-    cluster = Cluster(tmp_path, store="etcd", env=env, lease_ttl=3.0)
+    cluster = Cluster(tmp_path, store="etcd", env=env, lease_ttl=10.0)
     try:
         yield cluster
     finally:
@@ -111,7 +112,6 @@ def test_a_wiped_etcd_is_re_listed_and_a_new_worker_gets_traffic(cluster: Cluste
     assert new_traffic < 10, report
     relist_lines = [line for line in frontend.output().splitlines() if "re-listed dyntriton/v1/dynamo" in line]
     assert relist_lines and "WARNING" in relist_lines[0], relist_lines
-    assert load.hung == 0, report
-    assert set(load.failures) <= {"UNAVAILABLE"}, report
-    assert "tcp://" not in "".join(load.examples.values()), report
+    # Cards the re-list lacks stay routable until their workers put them again: no request is lost.
+    assert load.hung == 0 and load.failures == {}, report
     assert frontend.alive() and old.alive() and new.alive()

@@ -24,6 +24,7 @@ from dynamo_triton.errors import LeaseExpiredError, StoreError
 from dynamo_triton.kv import KVStore
 from dynamo_triton.leases import LeaseKeeper
 from dynamo_triton.plugins import make_plugin_manager
+from dynamo_triton.runtime.cards import ModelCard, card_key
 from dynamo_triton.runtime.discovery import ModelTable
 from dynamo_triton.runtime.worker import Worker, WorkerSettings
 from dynamo_triton.testing.etcd import EtcdNotInstalled
@@ -185,3 +186,47 @@ async def test_a_worker_registers_again_after_the_file_store_folder_is_removed(
     assert "was removed" in caplog.text and "exists again" in caplog.text, caplog.text
     print(f"file store folder removed: the worker's cards were back in the routing table after {took:.2f} s")
     assert took < 10
+
+
+def card(instance_id: str, lease_ttl: float) -> bytes:
+    return ModelCard(
+        model="a",
+        version="1",
+        instance_id=instance_id,
+        address=f"inproc://{instance_id}",
+        transport="inproc",
+        decoupled=False,
+        config={"name": "a"},
+        metadata={"name": "a"},
+        worker={"lease_ttl": lease_ttl},
+    ).to_json()
+
+
+async def test_instances_missing_from_a_re_list_stay_for_their_lease_ttl(
+    etcd: EtcdNode, etcd_store: KVStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wiped store costs no request: cards not re-put yet stay routable for their lease TTL."""
+    caplog.set_level(logging.INFO)
+    loop = asyncio.get_running_loop()
+    table = ModelTable(etcd_store, "dynamo")
+    await table.start()
+    try:
+        for instance_id in ("gone", "back"):
+            await etcd_store.put(card_key("dynamo", "a", instance_id), card(instance_id, 2.0))
+        await until(lambda: len(table.instances("a")) == 2, "both cards in the table", 10)
+        present: list[int] = []
+        table.subscribe(lambda: present.append(len(table.instances("a"))))
+        await asyncio.to_thread(etcd.wipe)
+        await until(lambda: "re-listed" in caplog.text, "the re-list", 15)
+        relisted = loop.time()
+        assert "2 missing from the store" in caplog.text, caplog.text
+        assert len(table.instances("a")) == 2, "kept while their workers register again"
+        await etcd_store.put(card_key("dynamo", "a", "back"), card("back", 2.0))  # its worker registers again
+        await until(lambda: table.instance("a", "gone") is None, "the missing card to go", 5)
+        assert 1.5 < loop.time() - relisted < 3.0, "one lease TTL (2 s) after the re-list"
+        assert "instance gone at inproc://gone did not register again" in caplog.text
+        back = table.instance("a", "back")
+        assert back is not None and back.missing_until is None
+        assert min(present) >= 1 and present[-1] == 1, present
+    finally:
+        await table.stop()
