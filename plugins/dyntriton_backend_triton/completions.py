@@ -131,17 +131,23 @@ class Completions:
         return int(self._lib.dt_dropped())
 
 
+def built_library() -> str | None:
+    """Path of the C completions library the install built, or None (no compiler at install time)."""
+    spec = importlib.util.find_spec("dyntriton_backend_triton._completions")
+    return spec.origin if spec is not None and spec.origin else None
+
+
 def load_completions() -> Completions | None:
     """The built C library, or None (logged once) when it is not there or cannot start."""
-    spec = importlib.util.find_spec("dyntriton_backend_triton._completions")
-    if spec is None or not spec.origin:
+    origin = built_library()
+    if origin is None:
         log.info(
             "Triton callbacks run in Python (slower): the C completions library was not built; "
             "reinstall dynamo-triton with a C compiler present"
         )
         return None
     try:
-        return Completions(ctypes.CDLL(spec.origin, use_errno=True))
+        return Completions(ctypes.CDLL(origin, use_errno=True))
     except OSError as exc:
-        log.warning("Triton callbacks run in Python (slower): cannot load %s: %s", spec.origin, exc)
+        log.warning("Triton callbacks run in Python (slower): cannot load %s: %s", origin, exc)
         return None

@@ -26,6 +26,7 @@ def _gpu() -> str:
 
 def diagnose(triton_home: str | None = None) -> dict[str, Any]:
     """Facts about the Triton installation, and what to do about each problem found."""
+    from dyntriton_backend_triton.completions import built_library
     from dyntriton_backend_triton.environment import (
         backends_directory,
         prepare_stub_environment,
@@ -53,6 +54,12 @@ def diagnose(triton_home: str | None = None) -> dict[str, Any]:
         binary=str(install.binary) if install.binary else None,
         backends=install.backends(),
         python_stub=str(install.stub) if install.stub else None,
+    )
+    library = built_library()
+    report["callbacks"] = (
+        f"C ({library})"
+        if library
+        else "Python (ctypes, slower): reinstall dynamo-triton with a C compiler and the Python headers"
     )
     problem = python_backend_problem(install)
     report["python_backend"] = "usable" if problem is None else "not usable"
@@ -85,7 +92,8 @@ def doctor(triton_home: str | None, as_json: bool) -> None:
         table = Table(title="dyntriton doctor", show_header=False)
         table.add_column("what", no_wrap=True)
         table.add_column("found", overflow="fold")  # paths wrap whole instead of ending in "…"
-        for key in ("found", "version", "home", "library", "binary", "python", "environment", "python_stub"):
+        keys = ("found", "version", "home", "library", "binary", "python", "environment", "python_stub", "callbacks")
+        for key in keys:
             if report.get(key):
                 table.add_row(key, str(report[key]))
         if "backends" in report:

@@ -107,3 +107,17 @@ def test_stopping_with_requests_in_flight_ends_them_with_an_error(require_triton
     outcomes = run(script, str(MODEL_REPO))
     assert len(outcomes) == 3
     assert any(outcome.startswith("error:") for outcome in outcomes), outcomes
+
+
+def test_doctor_reports_the_triton_it_embeds_and_which_callbacks_run(require_triton: None) -> None:
+    from dyntriton_backend_triton.completions import built_library
+
+    done = subprocess.run(
+        [sys.executable, "-m", "dynamo_triton", "doctor", "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["version"] == "2.51.0" and report["python_backend"] == "usable", report
+    library = built_library()
+    expected = f"C ({library})" if library else "Python (ctypes, slower)"
+    assert report["callbacks"].startswith(expected), report["callbacks"]
