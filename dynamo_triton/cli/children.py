@@ -127,6 +127,8 @@ def forwarded_options(ctx: click.Context, names: set[str], overrides: dict[str, 
         if param.is_flag:
             if value:
                 argv.append(flag)
+            elif param.secondary_opts:  # an on/off pair defaulting to on: "off" must be said
+                argv.append(max(param.secondary_opts, key=len))
         elif param.multiple:
             for item in cast(Iterable[object], value or ()):
                 argv += [flag, str(item)]

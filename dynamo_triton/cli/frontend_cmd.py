@@ -28,9 +28,11 @@ from dynamo_triton.cli.options import (
 )
 from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.launch import FrontendConfig, FrontendStack, Shutdown, start_frontend
+from dynamo_triton.tls import server_context
 
 __all__ = [
     "FORWARDED",
+    "check_tls_files",
     "extra_frontend_argv",
     "frontend",
     "frontend_config",
@@ -57,6 +59,7 @@ def frontend_config(
     tls_cert: str | None,
     tls_key: str | None,
     tls_client_ca: str | None,
+    http_tls: bool = True,
     reuse_port: bool = False,
     transport_tls_cert: str | None = None,
     transport_tls_key: str | None = None,
@@ -66,6 +69,8 @@ def frontend_config(
 ) -> FrontendConfig:
     """FrontendConfig from the shared CLI options; TLS needs both cert and key.
 
+    :param tls_cert: and ``tls_key``, ``tls_client_ca``: the frontend's TLS, for the gRPC port and,
+        unless ``http_tls`` is false, the HTTP port (the same files: one certificate for the frontend).
     :param reuse_port: bind with ``SO_REUSEPORT`` so several frontend processes share the ports.
     :param transport_tls_cert: and the other ``transport_*``: the request plane's settings (see
         :func:`~dynamo_triton.cli.options.transport_settings`).
@@ -83,8 +88,16 @@ def frontend_config(
         "stream_window": stream_window,
         "reuse_port": reuse_port,
     }
+    http_options: dict[str, object] = {
+        "server_name": server_name,
+        "max_input_size": http_max_input_size,
+        "reuse_port": reuse_port,
+    }
     if tls_cert:
-        grpc_options.update(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
+        tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
+        grpc_options.update(tls)
+        if http_tls:
+            http_options.update(tls)
     return FrontendConfig(
         namespace=namespace,
         host=grpc_host,
@@ -93,7 +106,7 @@ def frontend_config(
         http_port=http_port,
         router=router,
         grpc_options=grpc_options,
-        http_options={"server_name": server_name, "max_input_size": http_max_input_size, "reuse_port": reuse_port},
+        http_options=http_options,
         transport=transport,
     )
 
@@ -165,6 +178,7 @@ FORWARDED = {
     "tls_cert",
     "tls_key",
     "tls_client_ca",
+    "http_tls",
     "transport_tls_cert",
     "transport_tls_key",
     "transport_tls_ca",
@@ -182,11 +196,24 @@ async def start_extra_frontends(count: int, argv: list[str], stack: FrontendStac
     return [await spawn(extra_frontend_argv(argv, stack)) for _ in range(count)]
 
 
+def check_tls_files(config: FrontendConfig) -> None:
+    """Load the frontend's TLS files before any port opens; a bad one raises a ConfigError naming it.
+
+    The HTTP frontend would say so itself, but gRPC's own loader only says "Failed to bind".
+    """
+    options = config.grpc_options
+    if options.get("tls_cert"):
+        server_context(options["tls_cert"], options["tls_key"], options.get("tls_client_ca"))
+
+
 def listeners(config: FrontendConfig, stack: FrontendStack) -> str:
-    """Where a client reaches the frontend: ``KServe gRPC localhost:8787, HTTP localhost:8000``."""
+    """Where a client reaches the frontend: ``KServe gRPC localhost:8787 (TLS), HTTP https://localhost:8000``."""
     where = f"KServe gRPC {dial_address(config.host, stack.grpc.port)}"
+    if config.grpc_options.get("tls_cert"):
+        where += " (TLS" + (", client certificates" if config.grpc_options.get("tls_client_ca") else "") + ")"
     if stack.http is not None:
-        where += f", HTTP http://{dial_address(config.http_host or config.host, stack.http.port)}"
+        scheme = "https" if config.http_options.get("tls_cert") else "http"
+        where += f", HTTP {scheme}://{dial_address(config.http_host or config.host, stack.http.port)}"
     return where
 
 
@@ -200,6 +227,7 @@ async def _run(
     ready_fd: int | None = None,
 ) -> None:
     with starting():
+        check_tls_files(config)  # first: a wrong file is found without waiting on the store
         store = plugins.kv_store(store_kv, **store_options)
     shutdown = Shutdown()
     children: list[asyncio.subprocess.Process] = []

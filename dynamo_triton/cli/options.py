@@ -305,12 +305,38 @@ frontend_options = _apply(
             default=256 * 1024 * 1024,
             help="Largest gRPC message accepted or sent, in bytes.",
         ),
-        click.option("--tls-cert", type=click.Path(dir_okay=False), help="TLS certificate (PEM) for gRPC."),
-        click.option("--tls-key", type=click.Path(dir_okay=False), help="TLS private key (PEM) for gRPC."),
+        click.option(
+            "--tls-cert",
+            envvar="DYN_TLS_CERT",
+            show_envvar=True,
+            type=click.Path(dir_okay=False),
+            help="The frontend's TLS certificate (PEM), on both KServe ports: gRPC and HTTP (REST, /health, "
+            "/metrics are then HTTPS). One certificate, because clients dial one host name for both ports "
+            "and asking for TLS should leave no port in clear text; --no-http-tls keeps HTTP plain. With --tls-key.",
+        ),
+        click.option(
+            "--tls-key",
+            envvar="DYN_TLS_KEY",
+            show_envvar=True,
+            type=click.Path(dir_okay=False),
+            help="PEM private key of --tls-cert (unencrypted; readable by this user only).",
+        ),
         click.option(
             "--tls-client-ca",
+            envvar="DYN_TLS_CLIENT_CA",
+            show_envvar=True,
             type=click.Path(dir_okay=False),
-            help="CA (PEM) that client certificates must chain to; requires client auth.",
+            help="PEM CA client certificates must be signed by (mutual TLS): on both ports, so that REST is no "
+            "way around it; clients without one are refused.",
+        ),
+        click.option(
+            "--http-tls/--no-http-tls",
+            envvar="DYN_HTTP_TLS",
+            default=True,
+            show_default=True,
+            show_envvar=True,
+            help="With --tls-cert, serve the HTTP port over TLS too. --no-http-tls keeps it plain, for a "
+            "TLS-terminating proxy in front of it or plain probes on 127.0.0.1.",
         ),
     ]
 )

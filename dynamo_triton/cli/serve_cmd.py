@@ -41,7 +41,14 @@ from dynamo_triton.cli.children import (
 )
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.exits import EXIT_START_FAILED, starting
-from dynamo_triton.cli.frontend_cmd import FORWARDED, extra_frontend_argv, frontend_config, listeners, share_token
+from dynamo_triton.cli.frontend_cmd import (
+    FORWARDED,
+    check_tls_files,
+    extra_frontend_argv,
+    frontend_config,
+    listeners,
+    share_token,
+)
 from dynamo_triton.cli.options import (
     backend_options,
     format_ports,
@@ -141,6 +148,7 @@ class ServeOptions:
     tls_cert: str | None
     tls_key: str | None
     tls_client_ca: str | None
+    http_tls: bool
     workers: int
     frontends: int
     in_process: bool
@@ -214,6 +222,7 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
         tls_cert=opts.tls_cert,
         tls_key=opts.tls_key,
         tls_client_ca=opts.tls_client_ca,
+        http_tls=opts.http_tls,
         reuse_port=opts.frontends > 1,
         transport_tls_cert=opts.transport_tls_cert,
         transport_tls_key=opts.transport_tls_key,
@@ -225,6 +234,7 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
         config = replace(config, transport=TransportSettings(heartbeat=opts.transport_heartbeat))
     share_token(opts.transport_token)
     with starting():
+        check_tls_files(config)  # first: a wrong file is found before any store, port or worker
         store = plugins.kv_store(opts.store_kv, **store_settings(opts.store_kv, opts.etcd_endpoints, opts.file_kv_root))
     shutdown = Shutdown()
     workers: list[Child] = []

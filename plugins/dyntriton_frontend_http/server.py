@@ -6,7 +6,11 @@ Routes (see :mod:`.routes`): ``/health``, ``/live``, ``/metrics`` (Prometheus); 
 (JSON and binary tensors), ``generate`` and ``generate_stream`` (server-sent events).
 
 Options (``FrontendSettings.options``): ``max_input_size`` (bytes, default 64 MiB like
-Triton's ``--http-max-input-size``), ``server_name`` (what ``/v2`` reports).
+Triton's ``--http-max-input-size``), ``server_name`` (what ``/v2`` reports), ``tls_cert`` and
+``tls_key`` (PEM paths: HTTPS on the port, every route included, ``/health`` and ``/metrics``
+too) and ``tls_client_ca`` (PEM: clients must present a certificate it signed), the same keys
+and files as the gRPC frontend's. The files are loaded before the port opens: a bad one is a
+ConfigError naming it (:func:`dynamo_triton.tls.server_context`).
 
 The server runs with handler cancellation: a client that disconnects cancels its
 handler, and so the worker's request. It reads bodies itself (no automatic
@@ -15,12 +19,14 @@ decompression) so that ``Content-Encoding`` follows Triton's rules and limits.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import FrontendSettings, InferenceService
+from dynamo_triton.tls import server_context
 from dyntriton_frontend_http.routes import RestRoutes, not_found_body
 
 __all__ = ["DEFAULT_MAX_INPUT_SIZE", "HttpFrontend"]
@@ -57,6 +63,17 @@ class HttpFrontend:
         self._runner: web.AppRunner | None = None
         self._port = settings.port
 
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS context the port serves with, or None for plain HTTP (no ``tls_cert`` option)."""
+        options = self.settings.options
+        if not options.get("tls_cert"):
+            return None
+        if not options.get("tls_key"):
+            raise ConfigError("HTTPS needs a key with its certificate", hint="give --tls-key with --tls-cert")
+        context = server_context(options["tls_cert"], options["tls_key"], options.get("tls_client_ca") or None)
+        context.set_alpn_protocols(["http/1.1"])  # aiohttp speaks HTTP/1.1 only
+        return context
+
     @property
     def port(self) -> int:
         return self._port
@@ -67,12 +84,15 @@ class HttpFrontend:
         return app
 
     async def start(self) -> None:
+        tls = self.tls()  # before the port opens: a bad file must not leave a half-started server
         self._runner = web.AppRunner(
             self.application(), access_log=None, handler_cancellation=True, auto_decompress=False
         )
         await self._runner.setup()
         reuse_port = bool(self.settings.options.get("reuse_port"))  # several frontend processes, one port
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_port=reuse_port or None)
+        site = web.TCPSite(
+            self._runner, self.settings.host, self.settings.port, ssl_context=tls, reuse_port=reuse_port or None
+        )
         try:
             await site.start()
         except OSError as exc:

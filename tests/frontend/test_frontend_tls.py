@@ -1,60 +1,60 @@
-"""The gRPC frontend over TLS, with client certificates required when a client CA is given."""
+"""The KServe frontends over TLS: one certificate for gRPC and HTTP, client certificates when a client CA is given."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import os
 import shutil
+import socket
+import ssl
 import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import FrontendSettings
+from dynamo_triton.testing.certs import TestCerts, make_certs, openssl_missing
+from dynamo_triton.tls import server_context
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make test certs")
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
+pytestmark = pytest.mark.skipif(openssl_missing() is not None, reason=openssl_missing() or "")
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server cert for 127.0.0.1 and a client cert, all signed by the CA."""
-    root = tmp_path_factory.mktemp("certs")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-             "-keyout", str(root / "ca.key"), "-out", str(root / "ca.pem"))  # fmt: skip
-    (root / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                 "-keyout", str(root / f"{name}.key"), "-out", str(root / f"{name}.csr"))  # fmt: skip
-        _openssl("x509", "-req", "-in", str(root / f"{name}.csr"), "-CA", str(root / "ca.pem"),
-                 "-CAkey", str(root / "ca.key"), "-CAcreateserial", "-days", "2",
-                 "-extfile", str(root / "san.cnf"), "-out", str(root / f"{name}.pem"))  # fmt: skip
-    return root
+def certs(tmp_path_factory: pytest.TempPathFactory) -> TestCerts:
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
+def _tls(certs: TestCerts, *, client_ca: bool = False) -> dict[str, str]:
+    options = {"tls_cert": certs.server_cert, "tls_key": certs.server_key}
+    if client_ca:
+        options["tls_client_ca"] = certs.ca
+    return options
+
+
+# -- gRPC -----------------------------------------------------------------------------------------
 async def _live(port: int, credentials: grpc.ChannelCredentials) -> bool:
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         return (await stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=5)).live
 
 
-async def test_frontend_tls_requires_client_cert_when_client_ca_given(certs: Path, service):
+async def test_frontend_tls_requires_client_cert_when_client_ca_given(certs: TestCerts, service):
     from dyntriton_frontend_kserve_grpc.server import KServeGrpcFrontend
 
-    options = {
-        "tls_cert": str(certs / "server.pem"),
-        "tls_key": str(certs / "server.key"),
-        "tls_client_ca": str(certs / "ca.pem"),
-    }
-    frontend = KServeGrpcFrontend(FrontendSettings(host="127.0.0.1", port=0, options=options), service)
+    settings = FrontendSettings(host="127.0.0.1", port=0, options=_tls(certs, client_ca=True))
+    frontend = KServeGrpcFrontend(settings, service)
     await frontend.start()
     try:
-        ca = (certs / "ca.pem").read_bytes()
+        ca = Path(certs.ca).read_bytes()
         mutual = grpc.ssl_channel_credentials(
-            ca, (certs / "client.key").read_bytes(), (certs / "client.pem").read_bytes()
+            ca, Path(certs.client_key).read_bytes(), Path(certs.client_cert).read_bytes()
         )
         assert await _live(frontend.port, mutual)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -67,9 +67,224 @@ async def test_frontend_tls_requires_client_cert_when_client_ca_given(certs: Pat
 async def test_frontend_tls_missing_file_is_a_config_error(tmp_path: Path, service):
     from dyntriton_frontend_kserve_grpc.server import KServeGrpcFrontend
 
-    from dynamo_triton.errors import ConfigError
-
     options = {"tls_cert": str(tmp_path / "absent.pem"), "tls_key": str(tmp_path / "absent.key")}
     frontend = KServeGrpcFrontend(FrontendSettings(host="127.0.0.1", port=0, options=options), service)
     with pytest.raises(ConfigError, match="cannot read a TLS file"):
         await frontend.start()
+
+
+# -- HTTP (REST, /health, /metrics) ---------------------------------------------------------------
+async def _http_frontend(service, options: dict[str, str]):
+    from dyntriton_frontend_http.server import HttpFrontend
+
+    frontend = HttpFrontend(FrontendSettings(host="127.0.0.1", port=0, options=options), service)
+    await frontend.start()
+    return frontend
+
+
+def _infer(port: int, certs: TestCerts, *, client_cert: bool) -> None:
+    """An infer round trip with tritonclient.http over TLS (blocking: run it in a thread)."""
+    import tritonclient.http as httpclient
+
+    ssl_options = {"ca_certs": certs.ca}
+    if client_cert:
+        ssl_options.update(certfile=certs.client_cert, keyfile=certs.client_key)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", ssl=True, ssl_options=ssl_options)
+    try:
+        data = np.arange(6, dtype=np.int32)
+        tensor = httpclient.InferInput("INPUT0", [6], "INT32")
+        tensor.set_data_from_numpy(data, binary_data=True)
+        result = client.infer("identity", [tensor])
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+    finally:
+        client.close()
+
+
+def _get(port: int, path: str, context: ssl.SSLContext) -> tuple[int, str]:
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=context, timeout=5) as response:
+        return response.status, response.read().decode()
+
+
+def _client_context(certs: TestCerts, *, client_cert: bool = False) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=certs.ca)
+    if client_cert:
+        context.load_cert_chain(certs.client_cert, certs.client_key)
+    return context
+
+
+async def test_http_serves_rest_health_and_metrics_over_tls(certs: TestCerts, service):
+    frontend = await _http_frontend(service, _tls(certs))
+    try:
+        await asyncio.to_thread(_infer, frontend.port, certs, client_cert=False)
+        context = _client_context(certs)
+        assert (await asyncio.to_thread(_get, frontend.port, "/v2/health/ready", context))[0] == 200
+        assert (await asyncio.to_thread(_get, frontend.port, "/health", context))[0] == 200
+        status, metrics = await asyncio.to_thread(_get, frontend.port, "/metrics", context)
+        assert status == 200 and "dyntriton_frontend" in metrics
+    finally:
+        await frontend.stop()
+
+
+def _plain_get(port: int) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/v2/health/live")
+        connection.getresponse()
+    finally:
+        connection.close()
+
+
+async def test_plain_http_to_the_tls_port_is_closed_and_the_port_keeps_serving(certs: TestCerts, service):
+    frontend = await _http_frontend(service, _tls(certs))
+    try:
+        # No answer in clear text (a TLS server has no HTTP to say it with): the connection just ends.
+        with pytest.raises((http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionResetError)):
+            await asyncio.to_thread(_plain_get, frontend.port)
+        assert (await asyncio.to_thread(_get, frontend.port, "/v2/health/live", _client_context(certs)))[0] == 200
+    finally:
+        await frontend.stop()
+
+
+async def test_http_mutual_tls_refuses_a_client_without_a_certificate(certs: TestCerts, service):
+    frontend = await _http_frontend(service, _tls(certs, client_ca=True))
+    try:
+        await asyncio.to_thread(_infer, frontend.port, certs, client_cert=True)
+        status, _ = await asyncio.to_thread(_get, frontend.port, "/metrics", _client_context(certs, client_cert=True))
+        assert status == 200
+        # TLS 1.3: the server's refusal arrives after the client's handshake ends, on its first read.
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            await asyncio.to_thread(_get, frontend.port, "/v2/health/live", _client_context(certs))
+        with pytest.raises(Exception, match=r"(?i)closed|certificate|reset"):  # geventhttpclient's own types
+            await asyncio.to_thread(_infer, frontend.port, certs, client_cert=False)
+        assert service.calls == 1  # only the client with a certificate reached the service
+    finally:
+        await frontend.stop()
+
+
+async def test_http_with_a_bad_tls_file_fails_before_its_port_opens(certs: TestCerts, tmp_path: Path, service):
+    from dyntriton_frontend_http.server import HttpFrontend
+
+    options = {"tls_cert": certs.server_cert, "tls_key": certs.client_key}  # another certificate's key
+    frontend = HttpFrontend(FrontendSettings(host="127.0.0.1", port=0, options=options), service)
+    with pytest.raises(ConfigError, match="does not belong to the certificate"):
+        await frontend.start()
+    assert frontend._runner is None
+
+
+# -- the files: each bad one named, with what to do ------------------------------------------------
+def _not_pem(tmp_path: Path) -> str:
+    path = tmp_path / "not-pem.pem"
+    path.write_text("this is not a certificate\n")
+    return str(path)
+
+
+def _encrypted_key(tmp_path: Path, certs: TestCerts) -> str:
+    path = tmp_path / "encrypted.key"
+    subprocess.run(
+        ["openssl", "pkey", "-in", certs.server_key, "-aes256", "-passout", "pass:secret", "-out", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("missing cert", r"cannot read the TLS file '.*absent\.pem' \(--tls-cert\): No such file"),
+        ("cert not PEM", r"the TLS certificate '.*not-pem\.pem' \(--tls-cert\) is not a PEM certificate"),
+        ("key not PEM", r"the TLS key '.*not-pem\.pem' \(--tls-key\) is not a PEM private key"),
+        ("key of another cert", r"the TLS key '.*client\.key' \(--tls-key\) does not belong to the certificate"),
+        ("encrypted key", r"the TLS key '.*encrypted\.key' \(--tls-key\) is encrypted"),
+        ("client CA not PEM", r"the TLS client CA '.*not-pem\.pem' \(--tls-client-ca\) holds no PEM certificate"),
+        ("missing client CA", r"cannot read the TLS file '.*absent\.pem' \(--tls-client-ca\)"),
+    ],
+)
+def test_each_bad_tls_file_is_named_with_what_to_do(certs: TestCerts, tmp_path: Path, bad: str, message: str):
+    cert, key, ca = certs.server_cert, certs.server_key, certs.ca
+    absent = str(tmp_path / "absent.pem")
+    cert, key, ca = {
+        "missing cert": (absent, key, ca),
+        "cert not PEM": (_not_pem(tmp_path), key, ca),
+        "key not PEM": (cert, _not_pem(tmp_path), ca),
+        "key of another cert": (cert, certs.client_key, ca),
+        "encrypted key": (cert, _encrypted_key(tmp_path, certs), ca),
+        "client CA not PEM": (cert, key, _not_pem(tmp_path)),
+        "missing client CA": (cert, key, absent),
+    }[bad]
+    with pytest.raises(ConfigError, match=message) as caught:
+        server_context(cert, key, ca)
+    assert caught.value.hint
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_key_is_named(certs: TestCerts, tmp_path: Path):
+    key = tmp_path / "server.key"
+    shutil.copy(certs.server_key, key)
+    key.chmod(0)
+    with pytest.raises(ConfigError, match=r"cannot read the TLS file '.*server\.key' \(--tls-key\): Permission"):
+        server_context(certs.server_cert, str(key))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_frontend_with_a_bad_tls_file_exits_3_naming_it(certs: TestCerts, tmp_path: Path):
+    argv = [sys.executable, "-m", "dynamo_triton", "frontend", "--store-kv", "file", "--file-kv-root", str(tmp_path)]
+    argv += ["--grpc-port", str(_free_port()), "--http-port", str(_free_port())]
+    argv += ["--tls-cert", certs.server_cert, "--tls-key", certs.client_key]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "client.key' (--tls-key) does not belong to the certificate" in done.stderr
+    assert "openssl pkey -pubout" in done.stderr  # what to do
+    assert "Traceback" not in done.stderr
+
+
+# -- the options ------------------------------------------------------------------------------------
+def test_one_certificate_serves_both_ports_unless_http_tls_is_off(certs: TestCerts):
+    from dynamo_triton.cli.frontend_cmd import frontend_config
+
+    common = dict(
+        namespace="ns",
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        http_host="127.0.0.1",
+        http_port=0,
+        http_max_input_size=1024,
+        router="round-robin",
+        server_name="triton",
+        stream_window=8,
+        max_message_size=1024,
+        tls_cert=certs.server_cert,
+        tls_key=certs.server_key,
+        tls_client_ca=certs.ca,
+    )
+    both = frontend_config(**common)  # type: ignore[arg-type]
+    for options in (both.grpc_options, both.http_options):
+        assert (options["tls_cert"], options["tls_key"], options["tls_client_ca"]) == (
+            certs.server_cert,
+            certs.server_key,
+            certs.ca,
+        )
+    grpc_only = frontend_config(**common, http_tls=False)  # type: ignore[arg-type]
+    assert grpc_only.grpc_options["tls_cert"] == certs.server_cert
+    assert "tls_cert" not in grpc_only.http_options
+
+
+def test_serve_hands_its_frontend_processes_the_tls_options():
+    import click
+
+    from dynamo_triton.cli.children import forwarded_options
+    from dynamo_triton.cli.frontend_cmd import FORWARDED
+    from dynamo_triton.cli.serve_cmd import serve
+
+    args = ["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem", "--no-http-tls"]
+    with click.Context(serve) as ctx:
+        serve.parse_args(ctx, args)
+        argv = forwarded_options(ctx, FORWARDED, {})
+    for flag, value in zip(args[:-1:2], args[1:-1:2], strict=True):
+        assert argv[argv.index(flag) + 1] == value
+    assert "--no-http-tls" in argv  # "off" is said, or the child would fall back to the default (on)
