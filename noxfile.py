@@ -36,13 +36,15 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks (ratios, never pass/fail): Triton direct vs dyntriton.
 
-    bench_h2load.py needs h2load (Debian/Ubuntu: apt-get install nghttp2-client) and says so when it is missing.
+    bench_h2load.py and bench_scaling.py need h2load (Debian/Ubuntu: apt-get install nghttp2-client) and
+    say so when it is missing; bench_scaling.py also runs nats-server (apt-get install nats-server).
     """
-    session.install("-e", ".[triton,etcd,test]")
+    session.install("-e", ".[triton,etcd,nats,test]")
     scripts = session.posargs or [
         "benchmarks/bench_h2load.py",
         "benchmarks/bench_rest.py",
         "benchmarks/bench_serving.py",
+        "benchmarks/bench_scaling.py",
     ]
     for script in scripts:
         session.run("python", script)
