@@ -14,6 +14,20 @@ PONG at once); after ``heartbeat`` s without a sign of life the peer is *unrespo
 - new calls fail at once with PeerUnresponsiveError(started=False), unsent;
 - the first sign of life makes it healthy again. A connection unresponsive for
   ``_FORGET_AFTER`` s with no call left is closed.
+
+Coming back after a network cut: the old connection may stay silent long after the path
+heals, because the kernel retransmits its unacknowledged bytes (PINGs, requests) with
+exponential backoff (after a 14 s cut the next retransmission came ~26 s after the cut). So
+while a connection is unresponsive, the client *probes* the peer with a fresh connection, at
+most one at a time and one per ``heartbeat`` s, each given ``min(connect_timeout, heartbeat)``
+s to connect (TLS and token included) and to answer: a completed token handshake, or else a
+PONG to a PING. Connecting is not enough (a frozen process's kernel still accepts). When a
+probe answers while the old connection is still unresponsive, the probe becomes the
+connection for new calls and the old one is *retired*: it takes no new call, its calls keep
+the rules above (read ones end at their deadline or with their answer, unread ones already
+failed), and once none is left it is reset (``SO_LINGER`` 0), so requests still queued in it
+for a peer that never read them are discarded, never delivered late. Nothing is ever re-sent
+by the client. The kernel's side of a black hole is bounded too: see ``tune_socket``.
 """
 
 from __future__ import annotations
@@ -23,7 +37,9 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator
 
 from dynamo_triton.errors import (
@@ -55,6 +71,8 @@ _PING = HEADER.pack(FrameType.PING, 0, 0)
 _NO_TOKEN = HEADER.pack(FrameType.AUTH, 0, 0)
 #: Seconds an unresponsive connection with no call in flight is kept before it is closed.
 _FORGET_AFTER = 60.0
+#: SO_LINGER on, 0 s: close() sends RST and drops what the socket still holds.
+_RESET = struct.pack("ii", 1, 0)
 _TOKEN_HINT = "set --transport-token (or DYN_TRANSPORT_TOKEN) on this frontend to the workers' token"
 _TLS_HINT = (
     "give this frontend and the workers --transport-tls-cert/--transport-tls-key/--transport-tls-ca "
@@ -101,6 +119,9 @@ class _Connection:
         self.handshake: asyncio.Future[bytes | None] | None = None
         self.awaiting_challenge = False
         self.unresponsive_since: float | None = None
+        self.retired = False  # a probe replaced it: no new calls; reset once its calls are done
+        self.pong: asyncio.Future[None] | None = None  # a probe waiting for its PING's answer
+        self._probed_at = -1e9
         self._timer: asyncio.TimerHandle | None = None
         self._seen = self._unsent = 0
         self._quiet_since = self._last_tick = 0.0
@@ -138,8 +159,11 @@ class _Connection:
                     "give the workers the same --transport-token (DYN_TRANSPORT_TOKEN)"
                 )
             )
+        elif kind is FrameType.PONG:
+            if self.pong is not None and not self.pong.done():
+                self.pong.set_result(None)
         elif kind is FrameType.ERROR:
-            _, message = decode_error(frame.body)
+            _, message = decode_error(bytes(frame.body))
             self.fail(TransportError(f"the worker at {self.address} refused this frontend: {message}"))
 
     def on_lost(self, exc: BaseException | None) -> None:
@@ -174,8 +198,9 @@ class _Connection:
                 self.client.warn(self.address, error)
         for queue in self.queues.values():
             queue.put_nowait(self.failure)
-        if self.handshake is not None and not self.handshake.done():
-            self.handshake.set_exception(_again(self.failure))
+        for waiter in (self.handshake, self.pong):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(_again(self.failure))
         if self._timer is not None:
             self._timer.cancel()
         self.writer.close()
@@ -203,6 +228,18 @@ class _Connection:
         await self.handshake
         self.handshake = None
 
+    async def ping(self) -> None:
+        """Return once the peer answered on this connection (raises what fail() set).
+
+        A completed token handshake is an answer already (the worker's event loop checked the
+        proof); otherwise a PING must come back as PONG.
+        """
+        if self.token is not None:
+            return
+        self.pong = self.loop.create_future()
+        self.writer.write(_PING)
+        await self.pong
+
     def watch(self) -> None:
         """Start the heartbeat (no-op when the heartbeat is 0)."""
         if self.heartbeat > 0:
@@ -212,6 +249,9 @@ class _Connection:
     # -- liveness --------------------------------------------------------------------------------
     def _tick(self) -> None:
         if self.failure is not None:
+            return
+        if self.retired and not self.queues:
+            self.reset(PeerGoneError(f"the connection to {self.address} was replaced by a newer one"))
             return
         now, interval = self.loop.time(), self.heartbeat / 4
         self._timer = self.loop.call_later(interval, self._tick)
@@ -232,7 +272,10 @@ class _Connection:
             self.writer.write(_PING)
         if quiet >= self.heartbeat and self.unresponsive_since is None:
             self._declare_unresponsive(now, quiet)
-        elif self.unresponsive_since is not None and not self.queues and now - self.unresponsive_since > _FORGET_AFTER:
+        if self.unresponsive_since is not None and not self.retired and now - self._probed_at >= self.heartbeat:
+            self._probed_at = now
+            self.client.probe(self)
+        if self.unresponsive_since is not None and not self.queues and now - self.unresponsive_since > _FORGET_AFTER:
             self.fail(PeerGoneError(f"the peer at {self.address} was unresponsive for {_FORGET_AFTER:g} s"))
 
     def _declare_unresponsive(self, now: float, quiet: float) -> None:
@@ -274,6 +317,16 @@ class _Connection:
         except PeerUnresponsiveError as exc:
             raise _again(exc) from None
 
+    def reset(self, error: TransportError) -> None:
+        """Fail the connection and reset it: the bytes still queued for the peer are dropped, never sent."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        self.fail(error)
+        self.writer.transport.abort()
+        self.client.forget(self)
+
     async def close(self) -> None:
         self.fail(PeerGoneError(f"the peer at {self.address} was disconnected by this client's close()"))
 
@@ -314,6 +367,8 @@ class TcpClient:
         self.tls, self.token = tls, token
         self._connections: dict[str, _Connection] = {}
         self._connecting: dict[str, asyncio.Task[_Connection]] = {}
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._retired: set[_Connection] = set()
         self._warned: dict[tuple[str, str], float] = {}
 
     def unresponsive(self, address: str) -> bool:
@@ -338,12 +393,14 @@ class TcpClient:
         if not task.cancelled():
             task.exception()  # retrieved here: the callers that gave up (deadline) no longer await it
 
-    async def _connect(self, address: str) -> _Connection:
+    async def _connect(self, address: str, timeout: float | None = None, *, install: bool = True) -> _Connection:
+        """A new, watched connection to ``address``, made the one calls use if ``install``."""
+        timeout = self.connect_timeout if timeout is None else timeout
         host, port = parse_address(address)
         connection = _Connection(address, self)
         step = "connect"
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(timeout):
                 await self._open(connection, host, port)
                 if self.token is not None:
                     step = "token"
@@ -352,13 +409,15 @@ class TcpClient:
             if step == "token":
                 connection.fail(
                     TransportError(
-                        f"the worker at {address} did not ask for the token within {self.connect_timeout} s",
+                        f"the worker at {address} did not ask for the token within {timeout:g} s",
                         hint="start the workers with the same --transport-token as this frontend",
                     )
+                    if install
+                    else PeerGoneError(f"the worker at {address} did not answer within {timeout:g} s")  # a probe
                 )
                 raise _again(connection.failure) from exc  # type: ignore[arg-type]
             raise PeerGoneError(
-                f"cannot connect to {address}: no answer within {self.connect_timeout} s",
+                f"cannot connect to {address}: no answer within {timeout:g} s",
                 hint="the worker is down or unreachable; check the address it advertised",
             ) from exc
         except ssl.SSLCertVerificationError as exc:
@@ -386,8 +445,59 @@ class TcpClient:
                 hint="the worker is down or unreachable; check the address it advertised",
             ) from exc
         connection.watch()
-        self._connections[address] = connection
+        if install:
+            self._connections[address] = connection
         return connection
+
+    def probe(self, stale: _Connection) -> None:
+        """Try a fresh connection to the unresponsive ``stale``'s peer, unless one is being tried."""
+        address = stale.address
+        if address in self._probes or self._connections.get(address) is not stale:
+            return
+        task = asyncio.create_task(self._probe(stale), name=f"dyntriton-tcp-probe-{address}")
+        self._probes[address] = task
+        task.add_done_callback(lambda done: self._probed(address, done))
+
+    def _probed(self, address: str, task: asyncio.Task[None]) -> None:
+        self._probes.pop(address, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("probe of unresponsive tcp peer %s failed", address, exc_info=task.exception())
+
+    async def _probe(self, stale: _Connection) -> None:
+        """Replace ``stale`` by a fresh connection if the peer answers on one within a heartbeat."""
+        address, loop = stale.address, asyncio.get_running_loop()
+        limit = min(self.connect_timeout, self.heartbeat)
+        deadline = loop.time() + limit
+        try:
+            fresh = await self._connect(address, limit, install=False)
+        except TransportError as exc:
+            log.debug("probe of unresponsive tcp peer %s: %s", address, exc)
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await fresh.ping()
+        except (TransportError, TimeoutError) as exc:
+            log.debug("probe of unresponsive tcp peer %s: no answer (%s)", address, exc or "timeout")
+            fresh.reset(PeerGoneError(f"the probe of {address} got no answer"))
+            return
+        except BaseException:
+            fresh.reset(PeerGoneError(f"the probe of {address} was cancelled"))
+            raise
+        if stale.unresponsive_since is None or stale.failure is not None or self._connections.get(address) is not stale:
+            fresh.reset(PeerGoneError(f"the probe of {address} is not needed any more"))  # the old one woke up
+            return
+        self._connections[address] = fresh
+        stale.retired = True
+        self._retired.add(stale)
+        log.warning(
+            "tcp peer %s answers on a new connection after %.1f s unresponsive; the old one is retired "
+            "(%d call(s) left on it)",
+            *(address, loop.time() - stale.unresponsive_since, len(stale.queues)),
+        )
+
+    def forget(self, connection: _Connection) -> None:
+        """``connection`` is closed: drop it from the retired ones."""
+        self._retired.discard(connection)
 
     async def _open(self, connection: _Connection, host: str, port: int) -> None:
         await asyncio.get_running_loop().create_connection(
@@ -474,7 +584,10 @@ class TcpClient:
 
     async def close(self) -> None:
         """Close every connection; calls in flight raise PeerGoneError."""
-        connections = list(self._connections.values())
+        for probe in list(self._probes.values()):
+            probe.cancel()
+        connections = [*self._connections.values(), *self._retired]
         self._connections.clear()
+        self._retired.clear()
         for connection in connections:
             await connection.close()

@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "HEADER",
     "REQUEST_META",
+    "USER_TIMEOUT",
     "Frame",
     "FrameType",
     "as_bytes_view",
@@ -63,6 +64,8 @@ ACK_BODY = struct.Struct("!Q")
 _JOIN_BELOW = 64 * 1024
 #: Largest body accepted or sent, in bytes; 2 GiB leaves room for 64 MiB and 1 GiB tensors.
 DEFAULT_MAX_FRAME = 2 << 30
+#: Seconds sent bytes may stay unacknowledged before the kernel resets the connection.
+USER_TIMEOUT = 30.0
 
 
 class FrameType(IntEnum):
@@ -130,13 +133,26 @@ def request_frame(request_id: int, endpoint: str, payload: bytes | memoryview, t
 
 
 def tune_socket(writer: asyncio.StreamWriter) -> None:
-    """No Nagle delay (small frames go out at once); keepalive so a vanished host is noticed in ~30 s."""
+    """No Nagle delay (small frames go out at once); a black-holed connection ends in ~30 s.
+
+    Keepalive notices a vanished host on an idle connection (15 s idle, then 3 probes 5 s
+    apart). It never fires while bytes wait for an acknowledgement, and then the kernel would
+    retransmit for ~15 minutes (``tcp_retries2``): ``TCP_USER_TIMEOUT`` bounds that to
+    :data:`USER_TIMEOUT` s of unacknowledged data. A live peer acknowledges even when it does not
+    read (a full buffer is a zero window, whose probes are answered), so only a host that is gone
+    or cut off hits it; its calls fail with PeerGoneError (reset) as for a crash.
+    """
     sock = writer.get_extra_info("socket")
     if sock is None:
         return
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+    for option, value in (
+        ("TCP_KEEPIDLE", 15),
+        ("TCP_KEEPINTVL", 5),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", int(USER_TIMEOUT * 1000)),
+    ):
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 

@@ -84,11 +84,28 @@ class _Connection:
         self.writer = asyncio.StreamWriter(transport, self.protocol, None, loop)  # type: ignore[arg-type]
         tune_socket(self.writer)
         self.server.connections.add(self)
+        if self.server.frozen:
+            self.pause()
         if self.server.token is not None:
             self.challenge = new_challenge()
             self.protocol.gate = self._gate
             write_frame(self.writer, simple_frame(FrameType.CHALLENGE, 0, self.challenge))
             self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self._too_slow)
+
+    def pause(self) -> None:
+        """Stop reading, now and once the loop has started reading a new connection (uvloop does it after open)."""
+        self._pause_if_frozen()
+        asyncio.get_running_loop().call_soon(self._pause_if_frozen)
+
+    def _pause_if_frozen(self) -> None:
+        transport = self.protocol.transport
+        if self.server.frozen and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume(self) -> None:
+        transport = self.protocol.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def _gate(self, kind: FrameType, length: int) -> None:
         if (kind is FrameType.AUTH and length <= 64) or (kind is FrameType.PING and length == 0):
@@ -245,6 +262,7 @@ class TcpServer:
         self.tls, self.token = tls, token
         self.handler: Handler
         self.stopping = False
+        self.frozen = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.address = ""
         self._server: asyncio.Server | None = None
@@ -338,6 +356,22 @@ class TcpServer:
         for connection in list(self.connections):
             connection.writer.transport.abort()
         self._server = self._listener = None
+
+    def freeze(self) -> None:
+        """Read nothing more, on every connection and on those accepted from now on, like a stopped process.
+
+        For tests of liveness: connections stay open (the kernel still accepts new ones for a
+        SIGSTOPped process) but no frame is read or answered until :meth:`thaw`.
+        """
+        self.frozen = True
+        for connection in self.connections:
+            connection.pause()
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze`."""
+        self.frozen = False
+        for connection in self.connections:
+            connection.resume()
 
     async def stop(self, *, grace: float = 10.0) -> None:
         """Stop accepting, wait up to ``grace`` s for in-flight requests, cancel the rest and close."""

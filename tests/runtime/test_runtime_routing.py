@@ -96,12 +96,11 @@ class Workers:
             connection.writer.transport.abort()
 
     def freeze(self, instance_id: str) -> None:
-        for connection in self.servers[instance_id].connections:
-            connection.writer.transport.pause_reading()
+        """Like SIGSTOP: nothing is read, not even on new connections (the client's probes)."""
+        self.servers[instance_id].freeze()
 
     def thaw(self, instance_id: str) -> None:
-        for connection in self.servers[instance_id].connections:
-            connection.writer.transport.resume_reading()
+        self.servers[instance_id].thaw()
 
     async def frontend(self, policy: str = "round-robin") -> RoutingService:
         table = ModelTable(self.plugins.kv_store("mem", space=self.space), "dynamo")

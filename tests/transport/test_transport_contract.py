@@ -24,13 +24,12 @@ class TestTcpTransport(TransportContract):
         server.abort()
 
     async def freeze_server(self, server: Any) -> None:
-        # What SIGSTOP looks like from the client: connections stay open, nothing is read or answered.
-        for connection in server.connections:
-            connection.writer.transport.pause_reading()
+        # What SIGSTOP looks like from the client: connections stay open, nothing is read or answered,
+        # not even on the new connections the client probes with.
+        server.freeze()
 
     async def thaw_server(self, server: Any) -> None:
-        for connection in server.connections:
-            connection.writer.transport.resume_reading()
+        server.thaw()
 
 
 class TestInprocTransport(TransportContract):
