@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from dynamo_triton.testing.ports import accepts, free_port
 
 __all__ = ["EtcdNotInstalled", "etcd_binary", "run_etcd"]
 
@@ -26,18 +27,6 @@ def etcd_binary() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 @contextlib.contextmanager
 def run_etcd(data_dir: Path | None = None, *, start_timeout: float = 20.0) -> Iterator[str]:
     """Run etcd on 127.0.0.1 with a temp data dir; yields its client URL; always stops it."""
@@ -45,7 +34,7 @@ def run_etcd(data_dir: Path | None = None, *, start_timeout: float = 20.0) -> It
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dyntriton-etcd-")))
-        client, peer = _free_port(), _free_port()
+        client, peer = free_port(), free_port()
         client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
         log = (data_dir / "etcd.log").open("wb")
         stack.callback(log.close)
@@ -83,7 +72,7 @@ def run_etcd(data_dir: Path | None = None, *, start_timeout: float = 20.0) -> It
 
         stack.callback(stop)
         deadline = time.monotonic() + start_timeout
-        while not _accepts(client):
+        while not accepts(client):
             if process.poll() is not None or time.monotonic() > deadline:
                 output = (data_dir / "etcd.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"etcd did not start on {client_url}:\n{output}")

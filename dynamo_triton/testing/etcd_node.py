@@ -11,27 +11,15 @@ store must come back where the clients already point, so this one keeps its port
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
 from dynamo_triton.testing.etcd import etcd_binary
+from dynamo_triton.testing.ports import accepts, free_port
 
 __all__ = ["EtcdNode"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class EtcdNode:
@@ -40,7 +28,7 @@ class EtcdNode:
     def __init__(self, root: Path, *, start_timeout: float = 20.0):
         self.root, self.start_timeout = root, start_timeout
         self.binary = etcd_binary()
-        self.client_port, self.peer_port = _free_port(), _free_port()
+        self.client_port, self.peer_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.client_port}"
         self.data = root / "data"
         self.process: subprocess.Popen[bytes] | None = None
@@ -76,7 +64,7 @@ class EtcdNode:
             )
         self.starts += 1
         deadline = time.monotonic() + self.start_timeout
-        while not _accepts(self.client_port):
+        while not accepts(self.client_port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = (self.root / "etcd.log").read_text(errors="replace")[-2000:]
                 self.stop()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from dynamo_triton.testing.ports import accepts, free_port
 
 __all__ = ["NatsNotInstalled", "NatsServer", "nats_binary", "run_nats"]
 
@@ -29,18 +30,6 @@ def nats_binary() -> str:
             "(or put the official binary on PATH)"
         )
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -90,7 +79,7 @@ def run_nats(
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dyntriton-nats-")))
         data_dir.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = free_port()
         log_path = data_dir / "nats-server.log"
         log = log_path.open("wb")
         stack.callback(log.close)
@@ -101,7 +90,7 @@ def run_nats(
         server = NatsServer(f"nats://127.0.0.1:{port}", process, log_path)
         stack.callback(server.stop)
         deadline = time.monotonic() + start_timeout
-        while not _accepts(port):
+        while not accepts(port):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"nats-server did not start on {server.url}:\n{server.tail()}")
             time.sleep(0.05)
