@@ -6,9 +6,11 @@
  * ctypes callbacks each took the GIL from the event loop thread (a contended handoff, several
  * per request). Here they take no Python lock at all:
  *
- *   - alloc hands out malloc'ed memory behind a small header; release frees it unless the
- *     Python side adopted the buffer (to hand the tensor on without copying; it frees it later
- *     with dt_free).
+ *   - alloc hands out malloc'ed memory behind a small header holding a reference count: one
+ *     reference for Triton (dropped by release), one more for Python once it adopts the buffer
+ *     to hand the tensor on without copying (dropped by dt_free when its last view goes). The
+ *     buffer is freed by whichever comes last, on whatever thread: Python may drop a view
+ *     (a classified output replaced by its top-K) before Triton releases the response.
  *   - response-complete and request-release append an event to a queue and signal an eventfd;
  *     the event loop watches the eventfd and drains the queue in batches with dt_drain, on its
  *     own thread, with the GIL it already holds.
@@ -40,9 +42,17 @@ typedef struct {
 
 typedef struct {
     uint32_t magic;
-    uint32_t adopted; /* 0: release frees it; 1: Python owns it and calls dt_free */
+    uint32_t refs; /* Triton's (until release) + Python's (from dt_adopt until dt_free); atomic */
     uint64_t size;
 } dt_header; /* 16 bytes: keeps the buffer after it 16-byte aligned */
+
+/* Drop one reference; the last one frees the buffer. */
+static void unref(dt_header *header) {
+    if (__atomic_sub_fetch(&header->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        header->magic = 0;
+        free(header);
+    }
+}
 
 static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static dt_event *queue_events = NULL;
@@ -143,7 +153,7 @@ void *dt_alloc(void *allocator, const char *name, size_t byte_size, int memory_t
                          : NULL;
     }
     header->magic = DT_MAGIC;
-    header->adopted = 0;
+    header->refs = 1; /* Triton's, until it calls release */
     header->size = byte_size;
     *buffer = header + 1;
     return NULL;
@@ -154,23 +164,18 @@ void *dt_release(void *allocator, void *buffer, void *buffer_userp, size_t byte_
                  int64_t memory_type_id) {
     (void)allocator, (void)buffer_userp, (void)byte_size, (void)memory_type, (void)memory_type_id;
     if (buffer != NULL) {
-        dt_header *header = (dt_header *)buffer - 1;
-        if (!header->adopted) {
-            header->magic = 0;
-            free(header);
-        }
+        unref((dt_header *)buffer - 1);
     }
     return NULL;
 }
 
-/* Keep an output buffer past Triton's release (it must have come from dt_alloc); free it with dt_free. */
-void dt_adopt(void *buffer) { ((dt_header *)buffer - 1)->adopted = 1; }
+/* Python takes a reference to an output buffer of a live response (it came from dt_alloc and
+ * Triton has not released it yet); dt_free gives it back. May be called more than once. */
+void dt_adopt(void *buffer) { __atomic_add_fetch(&((dt_header *)buffer - 1)->refs, 1, __ATOMIC_ACQ_REL); }
 
 void dt_free(void *buffer) {
     if (buffer != NULL) {
-        dt_header *header = (dt_header *)buffer - 1;
-        header->magic = 0;
-        free(header);
+        unref((dt_header *)buffer - 1);
     }
 }
 

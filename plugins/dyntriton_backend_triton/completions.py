@@ -43,7 +43,7 @@ class _Event(ctypes.Structure):
 
 
 class _Owner:
-    """Frees one adopted output buffer when the last view of it goes away."""
+    """Gives back Python's reference to an output buffer (dt_free) when the last view of it goes away."""
 
     __slots__ = ("_address", "_free")
 
@@ -115,7 +115,8 @@ class Completions:
                 log.exception("handling a Triton completion failed")
 
     def view(self, address: int, size: int) -> memoryview | None:
-        """Adopt the output buffer at ``address`` and view its first ``size`` bytes (freed with the view).
+        """Take a reference to the output buffer at ``address`` (Triton still holds one) and view its
+        first ``size`` bytes; the reference is given back when the last view goes.
 
         None when the buffer did not come from the C allocator (the caller copies it instead).
         """

@@ -30,7 +30,7 @@ SCENARIO = textwrap.dedent(
     async def main(c_callbacks):
         backend = TritonBackend(BackendSettings("model_repo", extra={"c_callbacks": c_callbacks}))
         await backend.start()
-        for model in ("identity", "repeat"):
+        for model in ("identity", "repeat", "classify"):
             await backend.load_model(model)
         used_c = backend.server._completions is not None
         base = np.arange(16, dtype=np.int32).reshape(1, 16)
@@ -38,8 +38,17 @@ SCENARIO = textwrap.dedent(
         big = request("identity", "INPUT0", np.arange(1 << 20, dtype=np.int32).reshape(1, -1), "big")
         answers = await asyncio.gather(*(collect(backend, m) for m in small + [big]))
         streamed = [r async for r in backend.infer(request("repeat", "IN", np.arange(4, dtype=np.int32), "s"))]
+        # Classified outputs are replaced by their top-K while Triton still holds their buffers.
+        classified = []
+        for i in range(100):
+            message = service_pb2.ModelInferRequest(model_name="classify", id=f"c{i}")
+            message.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 5])
+            message.raw_input_contents.append(np.array([[0.25, 4, 4, -1, i]], np.float32).tobytes())
+            for name in ("FP32", "INT32", "FP32_LABELLED", "INT32_LABELLED"):
+                message.outputs.add(name=name).parameters["classification"].int64_param = 1 + i % 30
+            classified += await collect(backend, message)
         digest = hashlib.sha256()
-        for response in [a for answer in answers for a in answer] + streamed:
+        for response in [a for answer in answers for a in answer] + streamed + classified:
             digest.update(response.SerializeToString())
         await backend.stop()
         print(json.dumps({"used_c": used_c, "digest": digest.hexdigest(), "streamed": len(streamed)}))
