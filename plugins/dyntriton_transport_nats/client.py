@@ -2,10 +2,11 @@
 
 Each call is ``{inbox}.{n}``; the inbox subscription routes what workers publish to the call's
 queue (see :mod:`dyntriton_transport_nats.wire`). A worker that vanishes is noticed two ways:
-a request to a subject nobody listens on comes back as a ``503`` from the NATS server at once,
-and while calls to an address are in flight the client probes it every ``probe_interval``
-seconds (the same ``503`` when its subscription is gone, silence for ``peer_timeout`` when it
-hangs or is cut off).
+a request to a subject nobody listens on comes back as a ``503`` from the NATS server at once
+(a one-message request is sent again up to three times within ~70 ms first: nobody received
+it, and nats-server may answer 503 for a subscription made moments before), and while calls
+to an address are in flight the client probes it every ``probe_interval`` seconds (the same
+``503`` when its subscription is gone, silence for ``peer_timeout`` when it hangs or is cut off).
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ log = logging.getLogger(__name__)
 
 _RETRY_HINT = "the worker probably stopped or crashed; retry on another instance"
 
-#: What a call's queue carries: ("data", payload) / ("end", b"") / ("error", payload) / ("gone", why).
+#: Pauses before sending a one-message request again after a 503 (nobody received it): ~70 ms in all.
+_RESEND_DELAYS = (0.01, 0.02, 0.04)
+
+#: What a call's queue carries: ("data", payload) / ("end", b"") / ("error", payload) / ("gone", why) /
+#: ("nobody", why): NATS answered 503, the request reached no worker.
 _Item = tuple[str, Any]
 
 
@@ -154,7 +159,7 @@ class NatsClient:
         elif op in ("E", "X", "G"):
             call.queue.put_nowait(({"E": "end", "X": "error", "G": "gone"}[op], msg.data))
         elif not op and _no_responders(msg):
-            call.queue.put_nowait(("gone", f"no worker listens at {call.address} (NATS answered 503, no responders)"))
+            call.queue.put_nowait(("nobody", f"no worker listens at {call.address} (NATS answered 503, no responders)"))
 
     def _on_probe_answer(self, name: str, op: str, msg: Any) -> None:
         peer = self._probed.get(name)
@@ -233,6 +238,7 @@ class NatsClient:
         call = self._calls[name] = _Call(address)
         self._enter(name, address, subject)
         finished = False
+        resends = 0
         try:
             await self._send_request(nc, subject, reply, endpoint, payload, deadline)
             while True:
@@ -254,6 +260,12 @@ class NatsClient:
                 elif kind == "error":
                     finished = True
                     raise error_from_status(*decode_error(body))
+                elif kind == "nobody" and resends < len(_RESEND_DELAYS) and len(payload) <= self._chunk:
+                    # Nobody received it, so sending it again cannot run it twice: nats-server (2.9)
+                    # may answer 503 for a subscription made moments ago, after its subscriber's flush.
+                    await asyncio.sleep(_RESEND_DELAYS[resends])
+                    resends += 1
+                    await self._send_request(nc, subject, reply, endpoint, payload, deadline)
                 else:
                     finished = True
                     why = body if isinstance(body, str) else bytes(body).decode(errors="replace")
