@@ -14,7 +14,8 @@ Systems (each started on 127.0.0.1 free ports, one after the other):
 - ``python ceiling``: a grpc.aio server whose ModelInfer does nothing (benchmarks/noop_grpc_server.py);
 - ``serve mem``: ``dyntriton serve --store-kv mem`` (frontend and worker in one process);
 - ``serve``: ``dyntriton serve`` (a frontend and one worker process, tcp request plane, file store);
-- ``serve 2 frontends``: the same with ``--frontends 2`` (two frontend processes sharing the port).
+- ``serve 2 frontends``: the same with ``--frontends 2`` (two frontend processes sharing the port),
+  with ``--max-connection-age 0``: h2load does not reconnect after a GOAWAY (its clients stop).
 
 CPU per request is the utime + stime of the system's whole process tree (Triton's python
 stubs included) over the requests h2load completed in the measured window.
@@ -190,7 +191,7 @@ SYSTEMS: dict[str, Callable[[Path], Iterator[Running]]] = {
     "python ceiling": python_ceiling,
     "serve mem": _serve("--store-kv", "mem"),
     "serve": _serve(),
-    "serve 2 frontends": _serve("--frontends", "2"),
+    "serve 2 frontends": _serve("--frontends", "2", "--max-connection-age", "0"),
 }
 
 

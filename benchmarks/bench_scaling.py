@@ -173,6 +173,7 @@ def serve(system: System, tmp: Path, router: str) -> Iterator[Serving]:
         argv += ["--http-port", str(free_port()), "--system-port", "0", "--store-kv", store]
         argv += ["--transport", system.transport, "--workers", str(system.workers)]
         argv += ["--frontends", str(system.frontends), "--router", router]
+        argv += ["--max-connection-age", "0"]  # h2load does not reconnect after a GOAWAY
         log = tmp / f"serve-{port}.log"
         proc = stack.enter_context(running(argv, env, log))
 

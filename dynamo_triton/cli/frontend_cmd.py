@@ -3,7 +3,8 @@
 SIGTERM drains: the ports stop accepting, requests in flight finish, then the process
 exits 0. Started with ``--reuse-port``, a frontend shares its ports (``SO_REUSEPORT``) with
 any other frontend started the same way, so a rolling restart loses no request: start
-the new process on the same ports, wait for its start line, then SIGTERM the old one.
+the new process on the same ports, wait for its start line, then SIGTERM the old one; its
+clients move to the new one within ``--max-connection-age`` before it stops (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def frontend_config(
     tls_client_ca: str | None,
     http_tls: bool = True,
     reuse_port: bool = False,
+    max_connection_age: float = 5.0,
     transport_tls_cert: str | None = None,
     transport_tls_key: str | None = None,
     transport_tls_ca: str | None = None,
@@ -72,6 +74,9 @@ def frontend_config(
     :param tls_cert: and ``tls_key``, ``tls_client_ca``: the frontend's TLS, for the gRPC port and,
         unless ``http_tls`` is false, the HTTP port (the same files: one certificate for the frontend).
     :param reuse_port: bind with ``SO_REUSEPORT`` so several frontend processes share the ports.
+    :param max_connection_age: with ``reuse_port``: seconds a gRPC connection lives before its client is
+        asked to reconnect, the bound on how long a draining frontend waits for its clients to move on
+        (docs/operations.md); 0 turns it off.
     :param transport_tls_cert: and the other ``transport_*``: the request plane's settings (see
         :func:`~dynamo_triton.cli.options.transport_settings`).
     """
@@ -87,11 +92,13 @@ def frontend_config(
         "server_name": server_name,
         "stream_window": stream_window,
         "reuse_port": reuse_port,
+        "max_connection_age": max_connection_age if reuse_port else 0,
     }
     http_options: dict[str, object] = {
         "server_name": server_name,
         "max_input_size": http_max_input_size,
         "reuse_port": reuse_port,
+        "max_connection_age": max_connection_age if reuse_port else 0,
     }
     if tls_cert:
         tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
@@ -175,6 +182,7 @@ FORWARDED = {
     "server_name",
     "stream_window",
     "max_message_size",
+    "max_connection_age",
     "tls_cert",
     "tls_key",
     "tls_client_ca",

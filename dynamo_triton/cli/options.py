@@ -300,6 +300,18 @@ frontend_options = _apply(
             help="Requests one ModelStreamInfer stream may have running or unsent before the frontend stops reading.",
         ),
         click.option(
+            "--max-connection-age",
+            envvar="DYN_MAX_CONNECTION_AGE",
+            type=click.FloatRange(min=0),
+            default=5.0,
+            show_default=True,
+            show_envvar=True,
+            help="With shared ports (--reuse-port, several frontend processes): seconds a gRPC connection lives "
+            "before the frontend asks its client to open a new one (GOAWAY; gRPC clients do it without failing "
+            "a call), and so the longest a draining frontend waits for its clients to move to another process. "
+            "0: off (a draining frontend then cancels the calls that reach it late).",
+        ),
+        click.option(
             "--max-message-size",
             type=int,
             default=256 * 1024 * 1024,

@@ -145,6 +145,7 @@ class ServeOptions:
     server_name: str
     stream_window: int
     max_message_size: int
+    max_connection_age: float
     tls_cert: str | None
     tls_key: str | None
     tls_client_ca: str | None
@@ -224,6 +225,7 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
         tls_client_ca=opts.tls_client_ca,
         http_tls=opts.http_tls,
         reuse_port=opts.frontends > 1,
+        max_connection_age=opts.max_connection_age,
         transport_tls_cert=opts.transport_tls_cert,
         transport_tls_key=opts.transport_tls_key,
         transport_tls_ca=opts.transport_tls_ca,

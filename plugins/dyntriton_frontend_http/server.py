@@ -12,6 +12,12 @@ too) and ``tls_client_ca`` (PEM: clients must present a certificate it signed), 
 and files as the gRPC frontend's. The files are loaded before the port opens: a bad one is a
 ConfigError naming it (:func:`dynamo_triton.tls.server_context`).
 
+With ``reuse_port`` and ``max_connection_age`` (seconds; several frontend processes on the
+port), :meth:`HttpFrontend.stop` drains first: it stops listening (new connections go to the
+other processes), answers every request with ``Connection: close`` so keep-alive clients
+reconnect elsewhere after their answer, and waits until its connections are gone or the age
+has passed; then idle connections are closed and requests in flight finish.
+
 The server runs with handler cancellation: a client that disconnects cancels its
 handler, and so the worker's request. It reads bodies itself (no automatic
 decompression) so that ``Content-Encoding`` follows Triton's rules and limits.
@@ -19,6 +25,8 @@ decompression) so that ``Content-Encoding`` follows Triton's rules and limits.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -35,6 +43,8 @@ __all__ = ["DEFAULT_MAX_INPUT_SIZE", "HttpFrontend"]
 DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger(__name__)
 
 
 @web.middleware
@@ -62,6 +72,9 @@ class HttpFrontend:
         self.routes = RestRoutes(service, max_input_size=max_input_size, server_name=options.get("server_name") or None)
         self._runner: web.AppRunner | None = None
         self._port = settings.port
+        self._reuse_port = bool(options.get("reuse_port"))
+        self._max_connection_age = float(options.get("max_connection_age") or 0)
+        self._draining = False
 
     def tls(self) -> ssl.SSLContext | None:
         """The TLS context the port serves with, or None for plain HTTP (no ``tls_cert`` option)."""
@@ -79,7 +92,10 @@ class HttpFrontend:
         return self._port
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=self.routes.max_input_size, middlewares=[json_errors])
+        middlewares = [json_errors]
+        if self._reuse_port and self._max_connection_age > 0:
+            middlewares.append(self._close_when_draining)
+        app = web.Application(client_max_size=self.routes.max_input_size, middlewares=middlewares)
         self.routes.add_to(app)
         return app
 
@@ -89,9 +105,8 @@ class HttpFrontend:
             self.application(), access_log=None, handler_cancellation=True, auto_decompress=False
         )
         await self._runner.setup()
-        reuse_port = bool(self.settings.options.get("reuse_port"))  # several frontend processes, one port
-        site = web.TCPSite(
-            self._runner, self.settings.host, self.settings.port, ssl_context=tls, reuse_port=reuse_port or None
+        site = web.TCPSite(  # reuse_port: several frontend processes, one port
+            self._runner, self.settings.host, self.settings.port, ssl_context=tls, reuse_port=self._reuse_port or None
         )
         try:
             await site.start()
@@ -104,7 +119,33 @@ class HttpFrontend:
             ) from exc
         self._port = self._runner.addresses[0][1]
 
+    @web.middleware
+    async def _close_when_draining(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if self._draining:
+            response.force_close()  # ``Connection: close``: the client's next request goes to another process
+        return response
+
     async def stop(self, *, grace: float = 5.0) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._runner is None:
+            return
+        if self._reuse_port and self._max_connection_age > 0:
+            await self._drain()
+        await self._runner.cleanup()
+        self._runner = None
+
+    async def _drain(self) -> None:
+        """Stop listening; answer with ``Connection: close`` until the connections are gone or the age passed."""
+        assert self._runner is not None
+        for site in list(self._runner.sites):
+            await site.stop()
+        self._draining = True
+        server = self._runner.server
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_connection_age
+        while server is not None and server.connections:
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)  # aiohttp says nothing when a connection closes
+        if server is not None and server.connections:
+            log.info("HTTP port %d: closing %d connection(s) left after draining", self._port, len(server.connections))

@@ -5,6 +5,19 @@ the request *bytes*, parses them once to validate and route, forwards the same
 bytes to the routing core and returns the worker's response bytes untouched.
 ModelStreamInfer wraps each response into a ``ModelStreamInferResponse`` by
 prefixing the protobuf field header, without re-encoding the tensor data.
+
+Draining without cancelling a call (options ``reuse_port`` and ``max_connection_age``):
+grpc.aio's ``server.stop(grace)`` (grpc core's shutdown) answers CANCELLED to the calls that
+reached the process but were not yet picked up by its serving loop, and to the calls clients
+start before they see the GOAWAY the shutdown sends; grpc-python cannot send a GOAWAY or stop
+listening without shutting down. So a frontend sharing its port with other processes runs
+with ``grpc.max_connection_age_ms`` (each connection gets a GOAWAY within the age, ±10 %,
+while the server serves: gRPC clients move their next calls to a new connection, and retry
+the calls the server had not seen), and :meth:`KServeGrpcFrontend.stop` first stops
+listening (``drain.stop_listening``: new connections go to the other processes), keeps
+serving until its connections are gone, and only then shuts the server down: nothing is
+left to cancel. At the drain timeout, open ModelStreamInfer streams stop reading, answer
+what they read and end with UNAVAILABLE (the client reopens its stream elsewhere).
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from dynamo_triton.runtime.identity import server_identity
 from dynamo_triton.runtime.pipeline import PreparedRequest, RequestPipeline
 from dynamo_triton.runtime.streams import DEFAULT_MAX_PENDING_BYTES, DEFAULT_WINDOW, StreamFormat, run_stream
 from dynamo_triton.wire import field_header
+from dyntriton_frontend_kserve_grpc import drain
 
 __all__ = ["KServeGrpcFrontend", "stream_response_bytes"]
 
@@ -34,6 +48,8 @@ log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024
+#: Seconds a draining frontend waits for its clients to leave before it ends what is left.
+DEFAULT_DRAIN_TIMEOUT = 30.0
 IMPLEMENTED = {
     "ServerLive",
     "ServerReady",
@@ -75,6 +91,9 @@ class KServeGrpcFrontend:
         self._health = health.aio.HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
         self._port = settings.port
+        self._max_connection_age = float(options.get("max_connection_age") or 0)
+        self._drain_timeout = float(options.get("drain_timeout") or DEFAULT_DRAIN_TIMEOUT)
+        self._streams: dict[asyncio.Task[Any], _Reading] = {}  # reader task -> its stream's requests
 
     @property
     def port(self) -> int:
@@ -83,14 +102,15 @@ class KServeGrpcFrontend:
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         max_message = int(self.settings.options.get("max_message_bytes") or DEFAULT_MAX_MESSAGE)
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", max_message),
-                ("grpc.max_receive_message_length", max_message),
-                # Off unless asked: with it on, a second server on a taken port would start silently.
-                ("grpc.so_reuseport", 1 if self.settings.options.get("reuse_port") else 0),
-            ]
-        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", max_message),
+            ("grpc.max_receive_message_length", max_message),
+            # Off unless asked: with it on, a second server on a taken port would start silently.
+            ("grpc.so_reuseport", 1 if self.settings.options.get("reuse_port") else 0),
+        ]
+        if self._max_connection_age > 0:  # no grace: a long stream is ended by the drain, not by its age
+            options.append(("grpc.max_connection_age_ms", max(1, round(self._max_connection_age * 1000))))
+        server = grpc.aio.server(options=options)
         server.add_generic_rpc_handlers((self._handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -147,8 +167,43 @@ class KServeGrpcFrontend:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         if self._server is not None:
+            if self._max_connection_age > 0 and self.settings.options.get("reuse_port"):
+                await self._drain()
             await self._server.stop(grace)
             self._server = None
+
+    async def _drain(self) -> None:
+        """Stop listening and serve until the clients left (their connections reach their age), or the timeout.
+
+        Only when another process listens on the port: otherwise the clients have nowhere to go.
+        """
+        port = self._port
+        if not drain.stop_listening(port) or not drain.others_listen(port):
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self._drain_timeout
+        left = drain.connections(port)
+        log.info("gRPC port %d: stopped listening; %d connection(s) to drain", port, left)
+        while left:
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)  # polling /proc: grpc core says nothing when a connection closes
+            left = drain.connections(port)
+        if left:
+            streams = len(self._streams)
+            for task, requests in list(self._streams.items()):
+                requests.ended_by_drain = True
+                task.cancel()  # the stream stops reading; what it read is answered, then UNAVAILABLE
+            log.warning(
+                "gRPC port %d: %d connection(s) still open after the %g s drain timeout (%d stream(s) ended)",
+                port,
+                left,
+                self._drain_timeout,
+                streams,
+            )
+        else:
+            log.info("gRPC port %d: every client left in %.2f s", port, loop.time() - started)
 
     # -- handlers --------------------------------------------------------------------------------
     def _handlers(self) -> grpc.GenericRpcHandler:
@@ -310,9 +365,10 @@ class KServeGrpcFrontend:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Triton's stream semantics (request order for non-decoupled models, bounded): runtime/streams.py."""
+        reading = _Reading(self._streams)
         answers = run_stream(
             self.stream_pipeline,
-            requests,
+            reading.through(requests),
             _GRPC_STREAM,
             window=self._stream_window,
             max_pending_bytes=self._stream_max_pending_bytes,
@@ -322,6 +378,34 @@ class KServeGrpcFrontend:
                 yield answer
         finally:
             await answers.aclose()
+        if reading.ended_by_drain:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the frontend is shutting down: this stream answered every request it had read and takes no more; "
+                "open a new stream",
+            )
+
+
+class _Reading:
+    """How a drain stops a stream's reading: :meth:`through` registers the task reading the requests.
+
+    Cancelling that task (the stream's reader in runtime/streams.py) stops the reading; the
+    requests already read are still answered.
+    """
+
+    def __init__(self, streams: dict[asyncio.Task[Any], _Reading]):
+        self._streams = streams
+        self.ended_by_drain = False
+
+    async def through(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams[task] = self
+        try:
+            async for raw in requests:
+                yield raw
+        finally:
+            self._streams.pop(task, None)
 
 
 def _no_repository_name(request: Any) -> None:
