@@ -14,19 +14,18 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from dynamo_triton.testing.certs import TestCerts, make_certs
 from dynamo_triton.testing.cluster import (
     MODEL_REPO,
     START_TIMEOUT,
@@ -46,28 +45,10 @@ CONCURRENCY = 8
 TOKEN = "fault-suite-token"
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def make_certs(root: Path) -> Path:
-    """A CA signing ``worker`` and ``frontend`` certificates for 127.0.0.1."""
-    root.mkdir()
-    (root / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fault-ca",
-             "-keyout", str(root / "ca.key"), "-out", str(root / "ca.pem"))  # fmt: skip
-    for name in ("worker", "frontend"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                 "-keyout", str(root / f"{name}.key"), "-out", str(root / f"{name}.csr"))  # fmt: skip
-        _openssl("x509", "-req", "-in", str(root / f"{name}.csr"), "-CA", str(root / "ca.pem"),
-                 "-CAkey", str(root / "ca.key"), "-CAcreateserial", "-days", "2",
-                 "-extfile", str(root / "san.cnf"), "-out", str(root / f"{name}.pem"))  # fmt: skip
-    return root
-
-
-def tls_args(certs: Path, name: str) -> list[str]:
-    return [f"--transport-tls-cert={certs / name}.pem", f"--transport-tls-key={certs / name}.key",
-            f"--transport-tls-ca={certs / 'ca.pem'}"]  # fmt: skip
+def tls_args(certs: TestCerts, side: str) -> list[str]:
+    """The request-plane TLS options of the worker (``server``) or the frontend (``client``)."""
+    cert, key = (certs.server_cert, certs.server_key) if side == "server" else (certs.client_cert, certs.client_key)
+    return [f"--transport-tls-cert={cert}", f"--transport-tls-key={key}", f"--transport-tls-ca={certs.ca}"]
 
 
 @dataclass
@@ -78,7 +59,7 @@ class Workers:
     system_ports: list[int]
     secure: Proc
     secure_port: int
-    certs: Path
+    certs: TestCerts
     frontends: dict[str, str] = field(default_factory=dict)
 
 
@@ -109,7 +90,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory, require_triton: None) -> I
         secure = cluster.command(
             "worker", "--store-kv", "file", "--namespace", "secure", "--model-repository", str(MODEL_REPO),
             "--model", "identity", "--lease-ttl", "30", "--system-port", str(secure_system),
-            "--worker-port", str(secure_port), *tls_args(certs, "worker"), "--transport-token", TOKEN,
+            "--worker-port", str(secure_port), *tls_args(certs, "server"), "--transport-token", TOKEN,
         )  # fmt: skip
         for port in [*(port for _, port in started), secure_system]:
             wait_until(lambda p=port: http_get(p, "/health")[0] == 200, START_TIMEOUT, f"worker :{port}", cluster)
@@ -266,7 +247,7 @@ def _unavailable(url: str) -> str:
 
 
 def test_a_tls_worker_serves_a_frontend_with_its_certificate_and_token(workers: Workers) -> None:
-    url = frontend(workers.cluster, "--namespace", "secure", *tls_args(workers.certs, "frontend"),
+    url = frontend(workers.cluster, "--namespace", "secure", *tls_args(workers.certs, "client"),
                    "--transport-token", TOKEN)  # fmt: skip
     wait_until(lambda: model_ready(url, "identity"), 60, "the secure frontend", workers.cluster)
     client = grpcclient.InferenceServerClient(url)
@@ -301,14 +282,14 @@ def test_a_tls_worker_refuses_a_plain_connection(workers: Workers) -> None:
 
 
 def test_a_wrong_or_missing_token_is_refused(workers: Workers) -> None:
-    wrong = frontend(workers.cluster, "--namespace", "secure", *tls_args(workers.certs, "frontend"),
+    wrong = frontend(workers.cluster, "--namespace", "secure", *tls_args(workers.certs, "client"),
                      "--transport-token", "not-the-token")  # fmt: skip
     wait_until(lambda: model_ready(wrong, "identity"), 60, "the wrong-token frontend", workers.cluster)
     message = _unavailable(wrong)
     assert "wrong token" in message and "--transport-token" in message and "tcp://" not in message, message
     wait_until(lambda: _refusals(workers.secure, "wrong token"), 10, "the wrong-token line", workers.cluster)
 
-    missing = frontend(workers.cluster, "--namespace", "secure", *tls_args(workers.certs, "frontend"))
+    missing = frontend(workers.cluster, "--namespace", "secure", *tls_args(workers.certs, "client"))
     wait_until(lambda: model_ready(missing, "identity"), 60, "the token-less frontend", workers.cluster)
     message = _unavailable(missing)
     assert "requires a token" in message and "--transport-token" in message, message

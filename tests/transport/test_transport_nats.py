@@ -7,7 +7,6 @@ import asyncio
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from dyntriton_transport_nats.wire import chunks
 
 from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, PluginError, TransportError
 from dynamo_triton.plugins import make_plugin_manager
+from dynamo_triton.testing.certs import make_certs
 from dynamo_triton.testing.nats import run_nats
 from dynamo_triton.testing.transport_contract import collect, echo
 from dynamo_triton.transport import TransportRequest
@@ -187,21 +187,9 @@ async def test_credentials_are_used_and_a_refusal_says_which(tmp_path: Path) -> 
         assert "NATS_USER" in str(caught.value.hint)
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make test certs")
 async def test_mutual_tls(tmp_path: Path) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-             "-keyout", str(tmp_path / "ca.key"), "-out", str(tmp_path / "ca.pem"))  # fmt: skip
-    (tmp_path / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                 "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.csr"))  # fmt: skip
-        _openssl("x509", "-req", "-in", str(tmp_path / f"{name}.csr"), "-CA", str(tmp_path / "ca.pem"),
-                 "-CAkey", str(tmp_path / "ca.key"), "-CAcreateserial", "-days", "2",
-                 "-extfile", str(tmp_path / "san.cnf"), "-out", str(tmp_path / f"{name}.pem"))  # fmt: skip
+    make_certs(tmp_path)  # ca.pem, server.pem/.key, client.pem/.key
     tls = ["--tlsverify", "--tlscert", str(tmp_path / "server.pem"), "--tlskey", str(tmp_path / "server.key")]
     tls += ["--tlscacert", str(tmp_path / "ca.pem")]
     with run_nats(tmp_path / "nats", extra_args=tls) as server:
