@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamo_triton.testing.ports import free_port
+from dynamo_triton.testing.processes import stop_process
 
 __all__ = [
     "Cluster",
@@ -65,14 +66,7 @@ class Proc:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int | None:
         if self.popen is None:
             return None
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
+        return stop_process(self.popen, timeout, sig)
 
 
 @dataclass
@@ -236,9 +230,4 @@ def running(
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(stop_timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, stop_timeout)

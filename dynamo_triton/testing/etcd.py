@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dynamo_triton.testing.ports import accepts, free_port
+from dynamo_triton.testing.processes import stop_process
 
 __all__ = ["EtcdNotInstalled", "etcd_binary", "run_etcd"]
 
@@ -62,15 +63,7 @@ def run_etcd(data_dir: Path | None = None, *, start_timeout: float = 20.0) -> It
             stderr=subprocess.STDOUT,
         )
 
-        def stop() -> None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-        stack.callback(stop)
+        stack.callback(stop_process, process, 10)
         deadline = time.monotonic() + start_timeout
         while not accepts(client):
             if process.poll() is not None or time.monotonic() > deadline:

@@ -18,6 +18,7 @@ from types import TracebackType
 
 from dynamo_triton.testing.etcd import etcd_binary
 from dynamo_triton.testing.ports import accepts, free_port
+from dynamo_triton.testing.processes import stop_process
 
 __all__ = ["EtcdNode"]
 
@@ -75,13 +76,7 @@ class EtcdNode:
         """SIGTERM etcd (SIGKILL after 10 s) and wait for it."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
         self.process = None
 
     def wipe(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dynamo_triton.testing.ports import accepts, free_port
+from dynamo_triton.testing.processes import stop_process
 
 __all__ = ["NatsNotInstalled", "NatsServer", "nats_binary", "run_nats"]
 
@@ -42,13 +43,7 @@ class NatsServer:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 10 s); idempotent."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
     def tail(self, chars: int = 2000) -> str:
         """The end of the server's log, for error messages."""

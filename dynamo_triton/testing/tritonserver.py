@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dynamo_triton.testing.cluster import START_TIMEOUT, free_port
+from dynamo_triton.testing.processes import stop_process
 
 __all__ = ["TritonDirect", "TritonNotInstalled", "run_tritonserver"]
 
@@ -140,10 +141,4 @@ def run_tritonserver(
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL if it has not exited within 30 s."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, 30)
