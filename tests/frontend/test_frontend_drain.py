@@ -64,11 +64,13 @@ async def test_a_stream_open_at_the_drain_timeout_answers_what_it_read_then_ends
             await stream.write(_request("identity", "a"))
             assert (await stream.read()).infer_response.id == "a"
             await stream.write(_request("gated", "b"))  # read, answered only when the test opens its gate
-            while "b" not in service.gates:
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(10):
+                while "b" not in service.gates:
+                    await asyncio.sleep(0.01)
             stopping = asyncio.create_task(frontend.stop(grace=5))
-            while frontend._streams:  # the drain timeout passed: the stream stopped reading
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(10):
+                while frontend._streams:  # the drain timeout passed: the stream stopped reading
+                    await asyncio.sleep(0.01)
             service.gates["b"].set()
             assert (await stream.read()).infer_response.id == "b"
             with pytest.raises(grpc.aio.AioRpcError) as ended:
@@ -100,8 +102,9 @@ async def test_a_draining_http_frontend_answers_with_connection_close_and_waits_
         first = await asyncio.to_thread(infer, connection)
         assert first.status == 200 and first.getheader("Connection") != "close"
         stopping = asyncio.create_task(frontend.stop())
-        while frontend._runner is not None and frontend._runner.sites:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while frontend._runner is not None and frontend._runner.sites:
+                await asyncio.sleep(0.01)
         with pytest.raises(ConnectionRefusedError):  # no longer listening
             await asyncio.to_thread(socket.create_connection, ("127.0.0.1", frontend.port), 5)
         last = await asyncio.to_thread(infer, connection)  # the kept-alive connection is still served
