@@ -242,12 +242,16 @@ class TritonLib:
 
     def __init__(self, lib: ctypes.CDLL):
         self.lib = lib
-        holding = ctypes.PyDLL(lib._name, handle=lib._handle)  # same library, calls keep the GIL
-        for name, (restype, argtypes) in _SIGNATURES.items():
-            function = getattr(holding if name in KEEP_GIL else lib, f"TRITONSERVER_{name}")
-            function.restype = restype
-            function.argtypes = argtypes
-            setattr(self, name, function)
+        self._holding = ctypes.PyDLL(lib._name, handle=lib._handle)  # same library, calls keep the GIL
+        for name in _SIGNATURES:
+            self._declare(name, self._holding if name in KEEP_GIL else lib)
+
+    def _declare(self, name: str, library: ctypes.CDLL) -> None:
+        restype, argtypes = _SIGNATURES[name]
+        function = getattr(library, f"TRITONSERVER_{name}")
+        function.restype = restype
+        function.argtypes = argtypes
+        setattr(self, name, function)
 
     def hold_gil(self, names: frozenset[str]) -> None:
         """Make the calls ``names`` keep the GIL too.
@@ -256,13 +260,8 @@ class TritonLib:
         completions.py): a call that waits on a Triton lock would otherwise deadlock with a
         callback holding that lock while it waits for the GIL.
         """
-        holding = ctypes.PyDLL(self.lib._name, handle=self.lib._handle)
         for name in names:
-            restype, argtypes = _SIGNATURES[name]
-            function = getattr(holding, f"TRITONSERVER_{name}")
-            function.restype = restype
-            function.argtypes = argtypes
-            setattr(self, name, function)
+            self._declare(name, self._holding)
 
 
 def declare(lib: ctypes.CDLL) -> TritonLib:
