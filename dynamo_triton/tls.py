@@ -13,7 +13,7 @@ import ssl
 
 from dynamo_triton.errors import ConfigError
 
-__all__ = ["TLS_OPTIONS", "server_context"]
+__all__ = ["TLS_OPTIONS", "load_context", "server_context"]
 
 #: The command-line options the files come from, named in errors: certificate, key, client CA.
 TLS_OPTIONS = ("--tls-cert", "--tls-key", "--tls-client-ca")
@@ -43,18 +43,37 @@ def server_context(
 ) -> ssl.SSLContext:
     """A server-side context presenting ``cert``; with ``client_ca``, clients must present a certificate it signed.
 
+    See :func:`load_context` for the parameters and errors.
+    """
+    return load_context(ssl.Purpose.CLIENT_AUTH, cert, key, client_ca, options=options)
+
+
+def load_context(
+    purpose: ssl.Purpose,
+    cert: str,
+    key: str,
+    ca: str | None = None,
+    *,
+    options: tuple[str, str, str] = TLS_OPTIONS,
+    peers: str = "clients",
+    ca_name: str = "client CA",
+) -> ssl.SSLContext:
+    """A context for ``purpose`` presenting ``cert``; with ``ca``, the peer's certificate must chain to it.
+
     :param cert: PEM certificate (its chain may follow it in the file).
     :param key: the certificate's PEM private key, not encrypted (a server has nobody to type a passphrase).
-    :param client_ca: PEM CA bundle client certificates must chain to (mutual TLS), or None.
+    :param ca: PEM CA bundle the peers' certificates must chain to (mutual TLS), or None.
     :param options: the option names of the three files, for the error messages.
+    :param peers: who presents the certificates ``ca`` signs, for the error messages.
+    :param ca_name: what the messages call ``ca``.
     :raises ConfigError: a file is missing or unreadable, is not PEM, the key is encrypted or does not
         belong to the certificate; the message names the file and its option.
     """
     cert_option, key_option, ca_option = options
-    for path, option in ((cert, cert_option), (key, key_option), (client_ca, ca_option)):
+    for path, option in ((cert, cert_option), (key, key_option), (ca, ca_option)):
         if path:
             _readable(path, option)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = ssl.create_default_context(purpose)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:  # parses the certificates alone, so a failure below is the key's
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(cafile=cert)
@@ -82,13 +101,13 @@ def server_context(
             f"the TLS key {key!r} ({key_option}) is not a PEM private key ({exc.reason or exc})",
             hint="give the private key in PEM ('-----BEGIN PRIVATE KEY-----')",
         ) from exc
-    if client_ca:
+    if ca:
         try:
-            context.load_verify_locations(cafile=client_ca)
+            context.load_verify_locations(cafile=ca)
         except ssl.SSLError as exc:
             raise ConfigError(
-                f"the TLS client CA {client_ca!r} ({ca_option}) holds no PEM certificate ({exc.reason or exc})",
-                hint="give the PEM certificate of the CA that signs the clients' certificates",
+                f"the TLS {ca_name} {ca!r} ({ca_option}) holds no PEM certificate ({exc.reason or exc})",
+                hint=f"give the PEM certificate of the CA that signs the {peers}' certificates",
             ) from exc
         context.verify_mode = ssl.CERT_REQUIRED
     return context

@@ -15,7 +15,7 @@ import hmac
 import secrets
 import ssl
 
-from dynamo_triton.errors import ConfigError
+from dynamo_triton.tls import load_context
 
 __all__ = ["CHALLENGE_BYTES", "answer", "client_context", "new_challenge", "server_context", "tls_refusal"]
 
@@ -33,35 +33,18 @@ def answer(token: bytes, challenge: bytes) -> bytes:
     return hmac.new(token, _CONTEXT + challenge, hashlib.sha256).digest()
 
 
-def _context(purpose: ssl.Purpose, cert: str, key: str, ca: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(purpose)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    for what, path in (("--transport-tls-cert", cert), ("--transport-tls-key", key), ("--transport-tls-ca", ca)):
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"cannot read the TLS file {path!r} ({what}): {exc.strerror or exc}") from exc
-    try:
-        context.load_cert_chain(cert, key)
-        context.load_verify_locations(cafile=ca)
-    except ssl.SSLError as exc:
-        raise ConfigError(
-            f"the TLS files do not load ({exc.reason or exc}): certificate {cert!r}, key {key!r}, CA {ca!r}",
-            hint="give PEM files; the key must belong to the certificate",
-        ) from exc
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
+#: The options the TLS files come from, named in errors.
+_TLS_OPTIONS = ("--transport-tls-cert", "--transport-tls-key", "--transport-tls-ca")
 
 
 def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     """A worker's context: presents ``cert``, requires a client certificate signed by ``ca``."""
-    return _context(ssl.Purpose.CLIENT_AUTH, cert, key, ca)
+    return load_context(ssl.Purpose.CLIENT_AUTH, cert, key, ca, options=_TLS_OPTIONS, peers="frontends", ca_name="CA")
 
 
 def client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     """A frontend's context: presents ``cert``, checks the worker's certificate and host name against ``ca``."""
-    context = _context(ssl.Purpose.SERVER_AUTH, cert, key, ca)
+    context = load_context(ssl.Purpose.SERVER_AUTH, cert, key, ca, options=_TLS_OPTIONS, peers="workers", ca_name="CA")
     context.check_hostname = True
     return context
 

@@ -165,7 +165,7 @@ def test_tls_settings_are_all_or_nothing_and_files_must_load(certs: Path, tmp_pa
     with pytest.raises(ConfigError, match="cannot read the TLS file"):
         tls(certs, "absent").server()
     (tmp_path / "junk.pem").write_text("not a certificate\n")
-    with pytest.raises(ConfigError, match="do not load"):
+    with pytest.raises(ConfigError, match=r"junk\.pem. \(--transport-tls-cert\) is not a PEM certificate"):
         TcpTransport(
             tls_cert=str(tmp_path / "junk.pem"), tls_key=str(certs / "worker.key"), tls_ca=str(certs / "ca.pem")
         ).client()
