@@ -6,6 +6,7 @@ plugin with a broken command module cannot break any other command.
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import logging
 import os
@@ -90,6 +91,9 @@ def _plugin_command(item: Any) -> click.Command:
 
 
 def _configure_process(argv: list[str] | None = None) -> None:
+    # A crash inside Triton or a C extension (SIGSEGV, SIGABRT...) prints every thread's Python
+    # stack to stderr before the process dies: the one clue an operator gets from the log.
+    faulthandler.enable()
     # Triton's python backend forks a stub process per model instance; with grpc's fork handlers
     # enabled, a process that runs a grpc server (serve --in-process) aborts in that fork.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
