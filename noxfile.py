@@ -28,7 +28,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy on the core package."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,test]")  # pytest typed: the testing helpers use it
     session.run("mypy")
 
 

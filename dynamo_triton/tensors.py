@@ -197,7 +197,7 @@ def decode_bytes(raw: Raw, count: int | None = None) -> np.ndarray:
     records = _uniform_records(data)
     if records is None:
         items = _walk_items(data)
-    elif "data" in records.dtype.names:
+    elif "data" in (records.dtype.names or ()):
         items = records["data"].tolist()  # V{width} items are ``bytes`` of that length
     else:
         items = [b""] * records.size
