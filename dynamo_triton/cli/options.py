@@ -394,7 +394,7 @@ transport_options = _apply(
             show_default=True,
             show_envvar=True,
             help="Seconds without a sign of life before a frontend stops routing to a worker (frozen, stuck) "
-            "until it answers again; 0: no heartbeats (tcp).",
+            "until it answers again; 0: no heartbeats (tcp and nats).",
         ),
     ]
 )

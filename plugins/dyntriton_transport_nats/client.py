@@ -1,12 +1,26 @@
 """The nats transport's client: one connection and one inbox subscription for every call.
 
 Each call is ``{inbox}.{n}``; the inbox subscription routes what workers publish to the call's
-queue (see :mod:`dyntriton_transport_nats.wire`). A worker that vanishes is noticed two ways:
-a request to a subject nobody listens on comes back as a ``503`` from the NATS server at once
-(a one-message request is sent again up to three times within ~70 ms first: nobody received
-it, and nats-server may answer 503 for a subscription made moments before), and while calls
-to an address are in flight the client probes it every ``probe_interval`` seconds (the same
-``503`` when its subscription is gone, silence for ``peer_timeout`` when it hangs or is cut off).
+queue (see :mod:`dyntriton_transport_nats.wire`). A worker that vanishes is noticed at once: a
+request to a subject nobody listens on comes back as a ``503`` from the NATS server (a
+one-message request is sent again up to three times within ~70 ms first: nobody received it,
+and nats-server may answer 503 for a subscription made moments before).
+
+Liveness (``heartbeat`` > 0, see :class:`~dynamo_triton.transport.LivenessReporting`): every
+message from a worker (answers, its acknowledgements of the requests it read, probe answers) is
+a sign of life. While calls to a worker are in flight, or while it is unresponsive, the client
+probes it every ``heartbeat / 4`` s of silence. After ``heartbeat`` s without a sign of life the
+worker is *unresponsive*:
+
+- calls it has not acknowledged fail at once with PeerUnresponsiveError(started=False) (their
+  cancel waits in NATS, so a worker that wakes up drops them instead of running them);
+- calls it read fail with PeerUnresponsiveError(started=True) unless they have a deadline, which
+  they keep;
+- new calls to it fail at once with PeerUnresponsiveError(started=False), unsent;
+- its first sign of life makes it healthy again. An unresponsive worker with no call in flight
+  is forgotten (probes stop, "nothing known") after 60 s.
+
+A worker whose subscription vanished (``503`` to a probe) fails its calls with PeerGoneError.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, error_from_status
+from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, PeerUnresponsiveError, error_from_status
 from dyntriton_transport_nats.connection import NatsSettings, connect
 from dyntriton_transport_nats.server import PENDING_BYTES
 from dyntriton_transport_nats.wire import (
@@ -37,49 +51,46 @@ _RETRY_HINT = "the worker probably stopped or crashed; retry on another instance
 #: Pauses before sending a one-message request again after a 503 (nobody received it): ~70 ms in all.
 _RESEND_DELAYS = (0.01, 0.02, 0.04)
 
+#: Seconds an unresponsive worker with no call in flight is still probed before it is forgotten.
+_FORGET_AFTER = 60.0
+
 #: What a call's queue carries: ("data", payload) / ("end", b"") / ("error", payload) / ("gone", why) /
-#: ("nobody", why): NATS answered 503, the request reached no worker.
+#: ("nobody", why): NATS answered 503, the request reached no worker / ("unresponsive", error).
 _Item = tuple[str, Any]
 
 
-class _Call:
-    __slots__ = ("address", "filled", "parts", "queue", "total")
-
-    def __init__(self, address: str):
-        self.address = address
-        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self.parts: list[bytes] | None = None  # the chunks of a response being received
-        self.total = self.filled = 0
-
-
 class _Peer:
-    """The calls in flight to one address, and the task probing it while there are any."""
+    """What the client knows of one worker address: its calls in flight and its liveness."""
 
-    def __init__(self, number: int, address: str, subject: str):
+    def __init__(self, number: int, address: str, subject: str, now: float):
         self.number, self.address, self.subject = number, address, subject
         self.calls: set[str] = set()
         self.probe: asyncio.Task[None] | None = None
-        self.answered = asyncio.Event()
+        self.last_sign = now
+        self.unresponsive_since: float | None = None
+
+
+class _Call:
+    __slots__ = ("filled", "parts", "peer", "queue", "started", "timed", "total")
+
+    def __init__(self, peer: _Peer, timed: bool):
+        self.peer, self.timed = peer, timed
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.parts: list[bytes] | None = None  # the chunks of a response being received
+        self.total = self.filled = 0
+        self.started = False  # the worker acknowledged (or answered) the request
 
 
 class NatsClient:
     """Sends requests to ``nats:`` addresses; see :class:`dynamo_triton.transport.TransportClient`.
 
-    :param probe_interval: seconds between liveness probes of an address with calls in flight.
-    :param peer_timeout: seconds without a probe answer after which its calls fail with PeerGoneError.
+    :param heartbeat: seconds without a sign of life before a worker is unresponsive (0: never;
+        then only NATS's "no responders" and deadlines end calls to a worker that stops answering).
     :param max_chunk: largest message payload sent, in bytes (capped by the server's ``max_payload``).
     """
 
-    def __init__(
-        self,
-        settings: NatsSettings,
-        *,
-        probe_interval: float = 1.0,
-        peer_timeout: float = 10.0,
-        max_chunk: int | None = None,
-    ):
-        self.settings, self.probe_interval, self.peer_timeout = settings, probe_interval, peer_timeout
-        self.max_chunk = max_chunk
+    def __init__(self, settings: NatsSettings, *, heartbeat: float = 1.0, max_chunk: int | None = None):
+        self.settings, self.heartbeat, self.max_chunk = settings, heartbeat, max_chunk
         self._nc: Any = None
         self._connecting: asyncio.Task[Any] | None = None
         self._inbox = ""
@@ -124,15 +135,16 @@ class NatsClient:
 
     async def _on_disconnect(self) -> None:
         # Answers published while we are away are lost: fail every call now rather than hang.
-        self._fail_all(f"lost the connection to NATS at {self.settings.describe()}")
-
-    def _fail_all(self, reason: str) -> None:
+        reason = f"lost the connection to NATS at {self.settings.describe()}"
         for call in self._calls.values():
-            call.queue.put_nowait(("gone", f"{reason} while waiting for {call.address}"))
+            call.queue.put_nowait(("gone", f"{reason} while waiting for {call.peer.address}"))
 
     # -- receiving -------------------------------------------------------------------------------
     async def _on_message(self, msg: Any) -> None:
         name, _, tail = msg.subject[len(self._inbox) + 1 :].partition(".")
+        if name == "a":
+            self._on_acknowledged(msg.data)
+            return
         if name.startswith("p"):
             self._on_probe_answer(name, tail, msg)
             return
@@ -140,7 +152,10 @@ class NatsClient:
         if call is None:
             return  # a call that already ended (cancelled): drop its late messages
         op, _, rest = tail.partition(".")
+        if op:
+            self._alive(call.peer)
         if op == "D":
+            call.started = True
             total, data = int(rest), msg.data
             if total == len(data):
                 call.queue.put_nowait(("data", data))
@@ -159,63 +174,114 @@ class NatsClient:
         elif op in ("E", "X", "G"):
             call.queue.put_nowait(({"E": "end", "X": "error", "G": "gone"}[op], msg.data))
         elif not op and _no_responders(msg):
-            call.queue.put_nowait(("nobody", f"no worker listens at {call.address} (NATS answered 503, no responders)"))
+            call.queue.put_nowait(
+                ("nobody", f"no worker listens at {call.peer.address} (NATS answered 503, no responders)")
+            )
+
+    def _on_acknowledged(self, payload: bytes) -> None:
+        for name in bytes(payload).split():
+            call = self._calls.get(name.decode())
+            if call is not None:
+                call.started = True
+                self._alive(call.peer)
 
     def _on_probe_answer(self, name: str, op: str, msg: Any) -> None:
         peer = self._probed.get(name)
         if peer is None:
             return
         if op == "O":
-            peer.answered.set()
+            self._alive(peer)
         elif not op and _no_responders(msg):
             self._fail_peer(peer, f"the worker at {peer.address} is gone (NATS: no responders on its subject)")
+            if not peer.calls:
+                self._forget(peer)  # nothing left to watch: a new call learns the same from NATS at once
 
     # -- liveness --------------------------------------------------------------------------------
+    def unresponsive(self, address: str) -> bool:
+        """True while the worker at ``address`` has shown no sign of life for the heartbeat limit."""
+        peer = self._peers.get(address)
+        return peer is not None and peer.unresponsive_since is not None
+
+    def _alive(self, peer: _Peer) -> None:
+        now = asyncio.get_running_loop().time()
+        peer.last_sign = now
+        if peer.unresponsive_since is not None:
+            log.warning(
+                "nats worker %s answers again after %.1f s unresponsive", peer.address, now - peer.unresponsive_since
+            )
+            peer.unresponsive_since = None
+
     def _fail_peer(self, peer: _Peer, reason: str) -> None:
         for name in peer.calls:
             call = self._calls.get(name)
             if call is not None:
                 call.queue.put_nowait(("gone", reason))
 
-    def _enter(self, name: str, address: str, subject: str) -> None:
+    def _declare_unresponsive(self, peer: _Peer, now: float) -> None:
+        peer.unresponsive_since = now
+        quiet = now - peer.last_sign
+        calls = [call for name in peer.calls if (call := self._calls.get(name)) is not None]
+        unread = [call for call in calls if not call.started]
+        log.warning(
+            "nats worker %s is unresponsive (no sign of life for %.1f s); %d call(s) in flight, %d not read by it",
+            *(peer.address, quiet, len(calls), len(unread)),
+        )
+        silent = f"the worker at {peer.address} stopped answering (nothing received for {quiet:.1f} s)"
+        for call in calls:
+            if not call.started:
+                error = PeerUnresponsiveError(f"{silent} before it read the request", started=False)
+                call.queue.put_nowait(("unresponsive", error))
+            elif not call.timed:
+                error = PeerUnresponsiveError(f"{silent} while it had the request", started=True)
+                call.queue.put_nowait(("unresponsive", error))
+
+    def _peer(self, address: str, subject: str) -> _Peer:
         peer = self._peers.get(address)
         if peer is None:
-            peer = self._peers[address] = _Peer(next(self._peer_numbers), address, subject)
+            now = asyncio.get_running_loop().time()
+            peer = self._peers[address] = _Peer(next(self._peer_numbers), address, subject, now)
             self._probed[f"p{peer.number}"] = peer
-        peer.calls.add(name)
-        if peer.probe is None or peer.probe.done():
-            peer.probe = asyncio.create_task(self._probe(peer), name=f"dyntriton-nats-probe:{address}")
+        if self.heartbeat > 0 and (peer.probe is None or peer.probe.done()):
+            peer.probe = asyncio.create_task(self._watch(peer), name=f"dyntriton-nats-probe:{address}")
+        return peer
 
-    def _leave(self, name: str, address: str) -> None:
-        peer = self._peers.get(address)
-        if peer is None:
-            return
+    def _leave(self, name: str, peer: _Peer) -> None:
         peer.calls.discard(name)
-        if not peer.calls:
-            del self._peers[address]
-            self._probed.pop(f"p{peer.number}", None)
-            if peer.probe is not None:
-                peer.probe.cancel()
+        if not peer.calls and peer.unresponsive_since is None:
+            self._forget(peer)
 
-    async def _probe(self, peer: _Peer) -> None:
+    def _forget(self, peer: _Peer) -> None:
+        if self._peers.get(peer.address) is peer:
+            del self._peers[peer.address]
+        self._probed.pop(f"p{peer.number}", None)
+        if peer.probe is not None and peer.probe is not asyncio.current_task():
+            peer.probe.cancel()
+
+    async def _watch(self, peer: _Peer) -> None:
+        """Probe ``peer`` after each ``heartbeat / 4`` s of silence; declare it unresponsive after ``heartbeat``."""
         loop = asyncio.get_running_loop()
-        last_answer = loop.time()
-        while peer.calls:
-            await asyncio.sleep(self.probe_interval)
+        interval = self.heartbeat / 4
+        while True:
+            before = loop.time()
+            await asyncio.sleep(interval)
+            now = loop.time()
+            if now - before > 2 * interval:
+                peer.last_sign = now  # this loop was blocked: its answers may be waiting unread, no evidence
+            if self._peers.get(peer.address) is not peer:
+                return
+            if peer.unresponsive_since is not None and not peer.calls and now - peer.unresponsive_since > _FORGET_AFTER:
+                self._forget(peer)
+                return
             if self._nc is None or not self._nc.is_connected:
-                continue  # our own disconnect fails the calls; nothing to learn about the peer
-            peer.answered.clear()
-            try:
-                await self._nc.publish(f"{peer.subject}.P", b"", reply=f"{self._inbox}.p{peer.number}")
-                async with asyncio.timeout(self.probe_interval):
-                    await peer.answered.wait()
-                last_answer = loop.time()
-            except TimeoutError:
-                if loop.time() - last_answer >= self.peer_timeout:
-                    self._fail_peer(peer, f"the worker at {peer.address} did not answer for {self.peer_timeout:g} s")
-                    return
-            except Exception as exc:  # a closing connection: the calls fail through the disconnect
-                log.debug("probe of %s failed: %s", peer.address, exc)
+                continue  # our own disconnect fails the calls; nothing to learn about the worker
+            quiet = now - peer.last_sign
+            if quiet >= self.heartbeat and peer.unresponsive_since is None:
+                self._declare_unresponsive(peer, now)
+            if quiet >= interval:
+                try:
+                    await self._nc.publish(f"{peer.subject}.P", b"", reply=f"{self._inbox}.p{peer.number}")
+                except Exception as exc:  # a closing connection: the calls fail through the disconnect
+                    log.debug("probe of %s failed: %s", peer.address, exc)
 
     # -- calls -----------------------------------------------------------------------------------
     async def call(
@@ -233,10 +299,16 @@ class NatsClient:
             raise DeadlineExceededError(
                 f"deadline of {timeout} s exceeded while connecting to NATS for {address} (endpoint {endpoint!r})"
             ) from None
+        peer = self._peer(address, subject)
+        if peer.unresponsive_since is not None:
+            silent = loop.time() - peer.last_sign
+            raise PeerUnresponsiveError(
+                f"the worker at {address} is unresponsive (nothing received for {silent:.1f} s)", started=False
+            )
         name = str(next(self._ids))
         reply = f"{self._inbox}.{name}"
-        call = self._calls[name] = _Call(address)
-        self._enter(name, address, subject)
+        call = self._calls[name] = _Call(peer, timed=deadline is not None)
+        peer.calls.add(name)
         finished = False
         resends = 0
         try:
@@ -260,6 +332,8 @@ class NatsClient:
                 elif kind == "error":
                     finished = True
                     raise error_from_status(*decode_error(body))
+                elif kind == "unresponsive":
+                    raise body
                 elif kind == "nobody" and resends < len(_RESEND_DELAYS) and len(payload) <= self._chunk:
                     # Nobody received it, so sending it again cannot run it twice: nats-server (2.9)
                     # may answer 503 for a subscription made moments ago, after its subscriber's flush.
@@ -272,7 +346,7 @@ class NatsClient:
                     raise PeerGoneError(why, hint=_RETRY_HINT)
         finally:
             self._calls.pop(name, None)
-            self._leave(name, address)
+            self._leave(name, peer)
             if not finished and self._nc is not None and self._nc.is_connected:
                 # Tell the worker to cancel; never wait for it here (we may be being cancelled).
                 task = asyncio.create_task(self._nc.publish(f"{subject}.C", b"", reply=reply))
@@ -298,10 +372,9 @@ class NatsClient:
         """Close the connection; calls in flight raise PeerGoneError."""
         self._closed = True
         for call in self._calls.values():
-            call.queue.put_nowait(("gone", f"this client was closed while waiting for {call.address}"))
-        for peer in self._peers.values():
-            if peer.probe is not None:
-                peer.probe.cancel()
+            call.queue.put_nowait(("gone", f"this client was closed while waiting for {call.peer.address}"))
+        for peer in list(self._peers.values()):
+            self._forget(peer)
         nc, self._nc = self._nc, None
         if nc is not None:
             try:

@@ -1,5 +1,11 @@
 """The nats transport's server: one subscription per worker, one task per request.
 
+Each request the server reads (all its chunks arrived, its handler started) is acknowledged to
+its client, in one message per client inbox for all the requests read in one loop iteration: a
+client whose worker stops answering fails the calls it never acknowledged as never started (safe
+to send elsewhere). Probes are answered by the subscription itself, so a worker whose handlers
+are all busy still answers; only a frozen or stuck process (its event loop not running) goes silent.
+
 Threading and memory: everything runs on the event loop that called :meth:`NatsServer.start`.
 A request that fits one message reaches the handler as that message's bytes; a chunked one
 is received into a ``bytearray`` of its announced size and handed over as a memoryview (valid
@@ -57,6 +63,11 @@ class NatsServer:
         self._sub: Any = None
         self._chunk = 0
         self._silent = False
+        self._unacknowledged: dict[str, list[str]] = {}  # client inbox -> names of calls read
+        self._acknowledging: asyncio.Task[None] | None = None
+        self._held: list[Any] | None = None  # messages not read while frozen (see freeze())
+        self._thawed = asyncio.Event()
+        self._thawed.set()
 
     async def start(self, handler: Handler) -> str:
         """Connect, subscribe and return ``nats:SUBJECT`` once the server knows the subscription."""
@@ -83,6 +94,12 @@ class NatsServer:
         self._incoming.clear()
 
     async def _on_message(self, msg: Any) -> None:
+        if self._held is not None:
+            self._held.append(msg)
+            return
+        await self._read(msg)
+
+    async def _read(self, msg: Any) -> None:
         op, _, rest = msg.subject[len(self.subject) + 1 :].partition(".")
         reply: str = msg.reply
         if not reply:
@@ -118,12 +135,45 @@ class NatsServer:
     def _dispatch(self, reply: str, endpoint: str, payload: bytes | memoryview, timeout: float | None) -> None:
         request = TransportRequest(endpoint, payload, timeout)
         self.tasks[reply] = asyncio.create_task(self._run(reply, request), name=f"dyntriton-nats:{endpoint}")
+        inbox, _, name = reply.rpartition(".")
+        self._unacknowledged.setdefault(inbox, []).append(name)
+        if self._acknowledging is None:
+            self._acknowledging = asyncio.create_task(self._acknowledge())
+
+    async def _acknowledge(self) -> None:
+        """Tell each client which of its requests were read (runs once per burst of requests)."""
+        try:
+            while self._unacknowledged:
+                inbox, names = self._unacknowledged.popitem()
+                with contextlib.suppress(Exception):  # a closing connection: the client learns otherwise
+                    await self._publish(f"{inbox}.a", " ".join(names).encode())
+        finally:
+            self._acknowledging = None
 
     def stopping_error(self) -> bytes:
         return f"the server at {self.address} is shutting down".encode()
 
     async def _publish(self, subject: str, payload: bytes | memoryview = b"") -> None:
+        if not self._thawed.is_set():
+            await self._thawed.wait()
         await self._nc.publish(subject, payload)
+
+    def freeze(self) -> None:
+        """Read and send nothing more, connection and subscription kept, like a stopped process.
+
+        For tests of liveness: messages for this worker are held in arrival order (as NATS would
+        buffer them for a stopped process) and what handlers publish waits, until :meth:`thaw`.
+        """
+        if self._held is None:
+            self._held = []
+        self._thawed.clear()
+
+    async def thaw(self) -> None:
+        """Undo :meth:`freeze`: publish what waited, then read the held messages in order."""
+        self._thawed.set()
+        while self._held:
+            await self._read(self._held.pop(0))
+        self._held = None
 
     async def _send(self, reply: str, chunk: Chunk) -> None:
         parts = as_parts(chunk)  # TypeError before anything is sent: the call fails alone
@@ -173,6 +223,8 @@ class NatsServer:
         if self._nc is None:
             return
         self._silent = self.stopping = True
+        self._held = None
+        self._thawed.set()
         for task in list(self.tasks.values()):
             task.cancel()
         nc, self._nc = self._nc, None
@@ -184,6 +236,8 @@ class NatsServer:
         if self._nc is None:
             return
         self.stopping = True
+        self._held = None
+        self._thawed.set()
         pending = set(self.tasks.values())
         if pending and grace > 0:
             await asyncio.wait(pending, timeout=grace)

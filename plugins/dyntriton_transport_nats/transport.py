@@ -22,15 +22,14 @@ class NatsTransport:
 
     :param settings: how to reach NATS (servers, TLS, credentials).
     :param subject_prefix: workers listen on ``{subject_prefix}.{unique id}``.
-    :param probe_interval: seconds between a client's liveness probes of a worker it waits for.
-    :param peer_timeout: seconds a worker may leave probes unanswered before its calls fail.
+    :param heartbeat: seconds without a sign of life before a client reports a worker
+        unresponsive (0: never); see :mod:`dyntriton_transport_nats.client`.
     :param max_chunk: largest message payload, in bytes (None: the server's ``max_payload``).
     """
 
     settings: NatsSettings = field(default_factory=NatsSettings)
     subject_prefix: str = "dyntriton.worker"
-    probe_interval: float = 1.0
-    peer_timeout: float = 10.0
+    heartbeat: float = 1.0
     max_chunk: int | None = None
     name: str = "nats"
 
@@ -38,15 +37,14 @@ class NatsTransport:
     def from_env(cls, env: Mapping[str, str] | None = None) -> NatsTransport:
         """Settings from the environment: the NATS variables of
         :mod:`dyntriton_transport_nats.connection` (``NATS_SERVER``, ``NATS_CA``, ``NATS_CREDS``...),
-        ``DYNTRITON_NATS_SUBJECT_PREFIX``, ``DYNTRITON_NATS_PROBE_INTERVAL`` and
-        ``DYNTRITON_NATS_PEER_TIMEOUT`` (seconds); unset ones keep their defaults.
+        ``DYNTRITON_NATS_SUBJECT_PREFIX`` and ``DYN_TRANSPORT_HEARTBEAT`` (seconds, the CLI's
+        ``--transport-heartbeat``); unset ones keep their defaults.
         """
         env = os.environ if env is None else env
         return cls(
             settings=NatsSettings.from_options({}, env),
             subject_prefix=env.get("DYNTRITON_NATS_SUBJECT_PREFIX") or "dyntriton.worker",
-            probe_interval=float(env.get("DYNTRITON_NATS_PROBE_INTERVAL") or 1.0),
-            peer_timeout=float(env.get("DYNTRITON_NATS_PEER_TIMEOUT") or 10.0),
+            heartbeat=float(env.get("DYN_TRANSPORT_HEARTBEAT") or 1.0),
         )
 
     @classmethod
@@ -56,7 +54,8 @@ class NatsTransport:
         With NATS the request plane is secured at the NATS server: ``tls_ca``/``tls_cert``/``tls_key``
         become this process's TLS to NATS (``NATS_CA``/``NATS_CERT``/``NATS_KEY``) and ``token`` its
         NATS authorization token (``NATS_TOKEN``); who may publish to workers' subjects is the NATS
-        server's permissions. ``options`` may set ``subject_prefix``, ``probe_interval``, ``peer_timeout``.
+        server's permissions. ``heartbeat`` is the clients' liveness limit. ``options`` may set
+        ``subject_prefix``.
         """
         transport = cls.from_env(env)
         if settings is None:
@@ -73,8 +72,7 @@ class NatsTransport:
             transport,
             settings=nats,
             subject_prefix=str(options.get("subject_prefix") or transport.subject_prefix),
-            probe_interval=float(options.get("probe_interval") or transport.probe_interval),
-            peer_timeout=float(options.get("peer_timeout") or transport.peer_timeout),
+            heartbeat=settings.heartbeat,
         )
 
     def server(self, host: str = "127.0.0.1", port: int = 0) -> NatsServer:
@@ -83,9 +81,4 @@ class NatsTransport:
 
     def client(self) -> NatsClient:
         """A client with its own NATS connection."""
-        return NatsClient(
-            self.settings,
-            probe_interval=self.probe_interval,
-            peer_timeout=self.peer_timeout,
-            max_chunk=self.max_chunk,
-        )
+        return NatsClient(self.settings, heartbeat=self.heartbeat, max_chunk=self.max_chunk)

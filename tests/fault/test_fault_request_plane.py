@@ -4,6 +4,7 @@ One module-wide cluster on the file store: a frontend and two identity workers w
 lease (so only the transport's heartbeats can notice a 15 s freeze), and, in namespace
 ``secure``, a worker with mutual TLS and a token. Progress is measured by polling (requests
 completed, log lines, counters), never by sleeping; the 15 s SIGSTOP is the scenario itself.
+The frozen-worker scenario runs again on NATS alone (request plane and store, 6 s freeze).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,19 +202,23 @@ def _died_in_triton_python_backend(proc: Proc) -> bool:
     return code in (-signal.SIGABRT, -signal.SIGSEGV) and "Fatal Python error" in proc.output()
 
 
-@pytest.mark.slow
-def test_a_frozen_worker_under_load_is_routed_around_and_comes_back(workers: Workers) -> None:
-    """15 s SIGSTOP of one of two workers at concurrency 8: < 2 s without an answer, nothing hung."""
-    victim, survivor = workers.procs[1], workers.procs[0]
-    victim_port = workers.system_ports[1]
-    with Load(workers.url) as load:
-        wait_until(lambda: load.ok_since(0) >= 200, 60, "load to be flowing", workers.cluster)
+def frozen_worker_scenario(
+    url: str, victim: Proc, victim_port: int, survivor: Proc, cluster: Cluster, seconds: float
+) -> str:
+    """SIGSTOP ``victim`` for ``seconds`` under load at CONCURRENCY through ``url``; assert and report.
+
+    Asserts: < 2 s without a completed request, nothing hung, only DEADLINE_EXCEEDED/UNAVAILABLE
+    (at most one per caller), answers throughout the freeze, no internal address in any error, and
+    the thawed worker serving again (or dead of Triton's python-backend crash, and only that).
+    """
+    with Load(url) as load:
+        wait_until(lambda: load.ok_since(0) >= 200, 60, "load to be flowing", cluster)
         served_before = worker_requests(victim_port, "identity")
         assert served_before > 0, "round-robin should reach both workers before the freeze"
         stopped_at = time.monotonic()
         pids = freeze(victim)
         try:
-            wait_until(lambda: time.monotonic() - stopped_at >= FREEZE, FREEZE + 5, "the freeze to last")
+            wait_until(lambda: time.monotonic() - stopped_at >= seconds, seconds + 5, "the freeze to last")
         finally:
             thaw(pids)
         thawed_at = time.monotonic()
@@ -220,17 +227,17 @@ def test_a_frozen_worker_under_load_is_routed_around_and_comes_back(workers: Wor
             lambda: _serves_again_or_died_in_triton(victim, victim_port, served_before),
             10,
             "the thawed worker to serve again",
-            workers.cluster,
+            cluster,
         )
         back_after = time.monotonic() - thawed_at
-        wait_until(lambda: load.ok_since(time.monotonic() - 1) > 0, 10, "answers after the thaw", workers.cluster)
+        wait_until(lambda: load.ok_since(time.monotonic() - 1) > 0, 10, "answers after the thaw", cluster)
         if not victim.alive():  # the survivor alone carries the load on
             moment = time.monotonic()
-            wait_until(lambda: load.ok_since(moment) >= 100, 30, "answers without the crashed worker", workers.cluster)
+            wait_until(lambda: load.ok_since(moment) >= 100, 30, "answers without the crashed worker", cluster)
     assert not any(thread.is_alive() for thread in load.threads), "a request hung"
-    assert survivor.alive(), f"the worker that was not frozen died\n{workers.cluster.logs()}"
+    assert survivor.alive(), f"the worker that was not frozen died\n{cluster.logs()}"
     if not victim.alive():
-        assert _died_in_triton_python_backend(victim), f"the thawed worker died\n{workers.cluster.logs()}"
+        assert _died_in_triton_python_backend(victim), f"the thawed worker died\n{cluster.logs()}"
         back_after = float("nan")
 
     gap = load.longest_gap(stopped_at, thawed_at + 1.0)
@@ -239,12 +246,11 @@ def test_a_frozen_worker_under_load_is_routed_around_and_comes_back(workers: Wor
     hung = [o for o in load.outcomes if o.ended - o.began > DEADLINE + 1.0]
     ok_frozen = sum(1 for o in load.outcomes if o.status == "ok" and stopped_at < o.ended < thawed_at)
     report = (
-        f"longest gap without an answer {gap:.2f} s; {ok_frozen} ok during the freeze; "
+        f"{seconds:g} s freeze: longest gap without an answer {gap:.2f} s; {ok_frozen} ok during the freeze; "
         f"outcomes around it {dict(statuses)}; hung {len(hung)}; back {back_after:.2f} s after SIGCONT"
         + ("" if victim.alive() else " (it died of Triton's python-backend crash after the thaw)")
     )
     print(report)
-    (workers.cluster.tmp / "freeze-figures.txt").write_text(report + "\n")
 
     assert gap < 2.0, report
     assert not hung, report
@@ -252,11 +258,47 @@ def test_a_frozen_worker_under_load_is_routed_around_and_comes_back(workers: Wor
     assert failures <= {"DEADLINE_EXCEEDED", "UNAVAILABLE"}, report
     # Only requests the frozen worker had already read may fail: at most one per caller, and never twice.
     assert statuses["DEADLINE_EXCEEDED"] + statuses["UNAVAILABLE"] <= CONCURRENCY, report
-    assert ok_frozen >= 100 * (FREEZE / 15.0), report
+    assert ok_frozen >= 100 * (seconds / 15.0), report
     for outcome in load.outcomes:
-        assert "tcp://" not in outcome.message and "127.0.0.1" not in outcome.message, outcome.message
+        for internal in ("tcp://", "nats:", "127.0.0.1"):
+            assert internal not in outcome.message, outcome.message
     deadline_texts = {o.message for o in load.outcomes if o.status == "DEADLINE_EXCEEDED"}
     assert all("Deadline" in text or "identity" in text for text in deadline_texts), deadline_texts
+    return report
+
+
+@pytest.mark.slow
+def test_a_frozen_worker_under_load_is_routed_around_and_comes_back(workers: Workers) -> None:
+    """15 s SIGSTOP of one of two tcp workers at concurrency 8: < 2 s without an answer, nothing hung."""
+    report = frozen_worker_scenario(
+        workers.url, workers.procs[1], workers.system_ports[1], workers.procs[0], workers.cluster, FREEZE
+    )
+    (workers.cluster.tmp / "freeze-figures.txt").write_text(report + "\n")
+
+
+@pytest.mark.slow
+def test_a_frozen_nats_worker_is_routed_around_and_comes_back(
+    tmp_path: Path, nats_server: str, require_triton: None
+) -> None:
+    """The same on the NATS request plane and store (6 s freeze): the nats client's heartbeats notice it."""
+    env = {**os.environ, "NATS_SERVER": nats_server, "DYN_NATS_KV_BUCKET": f"freeze-{uuid.uuid4().hex[:8]}"}
+    env["DYN_LOG"] = "info"
+    for name in ("DYN_STORE_KV", "DYN_NAMESPACE", "DYN_TRANSPORT_TOKEN"):
+        env.pop(name, None)
+    cluster = Cluster(tmp_path, store="nats", env=env, lease_ttl=30.0)
+    try:
+        _, url, _ = cluster.frontend()
+        started = [cluster.worker("identity", extra=("--transport", "nats")) for _ in range(2)]
+        for _, port in started:
+            wait_until(lambda p=port: http_get(p, "/health")[0] == 200, START_TIMEOUT, f"worker :{port}", cluster)
+        wait_until(lambda: model_ready(url, "identity"), START_TIMEOUT, "identity to be ready", cluster)
+        (victim, victim_port), (survivor, _) = started[1], started[0]
+        frozen_worker_scenario(url, victim, victim_port, survivor, cluster, 6.0)
+    finally:
+        for proc in cluster.procs:
+            if proc.popen is not None:
+                thaw(process_tree(proc.popen.pid))
+        cluster.stop()
 
 
 def _refusals(proc: Proc, mark: str) -> list[str]:

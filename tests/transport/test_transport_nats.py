@@ -17,7 +17,13 @@ from dyntriton_transport_nats.connection import NatsSettings
 from dyntriton_transport_nats.transport import NatsTransport
 from dyntriton_transport_nats.wire import chunks
 
-from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, PluginError, TransportError
+from dynamo_triton.errors import (
+    DeadlineExceededError,
+    PeerGoneError,
+    PeerUnresponsiveError,
+    PluginError,
+    TransportError,
+)
 from dynamo_triton.plugins import make_plugin_manager
 from dynamo_triton.testing.certs import make_certs
 from dynamo_triton.testing.nats import run_nats
@@ -135,7 +141,7 @@ async def test_sigkilled_worker_fails_every_call_in_flight(nats_server: str) -> 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _WORKER, nats_server, stdout=asyncio.subprocess.PIPE
     )
-    client = transport(nats_server, probe_interval=0.2).client()
+    client = transport(nats_server, heartbeat=0.4).client()
     try:
         address = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode().strip()
         assert address.startswith("nats:killed.")
@@ -157,18 +163,22 @@ async def test_sigkilled_worker_fails_every_call_in_flight(nats_server: str) -> 
         await proc.wait()
 
 
-async def test_a_silent_worker_fails_after_peer_timeout_or_the_deadline(nats_server: str) -> None:
-    # Subscribed (so no 503), but answers nothing, not even probes: a hung process.
+async def test_a_silent_worker_is_unresponsive_and_its_calls_end(nats_server: str) -> None:
+    # Subscribed (so no 503), but reads and answers nothing, not even probes: a hung process.
     import nats
 
     nc = await nats.connect(nats_server)
     await nc.subscribe("silent.worker.>")
     await nc.flush()
-    client = transport(nats_server, probe_interval=0.1, peer_timeout=0.5).client()
+    client = transport(nats_server, heartbeat=0.4).client()
     try:
         with pytest.raises(DeadlineExceededError):
             await collect(client.call("nats:silent.worker", "x", b"", timeout=0.2), WAIT)
-        with pytest.raises(PeerGoneError, match=re.escape("did not answer for 0.5 s")):
+        with pytest.raises(PeerUnresponsiveError, match=r"stopped answering .* before it read the request") as caught:
+            await collect(client.call("nats:silent.worker", "x", b""), WAIT)
+        assert caught.value.started is False
+        assert client.unresponsive("nats:silent.worker")
+        with pytest.raises(PeerUnresponsiveError, match="is unresponsive"):
             await collect(client.call("nats:silent.worker", "x", b""), WAIT)
     finally:
         await client.close()
