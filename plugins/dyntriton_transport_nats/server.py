@@ -63,7 +63,7 @@ class NatsServer:
         self._sub: Any = None
         self._chunk = 0
         self._silent = False
-        self._unacknowledged: dict[str, list[str]] = {}  # client inbox -> names of calls read
+        self._unacknowledged: list[str] = []  # reply subjects of the calls read since the last ack
         self._acknowledging: asyncio.Task[None] | None = None
         self._held: list[Any] | None = None  # messages not read while frozen (see freeze())
         self._thawed = asyncio.Event()
@@ -135,18 +135,26 @@ class NatsServer:
     def _dispatch(self, reply: str, endpoint: str, payload: bytes | memoryview, timeout: float | None) -> None:
         request = TransportRequest(endpoint, payload, timeout)
         self.tasks[reply] = asyncio.create_task(self._run(reply, request), name=f"dyntriton-nats:{endpoint}")
-        inbox, _, name = reply.rpartition(".")
-        self._unacknowledged.setdefault(inbox, []).append(name)
+        self._unacknowledged.append(reply)
         if self._acknowledging is None:
             self._acknowledging = asyncio.create_task(self._acknowledge())
 
     async def _acknowledge(self) -> None:
-        """Tell each client which of its requests were read (runs once per burst of requests)."""
+        """Tell each client which of its requests were read (runs once per burst of requests).
+
+        Calls that already finished are left out: their answer told the client.
+        """
         try:
             while self._unacknowledged:
-                inbox, names = self._unacknowledged.popitem()
-                with contextlib.suppress(Exception):  # a closing connection: the client learns otherwise
-                    await self._publish(f"{inbox}.a", " ".join(names).encode())
+                replies, self._unacknowledged = self._unacknowledged, []
+                by_inbox: dict[str, list[str]] = {}
+                for reply in replies:
+                    if reply in self.tasks:
+                        inbox, _, name = reply.rpartition(".")
+                        by_inbox.setdefault(inbox, []).append(name)
+                for inbox, names in by_inbox.items():
+                    with contextlib.suppress(Exception):  # a closing connection: the client learns otherwise
+                        await self._publish(f"{inbox}.a", " ".join(names).encode())
         finally:
             self._acknowledging = None
 
