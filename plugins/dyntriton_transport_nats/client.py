@@ -8,7 +8,8 @@ and nats-server may answer 503 for a subscription made moments before).
 
 Liveness (``heartbeat`` > 0, see :class:`~dynamo_triton.transport.LivenessReporting`): every
 message from a worker (answers, its acknowledgements of the requests it read, probe answers) is
-a sign of life. While calls to a worker are in flight, or while it is unresponsive, the client
+a sign of life (a worker receiving a chunked request says so as chunks arrive, so a long upload
+is not silence). While calls to a worker are in flight, or while it is unresponsive, the client
 probes it every ``heartbeat / 4`` s of silence. After ``heartbeat`` s without a sign of life the
 worker is *unresponsive*:
 
@@ -179,10 +180,11 @@ class NatsClient:
             )
 
     def _on_acknowledged(self, payload: bytes) -> None:
-        for name in bytes(payload).split():
-            call = self._calls.get(name.decode())
+        for token in bytes(payload).decode().split():
+            arriving = token.startswith("~")
+            call = self._calls.get(token[1:] if arriving else token)
             if call is not None:
-                call.started = True
+                call.started = call.started or not arriving
                 self._alive(call.peer)
 
     def _on_probe_answer(self, name: str, op: str, msg: Any) -> None:

@@ -63,7 +63,8 @@ class NatsServer:
         self._sub: Any = None
         self._chunk = 0
         self._silent = False
-        self._unacknowledged: list[str] = []  # reply subjects of the calls read since the last ack
+        # (reply subject, read) of the calls read, or still arriving, since the last acknowledgement
+        self._unacknowledged: list[tuple[str, bool]] = []
         self._acknowledging: asyncio.Task[None] | None = None
         self._held: list[Any] | None = None  # messages not read while frozen (see freeze())
         self._thawed = asyncio.Event()
@@ -114,6 +115,8 @@ class NatsServer:
             if incoming.filled >= len(incoming.buffer):
                 del self._incoming[reply]
                 self._dispatch(reply, incoming.endpoint, memoryview(incoming.buffer), incoming.timeout)
+            else:
+                self._acknowledge_soon(reply, read=False)
         elif op == "R":
             timeout_token, total_token, endpoint = rest.split(".", 2)
             if self.stopping:
@@ -124,6 +127,7 @@ class NatsServer:
                 self._dispatch(reply, endpoint, msg.data, timeout)
             else:
                 self._incoming[reply] = _Incoming(endpoint, timeout, total, msg.data)
+                self._acknowledge_soon(reply, read=False)
         elif op == "C":
             self._incoming.pop(reply, None)
             running = self.tasks.get(reply)
@@ -135,23 +139,28 @@ class NatsServer:
     def _dispatch(self, reply: str, endpoint: str, payload: bytes | memoryview, timeout: float | None) -> None:
         request = TransportRequest(endpoint, payload, timeout)
         self.tasks[reply] = asyncio.create_task(self._run(reply, request), name=f"dyntriton-nats:{endpoint}")
-        self._unacknowledged.append(reply)
+        self._acknowledge_soon(reply, read=True)
+
+    def _acknowledge_soon(self, reply: str, *, read: bool) -> None:
+        self._unacknowledged.append((reply, read))
         if self._acknowledging is None:
             self._acknowledging = asyncio.create_task(self._acknowledge())
 
     async def _acknowledge(self) -> None:
-        """Tell each client which of its requests were read (runs once per burst of requests).
+        """Tell each client which of its requests were read, and which are still arriving.
 
-        Calls that already finished are left out: their answer told the client.
+        Runs once per burst of messages. Calls that already finished are left out (their answer
+        told the client); a chunked request still arriving is named ``~n``: the worker is alive
+        and reading it, however long the upload takes.
         """
         try:
             while self._unacknowledged:
-                replies, self._unacknowledged = self._unacknowledged, []
-                by_inbox: dict[str, list[str]] = {}
-                for reply in replies:
-                    if reply in self.tasks:
+                marks, self._unacknowledged = self._unacknowledged, []
+                by_inbox: dict[str, dict[str, None]] = {}
+                for reply, read in marks:
+                    if reply in (self.tasks if read else self._incoming):
                         inbox, _, name = reply.rpartition(".")
-                        by_inbox.setdefault(inbox, []).append(name)
+                        by_inbox.setdefault(inbox, {})[name if read else "~" + name] = None
                 for inbox, names in by_inbox.items():
                     with contextlib.suppress(Exception):  # a closing connection: the client learns otherwise
                         await self._publish(f"{inbox}.a", " ".join(names).encode())

@@ -22,8 +22,9 @@ Worker to client (subject ``{reply}.{op}...``):
 - ``E``: the call finished. ``X``: it failed, payload ``status\\nmessage``. ``G``: the worker is
   shutting down and cancelled it (PeerGoneError on the client). ``O``: a probe's answer.
 
-Worker to client, not about one call: ``{inbox}.a``, payload the space-separated names ``n`` of
-the calls the worker read (its handler started) since its last ``a`` to that inbox.
+Worker to client, not about one call: ``{inbox}.a``, payload space-separated tokens: ``n`` for a
+call the worker read (its handler started), ``~n`` for a chunked request still arriving (a sign
+of life during long uploads), each since its last ``a`` to that inbox.
 
 A payload larger than the server's ``max_payload`` (1 MiB by default) is cut into chunks of at
 most ``max_payload`` bytes. A message published with a reply subject to a subject nobody

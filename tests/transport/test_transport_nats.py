@@ -185,6 +185,28 @@ async def test_a_silent_worker_is_unresponsive_and_its_calls_end(nats_server: st
         await nc.close()
 
 
+async def test_an_upload_longer_than_the_heartbeat_is_not_silence(nats_server: str) -> None:
+    # 64 MiB in 8 KiB messages takes many heartbeats to arrive: the worker says it is receiving.
+    nats = transport(nats_server, heartbeat=0.03, max_chunk=8 * 1024)
+    server = nats.server()
+    address = await server.start(echo_length)
+    client = nats.client()
+    try:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert await collect(client.call(address, "x", bytes(64 * MiB)), WAIT) == [b"%d" % (64 * MiB)]
+        took = loop.time() - began
+        assert took > 3 * nats.heartbeat, f"the upload took {took:.2f} s: too fast to test anything here"
+        assert not client.unresponsive(address)
+    finally:
+        await client.close()
+        await server.stop(grace=0)
+
+
+async def echo_length(request: TransportRequest) -> AsyncIterator[bytes]:
+    yield b"%d" % len(request.payload)
+
+
 async def test_credentials_are_used_and_a_refusal_says_which(tmp_path: Path) -> None:
     with run_nats(tmp_path, extra_args=["--user", "dyn", "--pass", "s3cret"]) as server:
         good = NatsSettings(servers=(server.url,), user="dyn", password="s3cret")
