@@ -120,12 +120,17 @@ class Supervisor:
     async def run(self, stopped: asyncio.Future[Any]) -> None:
         """Return when ``stopped`` completes; raise CrashLoopError or WorkersDiedError (see the module docstring)."""
         waits: dict[asyncio.Future[Any], tuple[Child, asyncio.subprocess.Process]] = {}
+        # Every process is watched once, even one already dead when first seen (a restarted
+        # worker killed at once): its exit must still count, or its slot stays empty for good.
+        watched: set[asyncio.subprocess.Process] = set()
         try:
             while not stopped.done():
-                watched = {process for _, process in waits.values()}
+                current = {child.process for child in self.children}
+                watched &= current | {process for _, process in waits.values()}
                 for child in self.children:
                     process = child.process
-                    if process is not None and process.returncode is None and process not in watched:
+                    if process is not None and process not in watched:
+                        watched.add(process)
                         waits[asyncio.ensure_future(process.wait())] = (child, process)
                 changed = asyncio.ensure_future(self._changed.wait())
                 await asyncio.wait({stopped, changed, *waits}, return_when=asyncio.FIRST_COMPLETED)
