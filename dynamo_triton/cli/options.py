@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -61,8 +62,27 @@ def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     return decorate
 
 
+def _export_nats_server(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--nats-server`` is the command-line spelling of ``NATS_SERVER``, which the nats store and
+    transport (and Dynamo) read: export it, so this process's plugins and its children see it."""
+    if value:
+        os.environ["NATS_SERVER"] = value
+
+
+def _nats_server(help_text: str, *, envvar: str | None) -> Callable[[F], F]:
+    return click.option(
+        "--nats-server",
+        envvar=envvar,
+        show_envvar=envvar is not None,
+        expose_value=False,
+        is_eager=True,
+        callback=_export_nats_server,
+        help=help_text,
+    )
+
+
 def _store_connection(*, override: bool) -> list[Callable[[F], F]]:
-    """``--store-kv``, ``--etcd-endpoints``, ``--file-kv-root``.
+    """``--store-kv``, ``--etcd-endpoints``, ``--file-kv-root``, ``--nats-server``.
 
     :param override: the sub-command flavour (no default, no env var: a value given after a
         sub-command name overrides the group's).
@@ -75,6 +95,7 @@ def _store_connection(*, override: bool) -> list[Callable[[F], F]]:
             click.option(
                 "--file-kv-root", default=None, type=click.Path(file_okay=False), help="File store folder" + note + "."
             ),
+            _nats_server("NATS server URLs" + note + ".", envvar=None),
         ]
     return [
         click.option(
@@ -97,6 +118,11 @@ def _store_connection(*, override: bool) -> list[Callable[[F], F]]:
             type=click.Path(file_okay=False),
             help="Folder of the file store (--store-kv file), shared by every process on the host. "
             "Default: $XDG_RUNTIME_DIR/dyntriton-kv-UID.",
+        ),
+        _nats_server(
+            "NATS server URLs, comma-separated (--store-kv nats, --transport nats; also for the "
+            "processes this command starts). Default: nats://localhost:4222.",
+            envvar="NATS_SERVER",
         ),
     ]
 

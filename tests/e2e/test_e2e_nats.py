@@ -66,7 +66,10 @@ def cluster(tmp_path: Path, nats_server: str, require_triton: None) -> Iterator[
 
 
 def test_serve_on_nats_alone_answers_small_and_large_tensors(cluster: Cluster) -> None:
-    proc, url = cluster.serve("identity", extra=("--transport", "nats"))
+    # The server given as an option, not in the environment: serve's worker and frontend follow it.
+    server = cluster.env.pop("NATS_SERVER")
+    proc, url = cluster.serve("identity", extra=("--transport", "nats", "--nats-server", server))
+    cluster.env["NATS_SERVER"] = server  # for cards(), which reads the store itself
     wait_until(lambda: model_ready(url, "identity"), START_TIMEOUT, "identity to be ready", cluster)
     small = np.arange(10, dtype=np.int32).reshape(2, 5)
     np.testing.assert_array_equal(identity(url, small), small)

@@ -134,13 +134,15 @@ def test_store_cli_on_nats(nats_server: str) -> None:
         await store.close()
 
     asyncio.run(seed())
-    env = {**os.environ, "NATS_SERVER": nats_server, "DYN_NATS_KV_BUCKET": bucket}
-    listed = subprocess.run(
-        [sys.executable, "-m", "dynamo_triton", "store", "ls", "--store-kv", "nats"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.split() == ["dyntriton/v1/x/models/m/1"]
+    env = {**os.environ, "DYN_NATS_KV_BUCKET": bucket}
+    env.pop("NATS_SERVER", None)
+    store_ls = [sys.executable, "-m", "dynamo_triton", "store", "ls", "--store-kv", "nats"]
+    # The server from the environment, from --nats-server after `ls`, and before it.
+    for argv, extra_env in (
+        (store_ls, {"NATS_SERVER": nats_server}),
+        ([*store_ls, "--nats-server", nats_server], {}),
+        ([*store_ls[:4], "--nats-server", nats_server, *store_ls[4:]], {}),
+    ):
+        listed = subprocess.run(argv, env={**env, **extra_env}, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.split() == ["dyntriton/v1/x/models/m/1"], argv
