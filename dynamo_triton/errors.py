@@ -173,6 +173,19 @@ class PeerUnresponsiveError(TransportError):
         super().__init__(message, hint=hint)
         self.started = started
 
+    @classmethod
+    def silent(cls, address: str, quiet: float, *, read: bool | None) -> PeerUnresponsiveError:
+        """The error, in every transport's words, of a call to a peer silent for ``quiet`` seconds.
+
+        :param read: the peer had read the call's request (True), had not (False), or the call is
+            new and was not sent because the peer is already unresponsive (None).
+        """
+        silence = f"nothing received for {quiet:.1f} s"
+        if read is None:
+            return cls(f"the peer at {address} is unresponsive ({silence})", started=False)
+        when = "while it had the request" if read else "before it read the request"
+        return cls(f"the peer at {address} stopped answering ({silence}) {when}", started=read)
+
 
 class BackendError(DyntritonError):
     """The inference backend failed."""

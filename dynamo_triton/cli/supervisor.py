@@ -125,8 +125,7 @@ class Supervisor:
         watched: set[asyncio.subprocess.Process] = set()
         try:
             while not stopped.done():
-                current = {child.process for child in self.children}
-                watched &= current | {process for _, process in waits.values()}
+                watched &= {child.process for child in self.children}  # forget replaced ones
                 for child in self.children:
                     process = child.process
                     if process is not None and process not in watched:

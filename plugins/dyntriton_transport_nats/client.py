@@ -94,6 +94,7 @@ class NatsClient:
         self.settings, self.heartbeat, self.max_chunk = settings, heartbeat, max_chunk
         self._nc: Any = None
         self._connecting: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop
         self._inbox = ""
         self._chunk = 0
         self._ids = itertools.count(1)
@@ -129,6 +130,9 @@ class NatsClient:
             error=PeerGoneError,
             on_disconnect=self._on_disconnect,
         )
+        # Messages (and so signs of life) arrive on this loop: _alive runs per message, and
+        # asyncio.get_running_loop() costs a getpid() system call each time on Python 3.11.
+        self._loop = asyncio.get_running_loop()
         self._inbox = nc.new_inbox()
         self._chunk = min(nc.max_payload, self.max_chunk or nc.max_payload)
         await nc.subscribe(self._inbox + ".>", cb=self._on_message, pending_bytes_limit=PENDING_BYTES)
@@ -205,7 +209,7 @@ class NatsClient:
         return peer is not None and peer.unresponsive_since is not None
 
     def _alive(self, peer: _Peer) -> None:
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         peer.last_sign = now
         if peer.unresponsive_since is not None:
             log.warning(
@@ -228,19 +232,15 @@ class NatsClient:
             "nats worker %s is unresponsive (no sign of life for %.1f s); %d call(s) in flight, %d not read by it",
             *(peer.address, quiet, len(calls), len(unread)),
         )
-        silent = f"the worker at {peer.address} stopped answering (nothing received for {quiet:.1f} s)"
         for call in calls:
-            if not call.started:
-                error = PeerUnresponsiveError(f"{silent} before it read the request", started=False)
-                call.queue.put_nowait(("unresponsive", error))
-            elif not call.timed:
-                error = PeerUnresponsiveError(f"{silent} while it had the request", started=True)
+            if not call.started or not call.timed:  # read calls with a deadline keep it
+                error = PeerUnresponsiveError.silent(peer.address, quiet, read=call.started)
                 call.queue.put_nowait(("unresponsive", error))
 
     def _peer(self, address: str, subject: str) -> _Peer:
         peer = self._peers.get(address)
         if peer is None:
-            now = asyncio.get_running_loop().time()
+            now = self._loop.time()
             peer = self._peers[address] = _Peer(next(self._peer_numbers), address, subject, now)
             self._probed[f"p{peer.number}"] = peer
         if self.heartbeat > 0 and (peer.probe is None or peer.probe.done()):
@@ -303,10 +303,7 @@ class NatsClient:
             ) from None
         peer = self._peer(address, subject)
         if peer.unresponsive_since is not None:
-            silent = loop.time() - peer.last_sign
-            raise PeerUnresponsiveError(
-                f"the worker at {address} is unresponsive (nothing received for {silent:.1f} s)", started=False
-            )
+            raise PeerUnresponsiveError.silent(address, loop.time() - peer.last_sign, read=None)
         name = str(next(self._ids))
         reply = f"{self._inbox}.{name}"
         call = self._calls[name] = _Call(peer, timed=deadline is not None)

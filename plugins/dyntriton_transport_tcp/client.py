@@ -285,9 +285,8 @@ class _Connection:
             "tcp peer %s is unresponsive (no sign of life for %.1f s); %d call(s) in flight, %d of them not read by it",
             *(self.address, quiet, len(self.queues), len(unread)),
         )
-        silent = f"the peer at {self.address} stopped answering (nothing received for {quiet:.1f} s)"
-        never = PeerUnresponsiveError(f"{silent} before it read the request", started=False)
-        running = PeerUnresponsiveError(f"{silent} while it had the request", started=True)
+        never = PeerUnresponsiveError.silent(self.address, quiet, read=False)
+        running = PeerUnresponsiveError.silent(self.address, quiet, read=True)
         for rid, queue in self.queues.items():
             if rid > self.acked:
                 queue.put_nowait(never)
@@ -298,9 +297,7 @@ class _Connection:
     def unresponsive_error(self) -> PeerUnresponsiveError:
         assert self.unresponsive_since is not None
         silent = self.loop.time() - self.unresponsive_since + self.heartbeat
-        return PeerUnresponsiveError(
-            f"the peer at {self.address} is unresponsive (nothing received for {silent:.1f} s)", started=False
-        )
+        return PeerUnresponsiveError.silent(self.address, silent, read=None)
 
     # -- frames out ------------------------------------------------------------------------------
     async def send(self, buffers: list, deadline: float | None) -> None:
