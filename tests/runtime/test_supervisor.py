@@ -66,9 +66,11 @@ def test_a_child_that_exits_0_is_not_restarted_and_each_exit_counts_once(loop: s
         running = asyncio.ensure_future(supervisor.run(stopped))
         assert child.process is not None
         await child.process.wait()
-        for _ in range(20):  # the loop goes round a few times: nothing may be counted again
+        for _ in range(20):  # the loop goes round 20 times more: nothing may be counted again
             supervisor._changed.set()
-            await asyncio.sleep(0.01)
+            async with asyncio.timeout(5):  # the supervisor clears it once it has woken and looked
+                while supervisor._changed.is_set():
+                    await asyncio.sleep(0)
         stopped.set_result(None)
         await asyncio.wait_for(running, 5)
         assert spawned == [spawned[0]] and child.restarts == 0 and not child.failures
