@@ -48,6 +48,36 @@ class PortRange(click.ParamType):
         return low, high
 
 
+def _restrictions(grpc: bool) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], tuple[str, ...]]:
+    def check(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+        from dynamo_triton.runtime.restrictions import parse_restrictions
+
+        try:
+            parse_restrictions(value, grpc=grpc)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        return value
+
+    return check
+
+
+def _restricted_option(flag: str, envvar: str, *, grpc: bool) -> Callable[[F], F]:
+    header = "triton-grpc-protocol-<key>" if grpc else "<key>"
+    refusal = "UNAVAILABLE" if grpc else "403"
+    return click.option(
+        flag,
+        envvar=envvar,
+        multiple=True,
+        show_envvar=True,
+        callback=_restrictions(grpc),
+        metavar="GROUPS:KEY=VALUE",
+        help=f"Triton's restricted {'protocols' if grpc else 'APIs'}: calls of the comma-separated groups "
+        f"(health, metadata, inference, shared-memory, model-config, model-repository, statistics, trace, "
+        f"logging) need the header {header} with VALUE, or are refused ({refusal}) as Triton refuses them. "
+        "Repeatable; a group in one spec only (docs/security.md).",
+    )
+
+
 def format_ports(ports: tuple[int, int]) -> str:
     """``(9000, 9010)`` as ``9000-9010``, ``(9000, 9000)`` as ``9000``: how ``--worker-port`` reads it."""
     return str(ports[0]) if ports[0] == ports[1] else f"{ports[0]}-{ports[1]}"
@@ -367,6 +397,8 @@ frontend_options = _apply(
             help="PEM CA client certificates must be signed by (mutual TLS): on both ports, so that REST is no "
             "way around it; clients without one are refused.",
         ),
+        _restricted_option("--grpc-restricted-protocol", "DYN_GRPC_RESTRICTED_PROTOCOL", grpc=True),
+        _restricted_option("--http-restricted-api", "DYN_HTTP_RESTRICTED_API", grpc=False),
         click.option(
             "--http-tls/--no-http-tls",
             envvar="DYN_HTTP_TLS",

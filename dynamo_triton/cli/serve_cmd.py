@@ -159,6 +159,8 @@ class ServeOptions:
     transport_tls_ca: str | None = None
     transport_token: str | None = None
     transport_heartbeat: float = 1.0
+    grpc_restricted_protocol: tuple[str, ...] = ()
+    http_restricted_api: tuple[str, ...] = ()
 
     def worker_argv(self, index: int) -> list[str]:
         """The ``dyntriton worker`` command line for child ``index``."""
@@ -231,7 +233,10 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
         transport_tls_ca=opts.transport_tls_ca,
         transport_token=opts.transport_token,
         transport_heartbeat=opts.transport_heartbeat,
+        grpc_restricted_protocol=opts.grpc_restricted_protocol,
+        http_restricted_api=opts.http_restricted_api,
     )
+    config = replace(config, log_verbose=opts.log_verbose)  # what LogSettings answers before an update
     if in_process:  # no request plane on the network: nothing for TLS or a token to protect
         config = replace(config, transport=TransportSettings(heartbeat=opts.transport_heartbeat))
     share_token(opts.transport_token)

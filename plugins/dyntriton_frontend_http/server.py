@@ -34,7 +34,9 @@ from aiohttp import web
 
 from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import FrontendSettings, InferenceService
+from dynamo_triton.runtime.restrictions import parse_restrictions
 from dynamo_triton.tls import server_context
+from dyntriton_frontend_http.restricted import restricted_apis
 from dyntriton_frontend_http.routes import RestRoutes, not_found_body
 
 __all__ = ["DEFAULT_MAX_INPUT_SIZE", "HttpFrontend"]
@@ -75,6 +77,10 @@ class HttpFrontend:
         self._reuse_port = bool(options.get("reuse_port"))
         self._max_connection_age = float(options.get("max_connection_age") or 0)
         self._draining = False
+        try:  # Triton's --http-restricted-api specs
+            self._restrictions = parse_restrictions(options.get("restricted") or (), grpc=False)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def tls(self) -> ssl.SSLContext | None:
         """The TLS context the port serves with, or None for plain HTTP (no ``tls_cert`` option)."""
@@ -93,6 +99,8 @@ class HttpFrontend:
 
     def application(self) -> web.Application:
         middlewares = [json_errors]
+        if self._restrictions:
+            middlewares.append(restricted_apis(self._restrictions))
         if self._reuse_port and self._max_connection_age > 0:
             middlewares.append(self._close_when_draining)
         app = web.Application(client_max_size=self.routes.max_input_size, middlewares=middlewares)

@@ -38,9 +38,12 @@ from dynamo_triton.errors import ConfigError, DyntritonError, InvalidRequestErro
 from dynamo_triton.frontend import FrontendSettings, InferenceService
 from dynamo_triton.runtime.identity import server_identity
 from dynamo_triton.runtime.pipeline import PreparedRequest, RequestPipeline
+from dynamo_triton.runtime.restrictions import parse_restrictions
 from dynamo_triton.runtime.streams import DEFAULT_MAX_PENDING_BYTES, DEFAULT_WINDOW, StreamFormat, run_stream
 from dynamo_triton.wire import field_header
 from dyntriton_frontend_kserve_grpc import drain
+from dyntriton_frontend_kserve_grpc.restricted import RestrictedProtocols
+from dyntriton_frontend_kserve_grpc.settings import settings_handlers
 
 __all__ = ["KServeGrpcFrontend", "stream_response_bytes"]
 
@@ -110,7 +113,13 @@ class KServeGrpcFrontend:
         ]
         if self._max_connection_age > 0:  # no grace: a long stream is ended by the drain, not by its age
             options.append(("grpc.max_connection_age_ms", max(1, round(self._max_connection_age * 1000))))
-        server = grpc.aio.server(options=options)
+        try:  # Triton's --grpc-restricted-protocol specs
+            restrictions = parse_restrictions(self.settings.options.get("restricted") or (), grpc=True)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        server = grpc.aio.server(
+            options=options, interceptors=[RestrictedProtocols(restrictions)] if restrictions else []
+        )
         server.add_generic_rpc_handlers((self._handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -245,8 +254,10 @@ class KServeGrpcFrontend:
             "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
         }
+        extensions = settings_handlers(getattr(self.service, "settings", None), unary)  # logging, trace
+        handlers.update(extensions)
         descriptor = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-        implemented = IMPLEMENTED | (MODEL_CONTROL if self.service.repository is not None else set())
+        implemented = IMPLEMENTED | (MODEL_CONTROL if self.service.repository is not None else set()) | set(extensions)
         for method in descriptor.methods:
             if method.name not in implemented:
                 handlers[method.name] = grpc.unary_unary_rpc_method_handler(self._unimplemented(method.name))
