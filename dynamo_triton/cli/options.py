@@ -12,6 +12,7 @@ from dynamo_triton.runtime.routing import POLICIES
 from dynamo_triton.transport import TransportSettings
 
 __all__ = [
+    "PORT",
     "PortRange",
     "advertise_host_option",
     "backend_options",
@@ -76,6 +77,10 @@ def _restricted_option(flag: str, envvar: str, *, grpc: bool) -> Callable[[F], F
         f"logging) need the header {header} with VALUE, or are refused ({refusal}) as Triton refuses them. "
         "Repeatable; a group in one spec only (docs/security.md).",
     )
+
+
+#: A TCP port: 0-65535, 0 meaning any free port (click says "x is not in the range 0<=x<=65535").
+PORT = click.IntRange(0, 65535)
 
 
 def format_ports(ports: tuple[int, int]) -> str:
@@ -262,11 +267,11 @@ worker_options = _apply(
         click.option(
             "--system-port",
             envvar="DYN_SYSTEM_PORT",
-            type=int,
+            type=PORT,
             default=8081,
             show_envvar=True,
-            help="Worker HTTP port for /health, /live and /metrics (0 = any free port; serve gives worker i "
-            "this port + i).",
+            help="Worker HTTP port for /health, /live and /metrics, 0-65535 (0 = any free port; serve gives "
+            "worker i this port + i).",
         ),
     ]
 )
@@ -312,18 +317,18 @@ frontend_options = _apply(
         click.option(
             "--grpc-port",
             envvar="DYN_GRPC_PORT",
-            type=int,
+            type=PORT,
             default=8787,
             show_envvar=True,
-            help="KServe gRPC port.",
+            help="KServe gRPC port, 0-65535 (0 = any free port).",
         ),
         click.option(
             "--http-port",
             envvar="DYN_HTTP_PORT",
-            type=int,
+            type=click.IntRange(-1, 65535),
             default=8000,
             show_envvar=True,
-            help="HTTP port: KServe v2 REST, /health, /live, /metrics (-1: no HTTP).",
+            help="HTTP port: KServe v2 REST, /health, /live, /metrics; 0-65535 (0 = any free port, -1 = no HTTP).",
         ),
         click.option(
             "--http-host",

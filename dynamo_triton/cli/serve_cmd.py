@@ -200,6 +200,11 @@ class ServeOptions:
             raise click.UsageError(
                 "--frontends > 1 needs separate processes that share a store: use --store-kv file or etcd"
             )
+        if self.system_port and self.system_port + self.workers - 1 > 65535:
+            raise click.UsageError(
+                f"--system-port {self.system_port} gives worker i port {self.system_port} + i, past 65535 for "
+                f"{self.workers} workers: pick a lower port, or 0 for any free port"
+            )
         first, last = self.worker_port
         if first and last - first + 1 < self.workers:
             raise click.UsageError(

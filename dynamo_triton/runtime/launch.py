@@ -119,14 +119,18 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
     )
     http = None
     try:
-        await grpc.start()
         if config.http_port >= 0:
             http_host = config.http_host or config.host
             http_settings = FrontendSettings(host=http_host, port=config.http_port, options=config.http_options)
             http = plugins.frontend("http", http_settings, service)
+            bind = getattr(http, "bind", None)
+            if bind is not None:  # every port bound before either answers: a taken one fails before any call
+                await bind()
+        await grpc.start()
+        if http is not None:
             await http.start()
     except BaseException:
-        await FrontendStack(table, service, grpc, None).stop()
+        await FrontendStack(table, service, grpc, http).stop()
         raise
     refresh = asyncio.create_task(refresh_statistics(service, collector), name="dyntriton-statistics")
     follower = SettingsFollower(store, config.namespace, apply_to_python_logging)

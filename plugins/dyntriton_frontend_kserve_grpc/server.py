@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,20 @@ IMPLEMENTED = {
 }
 #: Implemented when the service offers model control (``InferenceService.repository``).
 MODEL_CONTROL = {"RepositoryModelLoad", "RepositoryModelUnload"}
+
+
+def bind_failure(host: str, port: int) -> str | None:
+    """Why grpc could not bind ``host:port`` (grpc core only says it failed): the OS's reason for a bind
+    of our own (``address already in use``), or None when such a bind succeeds."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    except (TypeError, ValueError) as exc:
+        return f"the address is not valid ({exc})"
+    return None
 
 
 def stream_response_bytes(infer_response: bytes) -> bytes:
@@ -129,11 +144,11 @@ class KServeGrpcFrontend:
         try:
             credentials = self._credentials()
             port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # "Failed to bind to address ...": grpc core keeps the OS's reason to itself
             port = 0
-            reason = str(exc)
+            reason = bind_failure(self.settings.host, self.settings.port) or str(exc)
         else:
-            reason = "the port is taken or the address is not valid"
+            reason = bind_failure(self.settings.host, self.settings.port) or "the address is not valid"
         if not port:
             raise ConfigError(
                 f"cannot listen for KServe gRPC on {address}: {reason}",
