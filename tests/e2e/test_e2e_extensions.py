@@ -269,3 +269,31 @@ def test_tritonclient_reads_and_updates_both_extensions(servers: tuple[Server, S
         ours.update_trace_settings("identity", {"trace_rate": None})
     finally:
         ours.close()
+
+
+# -- the frontend's /metrics ------------------------------------------------------------------------
+def test_the_frontends_metrics_carry_tritons_families_summed_over_workers(servers: tuple[Server, Server, Proc]) -> None:
+    ours = servers[0]
+    client = grpcclient.InferenceServerClient(ours.grpc_url)
+    item = grpcclient.InferInput("INPUT0", [1, 4], "INT32")
+    item.set_data_from_numpy(np.arange(4, dtype=np.int32).reshape(1, 4))
+    try:
+        for _ in range(3):
+            client.infer("identity", [item])
+    finally:
+        client.close()
+
+    def metric(name: str) -> float:
+        with urllib.request.urlopen(f"http://{ours.http_url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        for line in text.splitlines():
+            if line.startswith(name + '{model="identity",version="1"} '):
+                return float(line.rsplit(" ", 1)[1])
+        return -1.0
+
+    wait_until(lambda: metric("nv_inference_request_success") >= 3, 30, "nv_inference_request_success on /metrics")
+    assert metric("nv_inference_exec_count") >= 3
+    assert metric("nv_inference_count") >= 3
+    assert metric("nv_inference_request_failure") == 0
+    assert metric("nv_inference_compute_infer_duration_us") > 0
+    assert metric("nv_inference_request_duration_us") >= metric("nv_inference_compute_infer_duration_us")
