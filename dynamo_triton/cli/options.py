@@ -18,6 +18,7 @@ __all__ = [
     "backend_options",
     "format_ports",
     "frontend_options",
+    "model_control_option",
     "store_connection_options",
     "store_connection_overrides",
     "store_options",
@@ -274,6 +275,18 @@ worker_options = _apply(
             "worker i this port + i).",
         ),
     ]
+)
+
+
+#: ``worker`` and ``serve``: Triton's model control mode.
+model_control_option = click.option(
+    "--model-control",
+    envvar="DYN_MODEL_CONTROL",
+    type=click.Choice(["none", "explicit"]),
+    default="none",
+    show_envvar=True,
+    help="Triton's model control mode. none: serve --model (default: every model) until stopped; explicit: "
+    "load only --model at start and take load/unload requests from the frontends (docs/model-control.md).",
 )
 
 

@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 from dynamo_triton.backend import BackendSettings
+from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import Frontend, FrontendSettings
 from dynamo_triton.kv import KVStore
 from dynamo_triton.plugins import Plugins
@@ -104,7 +105,8 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
         metrics=metrics,
         dtypes=plugins.dtype_table(),
     )
-    service.repository = ClusterRepository(store, config.namespace, table)
+    service.repository = repository = ClusterRepository(store, config.namespace, table)
+    service.unloaded = repository.unloaded  # a model unloaded on purpose is answered as such
     service.settings = ClusterSettings(  # type: ignore[attr-defined]  # the logging and trace extensions
         store,
         config.namespace,
@@ -175,8 +177,12 @@ async def start_worker(
     system_host: str = "127.0.0.1",
     system_port: int | None = 8081,
     transport_settings: TransportSettings | None = None,
+    system_port_fallback: bool = False,
 ) -> WorkerStack:
     """Start a backend-backed worker registering in ``store``; ``system_port=None`` serves no system port.
+
+    With ``system_port_fallback`` a taken ``system_port`` is replaced by any free port (with a warning):
+    for the default port, which a second worker on the host would otherwise fail on.
 
     ``transport_settings`` (TLS, token) protect the worker's transport server.
 
@@ -196,7 +202,20 @@ async def start_worker(
             registry=worker.metrics.registry,
             more_metrics=getattr(engine, "metrics_text", None),
         )
-        await system.start()
+        try:
+            await system.start()
+        except ConfigError:
+            if not system_port_fallback or not system_port:
+                raise
+            log.warning("system port %d is taken (another worker on this host?): using any free port", system_port)
+            system = SystemServer(
+                system_host,
+                0,
+                health=worker.health,
+                registry=worker.metrics.registry,
+                more_metrics=getattr(engine, "metrics_text", None),
+            )
+            await system.start()
     control = ModelController(worker, explicit=settings.model_control == "explicit")
     follower = SettingsFollower(store, settings.namespace, partial(_apply_log_settings, engine))
     try:
