@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from dynamo_triton.testing.cluster import MODEL_REPO, START_TIMEOUT, Cluster, model_ready, wait_until
+from dynamo_triton.testing.cluster import MODEL_REPO, START_TIMEOUT, Cluster, http_get, model_ready, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton]
 
@@ -65,6 +65,13 @@ def test_two_serves_do_not_mix_and_explicit_serve_loads_and_unloads(host: Cluste
         assert client.is_model_ready("identity")
     finally:
         client.close()
+    # What a user is told about the model unloaded on purpose: on `dyntriton infer` and over HTTP.
+    said = _dyntriton(host, "infer", "--model", "add_sub", "--url", explicit_url, "--shape", "1", "4")
+    assert said.returncode != 0
+    assert "unloaded through model control" in said.stderr and "cannot reach" not in said.stderr, said.stderr
+    http_port = explicit.argv[explicit.argv.index("--http-port") + 1]
+    status, body = http_get(int(http_port), "/v2/models/add_sub")
+    assert status == 503 and "load it again" in body and "start a worker" not in body, body
     assert model_ready(other_url, "add_sub"), "the other serve's add_sub is not this serve's to unload"
     assert explicit.alive() and other.alive()
 
