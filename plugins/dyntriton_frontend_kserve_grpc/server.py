@@ -283,7 +283,7 @@ class KServeGrpcFrontend:
         async def handler(_request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             await context.abort(
                 grpc.StatusCode.UNIMPLEMENTED,
-                f"{name} is not supported by dyntriton: shared-memory, trace and log settings are not available "
+                f"{name} is not supported by dyntriton: shared memory is not available "
                 "through the frontend, and loading models needs a frontend with model control "
                 "(dyntriton frontend) and workers started with --model-control explicit",
             )
