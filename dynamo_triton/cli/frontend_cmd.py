@@ -68,6 +68,8 @@ def frontend_config(
     transport_tls_ca: str | None = None,
     transport_token: str | None = None,
     transport_heartbeat: float = 1.0,
+    grpc_restricted_protocol: tuple[str, ...] = (),
+    http_restricted_api: tuple[str, ...] = (),
 ) -> FrontendConfig:
     """FrontendConfig from the shared CLI options; TLS needs both cert and key.
 
@@ -93,12 +95,14 @@ def frontend_config(
         "stream_window": stream_window,
         "reuse_port": reuse_port,
         "max_connection_age": max_connection_age if reuse_port else 0,
+        "restricted": tuple(grpc_restricted_protocol),
     }
     http_options: dict[str, object] = {
         "server_name": server_name,
         "max_input_size": http_max_input_size,
         "reuse_port": reuse_port,
         "max_connection_age": max_connection_age if reuse_port else 0,
+        "restricted": tuple(http_restricted_api),
     }
     if tls_cert:
         tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
@@ -191,6 +195,8 @@ FORWARDED = {
     "transport_tls_key",
     "transport_tls_ca",
     "transport_heartbeat",
+    "grpc_restricted_protocol",
+    "http_restricted_api",
 }  # the transport token goes through the environment (share_token), not the command line
 
 

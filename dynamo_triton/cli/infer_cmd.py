@@ -47,14 +47,30 @@ def _fill(row: DType, shape: list[int], rng: np.random.Generator) -> np.ndarray:
     return data.reshape(shape)
 
 
-def _resolve_shape(model_shape: list[int], given: tuple[int, ...]) -> list[int]:
-    if given and len(given) == len(model_shape):
-        return [g if m == -1 else m for m, g in zip(model_shape, given, strict=True)]
-    if given and -1 in model_shape and len(given) == 1:
-        return [given[0] if m == -1 else m for m in model_shape]
-    if given:
-        return list(given)
-    return [1 if m == -1 else m for m in model_shape]
+def _resolve_shape(name: str, model_shape: list[int], given: tuple[int, ...]) -> list[int]:
+    """The shape to send for input ``name``: ``given`` (``--shape``) where the model has ``-1``, the
+    model's own dims elsewhere (``-1`` as 1 without ``--shape``).
+
+    :raises click.BadParameter: ``given`` has another number of dimensions than the input, or
+        differs from a dimension the model fixes (the request would be refused, or mean another shape).
+    """
+    if not given:
+        return [1 if m == -1 else m for m in model_shape]
+    if len(given) != len(model_shape):
+        example = " ".join(str(1 if m == -1 else m) for m in model_shape[:-1]) + " 5" if model_shape else ""
+        raise click.BadParameter(
+            f"--shape {' '.join(map(str, given))} has {len(given)} dimension(s), but input '{name}' has "
+            f"{len(model_shape)} ({list(model_shape)}, -1 = any): give one number per dimension"
+            + (f", e.g. --shape {example.strip()}" if example.strip() else ""),
+            param_hint="--shape",
+        )
+    for index, (m, g) in enumerate(zip(model_shape, given, strict=True)):
+        if m != -1 and m != g:
+            raise click.BadParameter(
+                f"--shape {' '.join(map(str, given))}: dimension {index} of input '{name}' is fixed at {m}, got {g}",
+                param_hint="--shape",
+            )
+    return list(given)
 
 
 def _row(table: DTypeTable, datatype: str) -> DType:
@@ -93,6 +109,19 @@ def unreachable(url: str, source: str, details: str) -> DyntritonError:
         "without --url the port comes from DYN_GRPC_PORT",
         status="UNAVAILABLE",
     )
+
+
+def _answers(stub: Any, timeout: float) -> bool:
+    """Whether the endpoint answers at all (an UNAVAILABLE from a live server is its answer, e.g. a
+    model with no live instance, not an unreachable endpoint)."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    try:
+        stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=min(timeout, 5.0))
+    except grpc.RpcError:
+        return False
+    return True
 
 
 def _show(array: np.ndarray) -> str:
@@ -155,7 +184,7 @@ def infer(
         arrays: list[np.ndarray] = []
         for tensor in metadata.inputs:
             sent = datatype or tensor.datatype
-            array = _fill(_row(table, sent), _resolve_shape(list(tensor.shape), shape_dims), rng)
+            array = _fill(_row(table, sent), _resolve_shape(tensor.name, list(tensor.shape), shape_dims), rng)
             request.inputs.add(name=tensor.name, datatype=sent, shape=list(array.shape))
             request.raw_input_contents.append(array_to_raw(array, sent, table=table))
             arrays.append(array)
@@ -163,7 +192,7 @@ def infer(
             request.outputs.add(name=tensor.name)
         response = stub.ModelInfer(request, timeout=timeout)
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and not _answers(stub, timeout):
             raise unreachable(url, source, exc.details() or "") from None
         raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None
     finally:

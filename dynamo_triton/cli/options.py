@@ -12,11 +12,13 @@ from dynamo_triton.runtime.routing import POLICIES
 from dynamo_triton.transport import TransportSettings
 
 __all__ = [
+    "PORT",
     "PortRange",
     "advertise_host_option",
     "backend_options",
     "format_ports",
     "frontend_options",
+    "model_control_option",
     "store_connection_options",
     "store_connection_overrides",
     "store_options",
@@ -46,6 +48,40 @@ class PortRange(click.ParamType):
         if not (0 <= low <= high <= 65535) or (low == 0 and high != 0):
             self.fail(f"{text!r} is not a port range within 1-65535 (or 0 for any free port)", param, ctx)
         return low, high
+
+
+def _restrictions(grpc: bool) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], tuple[str, ...]]:
+    def check(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+        from dynamo_triton.runtime.restrictions import parse_restrictions
+
+        try:
+            parse_restrictions(value, grpc=grpc)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        return value
+
+    return check
+
+
+def _restricted_option(flag: str, envvar: str, *, grpc: bool) -> Callable[[F], F]:
+    header = "triton-grpc-protocol-<key>" if grpc else "<key>"
+    refusal = "UNAVAILABLE" if grpc else "403"
+    return click.option(
+        flag,
+        envvar=envvar,
+        multiple=True,
+        show_envvar=True,
+        callback=_restrictions(grpc),
+        metavar="GROUPS:KEY=VALUE",
+        help=f"Triton's restricted {'protocols' if grpc else 'APIs'}: calls of the comma-separated groups "
+        f"(health, metadata, inference, shared-memory, model-config, model-repository, statistics, trace, "
+        f"logging) need the header {header} with VALUE, or are refused ({refusal}) as Triton refuses them. "
+        "Repeatable; a group in one spec only (docs/security.md).",
+    )
+
+
+#: A TCP port: 0-65535, 0 meaning any free port (click says "x is not in the range 0<=x<=65535").
+PORT = click.IntRange(0, 65535)
 
 
 def format_ports(ports: tuple[int, int]) -> str:
@@ -232,13 +268,25 @@ worker_options = _apply(
         click.option(
             "--system-port",
             envvar="DYN_SYSTEM_PORT",
-            type=int,
+            type=PORT,
             default=8081,
             show_envvar=True,
-            help="Worker HTTP port for /health, /live and /metrics (0 = any free port; serve gives worker i "
-            "this port + i).",
+            help="Worker HTTP port for /health, /live and /metrics, 0-65535 (0 = any free port; serve gives "
+            "worker i this port + i).",
         ),
     ]
+)
+
+
+#: ``worker`` and ``serve``: Triton's model control mode.
+model_control_option = click.option(
+    "--model-control",
+    envvar="DYN_MODEL_CONTROL",
+    type=click.Choice(["none", "explicit"]),
+    default="none",
+    show_envvar=True,
+    help="Triton's model control mode. none: serve --model (default: every model) until stopped; explicit: "
+    "load only --model at start and take load/unload requests from the frontends (docs/model-control.md).",
 )
 
 
@@ -282,18 +330,18 @@ frontend_options = _apply(
         click.option(
             "--grpc-port",
             envvar="DYN_GRPC_PORT",
-            type=int,
+            type=PORT,
             default=8787,
             show_envvar=True,
-            help="KServe gRPC port.",
+            help="KServe gRPC port, 0-65535 (0 = any free port).",
         ),
         click.option(
             "--http-port",
             envvar="DYN_HTTP_PORT",
-            type=int,
+            type=click.IntRange(-1, 65535),
             default=8000,
             show_envvar=True,
-            help="HTTP port: KServe v2 REST, /health, /live, /metrics (-1: no HTTP).",
+            help="HTTP port: KServe v2 REST, /health, /live, /metrics; 0-65535 (0 = any free port, -1 = no HTTP).",
         ),
         click.option(
             "--http-host",
@@ -367,6 +415,8 @@ frontend_options = _apply(
             help="PEM CA client certificates must be signed by (mutual TLS): on both ports, so that REST is no "
             "way around it; clients without one are refused.",
         ),
+        _restricted_option("--grpc-restricted-protocol", "DYN_GRPC_RESTRICTED_PROTOCOL", grpc=True),
+        _restricted_option("--http-restricted-api", "DYN_HTTP_RESTRICTED_API", grpc=False),
         click.option(
             "--http-tls/--no-http-tls",
             envvar="DYN_HTTP_TLS",

@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -53,6 +54,7 @@ from dynamo_triton.cli.options import (
     backend_options,
     format_ports,
     frontend_options,
+    model_control_option,
     store_options,
     store_settings,
     transport_options,
@@ -63,6 +65,7 @@ from dynamo_triton.cli.supervisor import Child, RestartPolicy, Supervisor, exit_
 from dynamo_triton.cli.worker_cmd import backend_settings
 from dynamo_triton.errors import DyntritonError
 from dynamo_triton.plugins import Plugins
+from dynamo_triton.runtime.control_records import reports_prefix
 from dynamo_triton.runtime.launch import FrontendStack, Shutdown, WorkerStack, start_frontend, start_worker
 from dynamo_triton.runtime.worker import WorkerSettings
 from dynamo_triton.transport import TransportSettings
@@ -81,6 +84,7 @@ STARTUP_TIMEOUT = 300.0
 @worker_options
 @frontend_options
 @transport_options
+@model_control_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Worker processes to start.")
 @click.option(
     "--frontends",
@@ -110,9 +114,25 @@ def serve(ctx: click.Context, **options: Any) -> None:
     (--restart no); 5 a process crash-looped. SIGHUP restarts the extra frontend processes without
     losing a request (--frontends N).
     """
-    frontend_argv = ["frontend", *forwarded_options(ctx, FORWARDED, {}), "--reuse-port"]
+    own_namespace = ctx.get_parameter_source("namespace") is click.core.ParameterSource.DEFAULT
+    if own_namespace:  # two serves on one host (one file store) must not route to each other's workers
+        options["namespace"] = serve_namespace()
+    frontend_argv = [
+        "frontend",
+        *forwarded_options(ctx, FORWARDED, {"namespace": options["namespace"]}),
+        "--reuse-port",
+    ]
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        run_service(_serve(plugins_from(ctx), ServeOptions(**options), frontend_argv))
+        run_service(_serve(plugins_from(ctx), ServeOptions(**options), frontend_argv, own_namespace=own_namespace))
+
+
+def serve_namespace() -> str:
+    """The discovery namespace of a ``serve`` given none: its own, so that its frontend sees only its workers.
+
+    ``worker`` and ``frontend`` keep the shared default (``dynamo``); to add workers to a ``serve``,
+    give both the same ``--namespace`` (``DYN_NAMESPACE``).
+    """
+    return f"dynamo-serve-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,9 @@ class ServeOptions:
     transport_tls_ca: str | None = None
     transport_token: str | None = None
     transport_heartbeat: float = 1.0
+    grpc_restricted_protocol: tuple[str, ...] = ()
+    http_restricted_api: tuple[str, ...] = ()
+    model_control: str = "none"
 
     def worker_argv(self, index: int) -> list[str]:
         """The ``dyntriton worker`` command line for child ``index``."""
@@ -180,6 +203,7 @@ class ServeOptions:
         argv += ["--worker-host", self.worker_host, "--worker-port", format_ports(self.worker_port)]
         argv += ["--system-host", self.system_host]
         argv += ["--system-port", str(self.system_port + index if self.system_port else 0)]
+        argv += ["--model-control", self.model_control]
         for flag, path in (
             ("--transport-tls-cert", self.transport_tls_cert),
             ("--transport-tls-key", self.transport_tls_key),
@@ -198,6 +222,11 @@ class ServeOptions:
             raise click.UsageError(
                 "--frontends > 1 needs separate processes that share a store: use --store-kv file or etcd"
             )
+        if self.system_port and self.system_port + self.workers - 1 > 65535:
+            raise click.UsageError(
+                f"--system-port {self.system_port} gives worker i port {self.system_port} + i, past 65535 for "
+                f"{self.workers} workers: pick a lower port, or 0 for any free port"
+            )
         first, last = self.worker_port
         if first and last - first + 1 < self.workers:
             raise click.UsageError(
@@ -206,7 +235,9 @@ class ServeOptions:
             )
 
 
-async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str]) -> None:
+async def _serve(
+    plugins: Plugins, opts: ServeOptions, frontend_argv: list[str], *, own_namespace: bool = False
+) -> None:
     opts.check()
     in_process = opts.in_process or opts.store_kv == "mem"
     config = frontend_config(
@@ -231,7 +262,10 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
         transport_tls_ca=opts.transport_tls_ca,
         transport_token=opts.transport_token,
         transport_heartbeat=opts.transport_heartbeat,
+        grpc_restricted_protocol=opts.grpc_restricted_protocol,
+        http_restricted_api=opts.http_restricted_api,
     )
+    config = replace(config, log_verbose=opts.log_verbose)  # what LogSettings answers before an update
     if in_process:  # no request plane on the network: nothing for TLS or a token to protect
         config = replace(config, transport=TransportSettings(heartbeat=opts.transport_heartbeat))
     share_token(opts.transport_token)
@@ -263,7 +297,12 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
                         opts.model_load_retries,
                     ),
                     transport="inproc" if opts.transport == "tcp" else opts.transport,
-                    settings=WorkerSettings(namespace=opts.namespace, models=opts.models, lease_ttl=opts.lease_ttl),
+                    settings=WorkerSettings(
+                        namespace=opts.namespace,
+                        models=opts.models,
+                        lease_ttl=opts.lease_ttl,
+                        model_control=opts.model_control,
+                    ),
                     system_host=opts.system_host,
                     system_port=opts.system_port,
                 )
@@ -275,9 +314,17 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
             processes = [child.process for child in workers if child.process is not None]
             if not in_process:
                 owner = Ownership(frozenset(process.pid for process in processes))
-            own = await _wait_until_served(frontend, owner, processes, 1 if in_process else opts.workers, opts.models)
+            workers_count = 1 if in_process else opts.workers
+            if opts.model_control == "explicit" and not opts.models:  # nothing to serve yet: wait for reports
+                await _wait_until_reported(store, opts.namespace, processes, workers_count)
+                own = {}
+            else:
+                own = await _wait_until_served(frontend, owner, processes, workers_count, opts.models)
         mode = "in-process worker" if in_process else f"{opts.workers} worker process(es)"
-        footer = f"{listeners(config, frontend)}; store {opts.store_kv}; {mode}; pid {os.getpid()}. Ctrl-C stops."
+        if opts.model_control == "explicit":
+            mode += "; model control explicit (dyntriton model load NAME / unload NAME)"
+        where = f"store {opts.store_kv} (namespace {opts.namespace})"
+        footer = f"{listeners(config, frontend)}; {where}; {mode}; pid {os.getpid()}. Ctrl-C stops."
         print_summary(frontend.service.models(), own, footer)
         shutdown.started()
         supervisor = Supervisor(
@@ -294,6 +341,8 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
             await local.stop()
         if frontend is not None:
             await frontend.stop()
+        if own_namespace:  # nobody else uses it: leave no control or settings records behind
+            await _forget_namespace(store, opts.namespace)
         await store.close()
 
 
@@ -343,6 +392,34 @@ async def _wait_until_served(
     finally:
         for task in exits:
             task.cancel()
+
+
+async def _forget_namespace(store: Any, namespace: str) -> None:
+    """Delete what is left under this serve's own namespace (best effort: the store may be gone)."""
+    with contextlib.suppress(Exception):
+        for entry in await store.list(f"dyntriton/v1/{namespace}/"):
+            await store.delete(entry.key)
+
+
+async def _wait_until_reported(
+    store: Any, namespace: str, children: list[asyncio.subprocess.Process], workers: int
+) -> None:
+    """With explicit model control and no ``--model``: wait until ``workers`` repository reports are in
+    the store (the workers are up, with nothing loaded), or a worker exits (exit code 3)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while len(await store.list(reports_prefix(namespace))) < workers:
+        for index, child in enumerate(children):
+            if child.returncode is not None:
+                error = DyntritonError(
+                    f"worker {index} (pid {child.pid}) {exit_description(child.returncode)} before it started; "
+                    "its own error is printed above",
+                    status="UNAVAILABLE",
+                )
+                error.exit_code = EXIT_START_FAILED  # type: ignore[attr-defined]
+                raise error
+        if time.monotonic() > deadline:
+            raise DyntritonError(f"the workers did not start within {STARTUP_TIMEOUT:g} s", status="DEADLINE_EXCEEDED")
+        await asyncio.sleep(0.1)  # polling the store: a report carries no pid to wait on
 
 
 async def _spawn_worker(argv: list[str]) -> asyncio.subprocess.Process:

@@ -17,6 +17,7 @@ from dynamo_triton.cli.exits import starting
 from dynamo_triton.cli.options import (
     advertise_host_option,
     backend_options,
+    model_control_option,
     store_options,
     store_settings,
     transport_options,
@@ -57,15 +58,7 @@ def backend_settings(
 @worker_options
 @advertise_host_option
 @transport_options
-@click.option(
-    "--model-control",
-    envvar="DYN_MODEL_CONTROL",
-    type=click.Choice(["none", "explicit"]),
-    default="none",
-    show_envvar=True,
-    help="Triton's model control mode. none: serve --model (default: every model) until stopped; explicit: "
-    "load only --model at start and take load/unload requests from the frontends (docs/model-control.md).",
-)
+@model_control_option
 @click.pass_context
 def worker(ctx: click.Context, **options: object) -> None:
     """Run a worker: load models, publish their cards under a lease, serve requests, drain on SIGTERM.
@@ -73,8 +66,10 @@ def worker(ctx: click.Context, **options: object) -> None:
     Exits 3 when it cannot start (store, ports, backend, a model that does not load).
     """
     plugins = plugins_from(ctx)
+    # The default system port taken (a second worker on this host): any free port, said in the start line.
+    fallback = ctx.get_parameter_source("system_port") is click.core.ParameterSource.DEFAULT
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        run_service(_run(plugins, **options))  # type: ignore[arg-type]
+        run_service(_run(plugins, **options, system_port_fallback=fallback))  # type: ignore[arg-type]
 
 
 _LOOPBACK = ("127.", "::1", "localhost")
@@ -119,6 +114,7 @@ async def _run(
     transport_heartbeat: float = 1.0,
     model_control: str = "none",
     advertise_host: str | None = None,
+    system_port_fallback: bool = False,
 ) -> None:
     protection = transport_settings(
         transport_tls_cert, transport_tls_key, transport_tls_ca, transport_token, transport_heartbeat
@@ -153,6 +149,7 @@ async def _run(
                 system_host=system_host,
                 system_port=system_port,
                 transport_settings=protection,
+                system_port_fallback=system_port_fallback,
             )
         system = f"http://{dial_address(system_host, stack.system.port)}/metrics" if stack.system else "-"
         click.echo(

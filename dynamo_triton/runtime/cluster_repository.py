@@ -63,6 +63,8 @@ class ClusterRepository:
         self._store, self._namespace, self._table = store, namespace, table
         self.default_timeout = default_timeout
         self._table_waiters: set[asyncio.Event] = set()
+        #: Models this frontend unloaded (and did not load since): their errors say so (RoutingService.unloaded).
+        self.unloaded: set[str] = set()
         table.subscribe(self._table_changed)
 
     def _table_changed(self) -> None:
@@ -123,6 +125,7 @@ class ClusterRepository:
             raise _failure("load", name, results)
         if len(loaded) < len(results):
             log.warning("%s", _failure("load", name, results).message)
+        self.unloaded.discard(name)
         await self._cards_in_table(name, loaded, deadline)
 
     async def unload(self, name: str, *, timeout: float | None = None) -> None:
@@ -140,6 +143,7 @@ class ClusterRepository:
         results = await self._send(record, expected, deadline)
         if any(entry.outcome != "ok" for entry in results.values()):
             raise _failure("unload", name, results)
+        self.unloaded.add(name)
         await self._until(lambda: not any(self._table.instance(name, iid) for iid in expected), deadline, name)
 
     async def _explicit_reports(self) -> dict[str, RepositoryReport]:

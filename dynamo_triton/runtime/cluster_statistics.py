@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from tritonclient.grpc import service_pb2
 
@@ -88,7 +88,7 @@ class ModelStatisticsCollector(Collector):
         """Expose ``totals`` (a merged, monotonic ModelStatisticsResponse) from now on."""
         self._latest = totals
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
         success = CounterMetricFamily(
             "dyntriton_model_request_success", "Successful inference requests, summed over workers", labels=labels
@@ -124,6 +124,70 @@ class ModelStatisticsCollector(Collector):
             for field, family in durations.items():
                 family.add_metric(key, getattr(stats.inference_stats, field).ns / 1000.0)
         yield from (success, failure, inferences, executions, *durations.values())
+        yield from self._triton_families()
+
+    def _triton_families(self) -> Iterator[Metric]:
+        """Triton's own ``nv_inference_*`` counters (names, help and ``model``/``version`` labels of
+        Triton 2.51), summed over the workers, so that a Triton dashboard pointed at the frontend works.
+
+        ``nv_inference_request_failure`` has no ``reason`` label: ModelStatistics counts failures
+        without their reason, and a made-up one would mislead. The families are typed ``untyped``:
+        prometheus_client writes a counter's samples as ``<name>_total``, and Triton's have no suffix
+        (``rate()`` and ``increase()`` work on them all the same).
+        """
+        labels = ["model", "version"]
+        families = [
+            (
+                "nv_inference_request_success",
+                "Number of successful inference requests, all batch sizes",
+                lambda s: s.inference_stats.success.count,
+            ),
+            (
+                "nv_inference_request_failure",
+                "Number of failed inference requests, all batch sizes",
+                lambda s: s.inference_stats.fail.count,
+            ),
+            (
+                "nv_inference_count",
+                "Number of inferences performed (does not include cached requests)",
+                lambda s: s.inference_count,
+            ),
+            (
+                "nv_inference_exec_count",
+                "Number of model executions performed (does not include cached requests)",
+                lambda s: s.execution_count,
+            ),
+            (
+                "nv_inference_request_duration_us",
+                "Cumulative inference request duration in microseconds (includes cached requests)",
+                lambda s: s.inference_stats.success.ns // 1000,
+            ),
+            (
+                "nv_inference_queue_duration_us",
+                "Cumulative inference queuing duration in microseconds (includes cached requests)",
+                lambda s: s.inference_stats.queue.ns // 1000,
+            ),
+            (
+                "nv_inference_compute_input_duration_us",
+                "Cumulative compute input duration in microseconds (does not include cached requests)",
+                lambda s: s.inference_stats.compute_input.ns // 1000,
+            ),
+            (
+                "nv_inference_compute_infer_duration_us",
+                "Cumulative compute inference duration in microseconds (does not include cached requests)",
+                lambda s: s.inference_stats.compute_infer.ns // 1000,
+            ),
+            (
+                "nv_inference_compute_output_duration_us",
+                "Cumulative inference compute output duration in microseconds (does not include cached requests)",
+                lambda s: s.inference_stats.compute_output.ns // 1000,
+            ),
+        ]
+        for name, help_text, value in families:
+            family = Metric(name, help_text, "unknown")  # see the docstring: Triton's names have no _total
+            for stats in self._latest.model_stats:
+                family.add_sample(name, dict(zip(labels, (stats.name, stats.version), strict=True)), value(stats))
+            yield family
 
 
 async def refresh_statistics(

@@ -34,7 +34,12 @@ EXTENSIONS = (
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "trace",
+    "logging",
 )
+
+#: Offered when the service keeps the cluster's settings (its ``settings`` attribute, runtime/cluster_settings.py).
+_SETTINGS = ("trace", "logging")
 
 #: What a frontend whose service offers no model control (``InferenceService.repository`` None) reports.
 _WITHOUT_MODEL_CONTROL = tuple(name for name in EXTENSIONS if name != "model_repository")
@@ -70,6 +75,10 @@ def server_identity(service: InferenceService, name: str | None = None) -> Serve
     return ServerIdentity(
         name=name or DEFAULT_SERVER_NAME,
         version=versions[-1] if versions else "",
-        extensions=EXTENSIONS if service.repository is not None else _WITHOUT_MODEL_CONTROL,
+        extensions=tuple(
+            extension
+            for extension in (EXTENSIONS if service.repository is not None else _WITHOUT_MODEL_CONTROL)
+            if extension not in _SETTINGS or getattr(service, "settings", None) is not None
+        ),
         server_version=dyntriton_version(),
     )

@@ -11,18 +11,22 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from dynamo_triton.backend import BackendSettings
+from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import Frontend, FrontendSettings
 from dynamo_triton.kv import KVStore
 from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.cluster_repository import ClusterRepository
+from dynamo_triton.runtime.cluster_settings import ClusterSettings, SettingsFollower, apply_to_python_logging
 from dynamo_triton.runtime.cluster_statistics import ModelStatisticsCollector, StatisticsService, refresh_statistics
 from dynamo_triton.runtime.discovery import ModelTable
 from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.model_control import ModelController
 from dynamo_triton.runtime.routing import make_policy
+from dynamo_triton.runtime.server_settings import LogSettings
 from dynamo_triton.runtime.service import RoutingService
 from dynamo_triton.runtime.system_server import SystemServer
 from dynamo_triton.runtime.worker import Worker, WorkerSettings
@@ -57,6 +61,8 @@ class FrontendConfig:
     grpc_options: dict[str, Any] = field(default_factory=dict)
     http_options: dict[str, Any] = field(default_factory=dict)
     transport: TransportSettings = field(default_factory=TransportSettings)
+    #: the workers' Triton log verbosity at start (``--log-verbose``): what ``LogSettings`` answers before an update
+    log_verbose: int = 0
 
 
 @dataclass
@@ -99,7 +105,14 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
         metrics=metrics,
         dtypes=plugins.dtype_table(),
     )
-    service.repository = ClusterRepository(store, config.namespace, table)
+    service.repository = repository = ClusterRepository(store, config.namespace, table)
+    service.unloaded = repository.unloaded  # a model unloaded on purpose is answered as such
+    service.settings = ClusterSettings(  # type: ignore[attr-defined]  # the logging and trace extensions
+        store,
+        config.namespace,
+        initial_log=_initial_log(config.log_verbose),
+        model_ready=lambda name: any(model.name == name for model in service.models()),
+    )
     collector = ModelStatisticsCollector()
     metrics.registry.register(collector)
     await table.start()
@@ -108,17 +121,27 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
     )
     http = None
     try:
-        await grpc.start()
         if config.http_port >= 0:
             http_host = config.http_host or config.host
             http_settings = FrontendSettings(host=http_host, port=config.http_port, options=config.http_options)
             http = plugins.frontend("http", http_settings, service)
+            bind = getattr(http, "bind", None)
+            if bind is not None:  # every port bound before either answers: a taken one fails before any call
+                await bind()
+        await grpc.start()
+        if http is not None:
             await http.start()
     except BaseException:
-        await FrontendStack(table, service, grpc, None).stop()
+        await FrontendStack(table, service, grpc, http).stop()
         raise
     refresh = asyncio.create_task(refresh_statistics(service, collector), name="dyntriton-statistics")
-    return FrontendStack(table, service, grpc, http, [refresh])
+    follower = SettingsFollower(store, config.namespace, apply_to_python_logging)
+    return FrontendStack(table, service, grpc, http, [refresh, await follower.start()])
+
+
+def _initial_log(verbose: int) -> LogSettings:
+    """The embedded Triton's log flags as a worker sets them at start (info only when verbose)."""
+    return LogSettings(log_info=verbose > 0, log_verbose_level=verbose)
 
 
 @dataclass
@@ -128,10 +151,13 @@ class WorkerStack:
     worker: Worker
     system: SystemServer | None
     control: ModelController | None = None
+    settings: SettingsFollower | None = None
 
     async def stop(self) -> None:
         """Stop model control, drain the worker, then stop the system port."""
         try:
+            if self.settings is not None:
+                await self.settings.stop()
             if self.control is not None:
                 await self.control.stop()
             await self.worker.stop()
@@ -151,8 +177,12 @@ async def start_worker(
     system_host: str = "127.0.0.1",
     system_port: int | None = 8081,
     transport_settings: TransportSettings | None = None,
+    system_port_fallback: bool = False,
 ) -> WorkerStack:
     """Start a backend-backed worker registering in ``store``; ``system_port=None`` serves no system port.
+
+    With ``system_port_fallback`` a taken ``system_port`` is replaced by any free port (with a warning):
+    for the default port, which a second worker on the host would otherwise fail on.
 
     ``transport_settings`` (TLS, token) protect the worker's transport server.
 
@@ -172,11 +202,26 @@ async def start_worker(
             registry=worker.metrics.registry,
             more_metrics=getattr(engine, "metrics_text", None),
         )
-        await system.start()
+        try:
+            await system.start()
+        except ConfigError:
+            if not system_port_fallback or not system_port:
+                raise
+            log.warning("system port %d is taken (another worker on this host?): using any free port", system_port)
+            system = SystemServer(
+                system_host,
+                0,
+                health=worker.health,
+                registry=worker.metrics.registry,
+                more_metrics=getattr(engine, "metrics_text", None),
+            )
+            await system.start()
     control = ModelController(worker, explicit=settings.model_control == "explicit")
+    follower = SettingsFollower(store, settings.namespace, partial(_apply_log_settings, engine))
     try:
         await worker.start()
         await control.start()
+        await follower.start()
     except BaseException:
         with contextlib.suppress(Exception):
             await control.stop()
@@ -185,7 +230,15 @@ async def start_worker(
         if system is not None:
             await system.stop()
         raise
-    return WorkerStack(worker, system, control)
+    return WorkerStack(worker, system, control, follower)
+
+
+def _apply_log_settings(engine: Any, settings: LogSettings) -> None:
+    """The cluster's log settings in a worker: its Python log level, and its backend's when it has them."""
+    apply_to_python_logging(settings)
+    apply = getattr(engine, "apply_log_settings", None)
+    if apply is not None:
+        apply(settings)
 
 
 class Shutdown:

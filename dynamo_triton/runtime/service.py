@@ -76,6 +76,8 @@ class RoutingService:
         self._seen: set[str] = set()
         self._addresses: set[str] = set()  # every worker address seen, kept out of error texts
         self._served: dict[str, ServedModel] | None = None
+        #: Models unloaded on purpose through this frontend (kept by its ClusterRepository): errors say so.
+        self.unloaded: set[str] = set()
         self.sequences = SequenceRouter(table, self._send, unresponsive=self.unresponsive)
         table.subscribe(self.invalidate)
 
@@ -138,8 +140,16 @@ class RoutingService:
     def model(self, name: str, version: str = "") -> ServedModel:
         served = self._served_models().get(name)
         if served is None:
+            if name in self.unloaded:
+                raise NoInstanceError(
+                    f"model '{name}' has no live instance: it was unloaded through model control",
+                    hint=f"load it again (dyntriton model load {name}, or RepositoryModelLoad) to serve it",
+                )
             if name in self._seen:
-                raise NoInstanceError(f"model '{name}' has no live instance right now", hint="start a worker for it")
+                raise NoInstanceError(
+                    f"model '{name}' has no live instance right now",
+                    hint="start a worker that serves it, or load it (dyntriton model load) if it was unloaded",
+                )
             known = ", ".join(sorted(self._served_models())) or "none"
             raise ModelNotFoundError(f"Request for unknown model: '{name}' is not found (served models: {known})")
         if version and version != served.version:

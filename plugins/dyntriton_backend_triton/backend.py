@@ -153,6 +153,16 @@ class TritonBackend:
         server = self._server
         return "" if server is None else await asyncio.to_thread(server.metrics_text)
 
+    def apply_log_settings(self, settings: Any) -> None:
+        """The cluster's log settings (``dynamo_triton.runtime.server_settings.LogSettings``) on this Triton."""
+        self.server.set_log(
+            info=settings.log_info,
+            warning=settings.log_warning,
+            error=settings.log_error,
+            verbose=min(settings.log_verbose_level, 2**31 - 1),
+            iso8601=settings.log_format == "ISO8601",
+        )
+
     def server_identity(self) -> tuple[str, str]:
         return self._identity
 

@@ -156,6 +156,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ServerOptionsSetLogInfo": (_ERR, [c_void_p, c_bool]),
     "ServerOptionsSetLogWarn": (_ERR, [c_void_p, c_bool]),
     "ServerOptionsSetLogError": (_ERR, [c_void_p, c_bool]),
+    "ServerOptionsSetLogFormat": (_ERR, [c_void_p, c_int]),
     "ServerOptionsSetExitTimeout": (_ERR, [c_void_p, c_uint]),
     "ServerOptionsSetMetrics": (_ERR, [c_void_p, c_bool]),
     "ServerOptionsSetGpuMetrics": (_ERR, [c_void_p, c_bool]),

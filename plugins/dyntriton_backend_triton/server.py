@@ -258,6 +258,16 @@ class TritonServer:
             api.ServerOptionsDelete(options)
         self._make_allocator()
 
+    def set_log(self, *, info: bool, warning: bool, error: bool, verbose: int, iso8601: bool) -> None:
+        """Triton's process-wide log flags, now: ``TRITONSERVER_ServerOptionsSetLog*`` set Triton's logger
+        at once whatever options object they get (Triton's own frontends call them with none)."""
+        api = self.api
+        self._check(api.ServerOptionsSetLogInfo(None, info), "setting log_info")
+        self._check(api.ServerOptionsSetLogWarn(None, warning), "setting log_warning")
+        self._check(api.ServerOptionsSetLogError(None, error), "setting log_error")
+        self._check(api.ServerOptionsSetLogVerbose(None, verbose), "setting log_verbose_level")
+        self._check(api.ServerOptionsSetLogFormat(None, 1 if iso8601 else 0), "setting log_format")
+
     def _make_allocator(self) -> None:
         """Triton's callbacks: the C completions library when it was built, else ctypes callbacks."""
         api = self.api

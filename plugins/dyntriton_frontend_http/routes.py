@@ -35,6 +35,7 @@ from dyntriton_frontend_http.generate import generate_request, generate_response
 from dyntriton_frontend_http.infer_request import RestInferRequest, parse_infer_body
 from dyntriton_frontend_http.infer_response import render_infer_response
 from dyntriton_frontend_http.responses import dumps, error_response, json_response, message_to_json
+from dyntriton_frontend_http.settings import SettingsRoutes
 
 __all__ = ["INFER_HEADER_LENGTH", "RestRoutes"]
 
@@ -91,6 +92,9 @@ class RestRoutes:
         ):
             for path in _model_paths(suffix):
                 post(path, handler)
+        settings = getattr(self.service, "settings", None)
+        if settings is not None:  # the logging and trace extensions
+            SettingsRoutes(settings, self._body).add_to(app)
 
     # -- health, metadata, statistics -------------------------------------------------------------
     async def health(self, _request: web.Request) -> web.Response:

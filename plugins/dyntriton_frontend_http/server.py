@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -34,7 +35,9 @@ from aiohttp import web
 
 from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import FrontendSettings, InferenceService
+from dynamo_triton.runtime.restrictions import parse_restrictions
 from dynamo_triton.tls import server_context
+from dyntriton_frontend_http.restricted import restricted_apis
 from dyntriton_frontend_http.routes import RestRoutes, not_found_body
 
 __all__ = ["DEFAULT_MAX_INPUT_SIZE", "HttpFrontend"]
@@ -75,6 +78,12 @@ class HttpFrontend:
         self._reuse_port = bool(options.get("reuse_port"))
         self._max_connection_age = float(options.get("max_connection_age") or 0)
         self._draining = False
+        self._socket: socket.socket | None = None
+        self._tls: ssl.SSLContext | None = None
+        try:  # Triton's --http-restricted-api specs
+            self._restrictions = parse_restrictions(options.get("restricted") or (), grpc=False)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def tls(self) -> ssl.SSLContext | None:
         """The TLS context the port serves with, or None for plain HTTP (no ``tls_cert`` option)."""
@@ -93,31 +102,44 @@ class HttpFrontend:
 
     def application(self) -> web.Application:
         middlewares = [json_errors]
+        if self._restrictions:
+            middlewares.append(restricted_apis(self._restrictions))
         if self._reuse_port and self._max_connection_age > 0:
             middlewares.append(self._close_when_draining)
         app = web.Application(client_max_size=self.routes.max_input_size, middlewares=middlewares)
         self.routes.add_to(app)
         return app
 
+    async def bind(self) -> None:
+        """Bind the port without answering yet (a frontend stack binds every port before any answers).
+
+        Raises ConfigError naming the address when it cannot; the TLS files are read first, so a
+        bad one leaves nothing bound.
+        """
+        if self._socket is not None:
+            return
+        self._tls = self.tls()
+        host, port = self.settings.host, self.settings.port
+        try:
+            family, _, _, _, address = socket.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            self._socket = socket.create_server(address, family=family, reuse_port=self._reuse_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}",
+                hint="pick another port with --http-port / DYN_HTTP_PORT (0 = any free port)",
+            ) from exc
+        self._port = self._socket.getsockname()[1]
+
     async def start(self) -> None:
-        tls = self.tls()  # before the port opens: a bad file must not leave a half-started server
+        await self.bind()
+        assert self._socket is not None
         self._runner = web.AppRunner(
             self.application(), access_log=None, handler_cancellation=True, auto_decompress=False
         )
         await self._runner.setup()
-        site = web.TCPSite(  # reuse_port: several frontend processes, one port
-            self._runner, self.settings.host, self.settings.port, ssl_context=tls, reuse_port=self._reuse_port or None
-        )
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            self._runner = None
-            raise ConfigError(
-                f"cannot listen for HTTP on {self.settings.host}:{self.settings.port}: {exc.strerror}",
-                hint="pick another port with --http-port / DYN_HTTP_PORT (0 = any free port)",
-            ) from exc
-        self._port = self._runner.addresses[0][1]
+        await web.SockSite(self._runner, self._socket, ssl_context=self._tls).start()
 
     @web.middleware
     async def _close_when_draining(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -128,11 +150,15 @@ class HttpFrontend:
 
     async def stop(self, *, grace: float = 5.0) -> None:
         if self._runner is None:
+            if self._socket is not None:  # bound, never started
+                self._socket.close()
+                self._socket = None
             return
         if self._reuse_port and self._max_connection_age > 0:
             await self._drain()
-        await self._runner.cleanup()
+        await self._runner.cleanup()  # closes the socket too
         self._runner = None
+        self._socket = None
 
     async def _drain(self) -> None:
         """Stop listening; answer with ``Connection: close`` until the connections are gone or the age passed."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,12 @@ from dynamo_triton.errors import ConfigError, DyntritonError, InvalidRequestErro
 from dynamo_triton.frontend import FrontendSettings, InferenceService
 from dynamo_triton.runtime.identity import server_identity
 from dynamo_triton.runtime.pipeline import PreparedRequest, RequestPipeline
+from dynamo_triton.runtime.restrictions import parse_restrictions
 from dynamo_triton.runtime.streams import DEFAULT_MAX_PENDING_BYTES, DEFAULT_WINDOW, StreamFormat, run_stream
 from dynamo_triton.wire import field_header
 from dyntriton_frontend_kserve_grpc import drain
+from dyntriton_frontend_kserve_grpc.restricted import RestrictedProtocols
+from dyntriton_frontend_kserve_grpc.settings import settings_handlers
 
 __all__ = ["KServeGrpcFrontend", "stream_response_bytes"]
 
@@ -64,6 +68,20 @@ IMPLEMENTED = {
 }
 #: Implemented when the service offers model control (``InferenceService.repository``).
 MODEL_CONTROL = {"RepositoryModelLoad", "RepositoryModelUnload"}
+
+
+def bind_failure(host: str, port: int) -> str | None:
+    """Why grpc could not bind ``host:port`` (grpc core only says it failed): the OS's reason for a bind
+    of our own (``address already in use``), or None when such a bind succeeds."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    except (TypeError, ValueError) as exc:
+        return f"the address is not valid ({exc})"
+    return None
 
 
 def stream_response_bytes(infer_response: bytes) -> bytes:
@@ -110,7 +128,13 @@ class KServeGrpcFrontend:
         ]
         if self._max_connection_age > 0:  # no grace: a long stream is ended by the drain, not by its age
             options.append(("grpc.max_connection_age_ms", max(1, round(self._max_connection_age * 1000))))
-        server = grpc.aio.server(options=options)
+        try:  # Triton's --grpc-restricted-protocol specs
+            restrictions = parse_restrictions(self.settings.options.get("restricted") or (), grpc=True)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        server = grpc.aio.server(
+            options=options, interceptors=[RestrictedProtocols(restrictions)] if restrictions else []
+        )
         server.add_generic_rpc_handlers((self._handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -120,11 +144,11 @@ class KServeGrpcFrontend:
         try:
             credentials = self._credentials()
             port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # "Failed to bind to address ...": grpc core keeps the OS's reason to itself
             port = 0
-            reason = str(exc)
+            reason = bind_failure(self.settings.host, self.settings.port) or str(exc)
         else:
-            reason = "the port is taken or the address is not valid"
+            reason = bind_failure(self.settings.host, self.settings.port) or "the address is not valid"
         if not port:
             raise ConfigError(
                 f"cannot listen for KServe gRPC on {address}: {reason}",
@@ -245,8 +269,10 @@ class KServeGrpcFrontend:
             "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
         }
+        extensions = settings_handlers(getattr(self.service, "settings", None), unary)  # logging, trace
+        handlers.update(extensions)
         descriptor = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-        implemented = IMPLEMENTED | (MODEL_CONTROL if self.service.repository is not None else set())
+        implemented = IMPLEMENTED | (MODEL_CONTROL if self.service.repository is not None else set()) | set(extensions)
         for method in descriptor.methods:
             if method.name not in implemented:
                 handlers[method.name] = grpc.unary_unary_rpc_method_handler(self._unimplemented(method.name))
@@ -257,7 +283,7 @@ class KServeGrpcFrontend:
         async def handler(_request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             await context.abort(
                 grpc.StatusCode.UNIMPLEMENTED,
-                f"{name} is not supported by dyntriton: shared-memory, trace and log settings are not available "
+                f"{name} is not supported by dyntriton: shared memory is not available "
                 "through the frontend, and loading models needs a frontend with model control "
                 "(dyntriton frontend) and workers started with --model-control explicit",
             )

@@ -42,14 +42,16 @@ def nats_cluster(tmp: Path, nats_server: str) -> Cluster:
 
 
 def cards(cluster: Cluster) -> list[str]:
-    """The transport of every model card (namespace dynamo) in the cluster's bucket, read with a store of our own."""
+    """The transport of every model card (any namespace: serve has its own) in the cluster's bucket, read with a
+    store of our own."""
 
     async def read() -> list[str]:
         store = make_plugin_manager().kv_store(
             "nats", servers=cluster.env["NATS_SERVER"], bucket=cluster.env["DYN_NATS_KV_BUCKET"]
         )
         try:
-            return [json.loads(entry.value)["transport"] for entry in await store.list("dyntriton/v1/dynamo/models/")]
+            entries = [entry for entry in await store.list("dyntriton/v1/") if "/models/" in entry.key]
+            return [json.loads(entry.value)["transport"] for entry in entries]
         finally:
             await store.close()
 

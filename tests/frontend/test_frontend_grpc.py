@@ -257,5 +257,7 @@ async def test_frontend_grpc_port_taken_is_a_config_error(grpc_frontend, service
     from dynamo_triton.frontend import FrontendSettings
 
     second = KServeGrpcFrontend(FrontendSettings(host="127.0.0.1", port=grpc_frontend.port), service)
-    with pytest.raises(ConfigError, match="cannot listen"):
+    with pytest.raises(
+        ConfigError, match=f"cannot listen for KServe gRPC on 127.0.0.1:{grpc_frontend.port}: address already in use"
+    ):
         await second.start()
