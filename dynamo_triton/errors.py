@@ -249,12 +249,15 @@ class OverloadedError(DyntritonError):
     """Admission control refused the request at once: it could not be served in time (or the queue is full).
 
     :param retry_after: seconds after which a retry is likely to be admitted (HTTP ``Retry-After``).
+    :param status: UNAVAILABLE where Triton answers so (its queue policy's ``max_queue_size``).
     """
 
     status = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, hint: str | None = None):
-        super().__init__(message, hint=hint or "retry later, with backoff, or add workers for this model")
+    def __init__(self, message: str, *, retry_after: float = 1.0, hint: str | None = None, status: str | None = None):
+        super().__init__(
+            message, hint=hint or "retry later, with backoff, or add workers for this model", status=status
+        )
         self.retry_after = retry_after
 
 

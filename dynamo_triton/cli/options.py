@@ -311,6 +311,28 @@ frontend_options = _apply(
         ),
         click.option("--router", type=click.Choice(sorted(POLICIES)), default="round-robin", help="Router policy."),
         click.option(
+            "--max-inflight",
+            envvar="DYN_MAX_INFLIGHT",
+            type=click.IntRange(min=-1),
+            default=0,
+            show_default=True,
+            show_envvar=True,
+            help="Admission control: requests one worker runs at once per model; more wait in the frontend's "
+            "queue (deadline order) or are refused at once with RESOURCE_EXHAUSTED / HTTP 503 when they could "
+            "not be served in time. 0: from the model's config (its instances, times its largest batch with "
+            "dynamic batching, plus one waiting per instance); -1: no admission control (forward everything).",
+        ),
+        click.option(
+            "--max-queue",
+            envvar="DYN_MAX_QUEUE",
+            type=click.IntRange(min=1),
+            default=10_000,
+            show_default=True,
+            show_envvar=True,
+            help="Admission control: requests of one model that may wait in the frontend's queue (Triton's "
+            "max_queue_size in the model's config, times its workers, wins).",
+        ),
+        click.option(
             "--server-name",
             envvar="DYN_SERVER_NAME",
             default="triton",

@@ -159,6 +159,8 @@ class ServeOptions:
     transport_tls_ca: str | None = None
     transport_token: str | None = None
     transport_heartbeat: float = 1.0
+    max_inflight: int = 0
+    max_queue: int = 10_000
 
     def worker_argv(self, index: int) -> list[str]:
         """The ``dyntriton worker`` command line for child ``index``."""
@@ -231,6 +233,8 @@ async def _serve(plugins: Plugins, opts: ServeOptions, frontend_argv: list[str])
         transport_tls_ca=opts.transport_tls_ca,
         transport_token=opts.transport_token,
         transport_heartbeat=opts.transport_heartbeat,
+        max_inflight=opts.max_inflight,
+        max_queue=opts.max_queue,
     )
     if in_process:  # no request plane on the network: nothing for TLS or a token to protect
         config = replace(config, transport=TransportSettings(heartbeat=opts.transport_heartbeat))

@@ -34,19 +34,20 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dynamo_triton.errors import DeadlineExceededError, OverloadedError
 
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
     from tritonclient.grpc import model_config_pb2
 
     from dynamo_triton.runtime.discovery import Instance
     from dynamo_triton.runtime.routing import Policy
 
-__all__ = ["Admission", "AdmissionSettings", "queue_policy", "slot_limit"]
+__all__ = ["Admission", "AdmissionSettings", "QueueCollector", "queue_policy", "slot_limit"]
 
 #: Weight of a new service-time sample in the moving mean.
 _SMOOTHING = 0.2
@@ -160,7 +161,8 @@ class Admission:
 
         :param deadline: the caller's deadline on :attr:`clock`'s scale, or None.
         :param priority: the request's priority level (lower runs first).
-        :param max_queue: the model's own queue bound for the whole cluster (0: ``settings.max_queue``).
+        :param max_queue: the model's own queue bound for the whole cluster (Triton's ``max_queue_size``
+            times its workers; 0: none), refused as Triton does (UNAVAILABLE, "Exceeds maximum queue size").
         :raises OverloadedError: shed at once (see the module docstring).
         :raises DeadlineExceededError: the deadline passed while the request waited.
         """
@@ -175,7 +177,7 @@ class Admission:
             instance.outstanding += 1
             return instance
         now = self._clock()
-        self._shed_if_hopeless(model, state, candidates, now, deadline, max_queue or self.settings.max_queue)
+        self._shed_if_hopeless(model, state, candidates, now, deadline, max_queue)
         waiter = _Waiter(priority, math.inf if deadline is None else deadline, next(self._order), _new_future())
         heapq.heappush(state.queue, waiter)
         state.waiting += 1
@@ -216,12 +218,20 @@ class Admission:
         candidates: Sequence[Instance],
         now: float,
         deadline: float | None,
-        max_queue: int,
+        model_queue: int,
     ) -> None:
         ahead = state.waiting
-        if ahead >= max_queue:
+        if model_queue and ahead >= model_queue:
+            # Triton's own words and status for its queue policy's bound.
             raise OverloadedError(
-                f"model '{model}' is at capacity: {ahead} requests already wait (the queue holds {max_queue})",
+                "Exceeds maximum queue size",
+                retry_after=self._wait(state, candidates, ahead) or 1.0,
+                status="UNAVAILABLE",
+                hint=f"model '{model}' lets {model_queue} requests wait (max_queue_size times its workers)",
+            )
+        if ahead >= self.settings.max_queue:
+            raise OverloadedError(
+                f"model '{model}' is at capacity: {ahead} requests wait (--max-queue {self.settings.max_queue})",
                 retry_after=self._wait(state, candidates, ahead) or 1.0,
             )
         service = state.service_time
@@ -299,6 +309,29 @@ class Admission:
         """Requests of ``model`` waiting for a slot now."""
         state = self._models.get(model)
         return 0 if state is None else state.waiting
+
+    def queues(self) -> dict[str, int]:
+        """Waiting requests per model that ever had to wait."""
+        return {model: state.waiting for model, state in self._models.items()}
+
+
+class QueueCollector:
+    """``dyntriton_frontend_queued_requests{model}``: requests waiting for a slot, read at scrape time."""
+
+    def __init__(self, admission: Admission):
+        self._admission = admission
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "dyntriton_frontend_queued_requests",
+            "Requests waiting in the frontend for a worker's slot (admission control)",
+            labels=["model"],
+        )
+        for model, waiting in sorted(self._admission.queues().items()):
+            family.add_metric([model], waiting)
+        yield family
 
 
 def _new_future() -> asyncio.Future[Instance]:

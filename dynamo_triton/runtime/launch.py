@@ -17,6 +17,7 @@ from dynamo_triton.backend import BackendSettings
 from dynamo_triton.frontend import Frontend, FrontendSettings
 from dynamo_triton.kv import KVStore
 from dynamo_triton.plugins import Plugins
+from dynamo_triton.runtime.admission import AdmissionSettings
 from dynamo_triton.runtime.cluster_repository import ClusterRepository
 from dynamo_triton.runtime.cluster_statistics import ModelStatisticsCollector, StatisticsService, refresh_statistics
 from dynamo_triton.runtime.discovery import ModelTable
@@ -57,6 +58,7 @@ class FrontendConfig:
     grpc_options: dict[str, Any] = field(default_factory=dict)
     http_options: dict[str, Any] = field(default_factory=dict)
     transport: TransportSettings = field(default_factory=TransportSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
 
 @dataclass
@@ -98,6 +100,7 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
         lambda name: plugins.transport(name, config.transport),
         metrics=metrics,
         dtypes=plugins.dtype_table(),
+        admission=config.admission,
     )
     service.repository = ClusterRepository(store, config.namespace, table)
     collector = ModelStatisticsCollector()

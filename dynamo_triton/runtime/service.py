@@ -33,7 +33,7 @@ from dynamo_triton.errors import (
     PeerUnresponsiveError,
 )
 from dynamo_triton.frontend import ServedModel
-from dynamo_triton.runtime.admission import Admission, AdmissionSettings, queue_policy
+from dynamo_triton.runtime.admission import Admission, AdmissionSettings, QueueCollector, queue_policy
 from dynamo_triton.runtime.discovery import Instance, ModelTable
 from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.routing import Policy
@@ -89,6 +89,7 @@ class RoutingService:
         self._served: dict[str, ServedModel] | None = None
         self.sequences = SequenceRouter(table, self._send, unresponsive=self.unresponsive)
         self.admission = Admission(admission, unresponsive=self.unresponsive)
+        self.metrics.registry.register(QueueCollector(self.admission))
         table.subscribe(self.invalidate)
 
     def invalidate(self) -> None:

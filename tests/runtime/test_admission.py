@@ -133,7 +133,7 @@ async def test_a_full_queue_sheds_at_once() -> None:
     await admission.admit("m", [a], First())
     first = asyncio.ensure_future(admission.admit("m", [a], First()))
     await waiting(admission, "m", 1)
-    with pytest.raises(OverloadedError, match="already wait") as shed:
+    with pytest.raises(OverloadedError, match="requests wait") as shed:
         await admission.admit("m", [a], First())
     assert shed.value.status == "RESOURCE_EXHAUSTED"
     first.cancel()
