@@ -309,7 +309,15 @@ frontend_options = _apply(
             show_default=True,
             help="Largest HTTP request body accepted, in bytes, after decompression (413 beyond it).",
         ),
-        click.option("--router", type=click.Choice(sorted(POLICIES)), default="round-robin", help="Router policy."),
+        click.option(
+            "--router",
+            type=click.Choice(sorted(POLICIES)),
+            default="least-outstanding",
+            show_default=True,
+            help="Router policy: which live instance takes a request (least-outstanding: the fewest requests "
+            "in flight, ties in turn; with a slow worker it keeps throughput where round-robin and random halve "
+            "it without admission control: benchmarks/bench_routing.py).",
+        ),
         click.option(
             "--max-inflight",
             envvar="DYN_MAX_INFLIGHT",

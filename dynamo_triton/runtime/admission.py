@@ -14,11 +14,14 @@ load and every caller's deadline, so it decides here, before a byte is sent:
   then earliest deadline, then arrival. A freed slot goes to the head of the queue.
 - **Shedding, at once.** A request is refused with ``RESOURCE_EXHAUSTED`` (HTTP 503 with
   ``Retry-After``) without waiting when the queue is full (Triton's ``max_queue_size`` times the
-  instances, else ``--max-queue``), when its deadline cannot be met (the estimated wait plus one
-  service time ends past it), or when the model is *overloaded* and the wait is more than one
-  service time. Overloaded means the queue has not been empty for ``overload_interval`` (the
-  CoDel idea: a standing queue, not a burst); then the queue is kept short, so the servers stay
-  busy, nobody waits for work that will be late, and the moment the spike ends the queue is gone.
+  instances, else ``--max-queue``), and, for a request with a deadline, when the deadline cannot be
+  met (the estimated wait plus one service time ends past it) or when the model is *overloaded*
+  and the wait is more than one service time. Overloaded means the queue has not been empty for
+  ``overload_interval`` (the CoDel idea: a standing queue, not a burst); then the queue is kept
+  short, so the servers stay busy, nobody waits for work that will be late, and the moment the
+  spike ends the queue is gone. A request without a deadline is never shed on an estimate: its
+  caller waits as long as it takes (closed-loop load generators such as perf_analyzer and h2load
+  keep a standing queue by design and must not see errors for it).
 - **Expiry.** A waiting request whose deadline passes is answered ``DEADLINE_EXCEEDED`` then,
   never sent. A waiter whose caller cancels leaves the queue.
 
@@ -235,10 +238,10 @@ class Admission:
                 retry_after=self._wait(state, candidates, ahead) or 1.0,
             )
         service = state.service_time
-        if service is None:
-            return
+        if service is None or deadline is None:
+            return  # no estimate yet, or a caller who waits as long as it takes
         wait = self._wait(state, candidates, ahead + 1)
-        if deadline is not None and now + wait + service > deadline:
+        if now + wait + service > deadline:
             raise OverloadedError(
                 f"model '{model}' is at capacity: the request's deadline ends in "
                 f"{max(deadline - now, 0) * 1000:.0f} ms, before its turn (about {(wait + service) * 1000:.0f} ms)",

@@ -54,7 +54,7 @@ class FrontendConfig:
     grpc_port: int = 8787
     http_port: int = 8000
     http_host: str | None = None
-    router: str = "round-robin"
+    router: str = "least-outstanding"
     grpc_options: dict[str, Any] = field(default_factory=dict)
     http_options: dict[str, Any] = field(default_factory=dict)
     transport: TransportSettings = field(default_factory=TransportSettings)

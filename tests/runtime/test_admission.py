@@ -165,16 +165,19 @@ async def test_a_standing_queue_is_kept_to_one_service_time() -> None:
         admission.release("m", inst, [a, b], First(), 0.020)
     await admission.admit("m", [a, b], First())
     await admission.admit("m", [b, a], First())
-    queued = [asyncio.ensure_future(admission.admit("m", [a, b], First())) for _ in range(3)]
+    deadline = clock.now + 10
+    queued = [asyncio.ensure_future(admission.admit("m", [a, b], First(), deadline=deadline)) for _ in range(3)]
     await waiting(admission, "m", 3)  # a burst: three waits up to 30 ms, within the estimate
     clock.now += 0.2  # the queue has stood for 200 ms: overloaded
     with pytest.raises(OverloadedError, match="overloaded"):
-        await admission.admit("m", [a, b], First())
-    for _ in range(3):  # the queue drains: the next request waits again
+        await admission.admit("m", [a, b], First(), deadline=deadline)
+    patient = asyncio.ensure_future(admission.admit("m", [a, b], First()))  # no deadline: never shed on estimates
+    await waiting(admission, "m", 4)
+    for _ in range(4):  # the queue drains: the next request waits again
         admission.release("m", a, [a, b], First(), 0.020)
-    await asyncio.gather(*queued)
+    await asyncio.gather(*queued, patient)
     admission.release("m", a, [a, b], First(), 0.020)
-    assert (await admission.admit("m", [a, b], First())) in (a, b)
+    assert (await admission.admit("m", [a, b], First(), deadline=clock.now + 10)) in (a, b)
 
 
 async def test_disabled_admission_forwards_everything() -> None:
