@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from dynamo_triton.runtime.discovery import Instance
     from dynamo_triton.runtime.routing import Policy
 
-__all__ = ["Admission", "AdmissionSettings", "QueueCollector", "queue_policy", "slot_limit"]
+__all__ = ["UNBOUNDED_SLOTS", "Admission", "AdmissionSettings", "QueueCollector", "queue_policy", "slot_limit"]
 
 #: Weight of a new service-time sample in the moving mean.
 _SMOOTHING = 0.2
@@ -72,9 +72,20 @@ class AdmissionSettings:
     enabled: bool = True
 
 
+#: Slots of a model whose concurrency its config does not tell: decoupled models (one instance may
+#: serve many streams at once, e.g. an LLM batching continuously) and ensembles (no instances of their own).
+UNBOUNDED_SLOTS = 1 << 20
+
+
 def slot_limit(config: model_config_pb2.ModelConfig) -> int:
-    """Requests in flight one worker takes for a model: executions at once, plus one waiting per execution."""
-    parallel = sum(max(group.count, 1) for group in config.instance_group) or 1
+    """Requests in flight one worker takes for a model: executions at once, plus one waiting per execution.
+
+    Decoupled models and ensembles are not bounded by their config (:data:`UNBOUNDED_SLOTS`): set
+    ``--max-inflight`` for them.
+    """
+    if config.model_transaction_policy.decoupled or config.platform == "ensemble" or not config.instance_group:
+        return UNBOUNDED_SLOTS
+    parallel = sum(max(group.count, 1) for group in config.instance_group)
     batch = max(config.max_batch_size, 1) if config.HasField("dynamic_batching") else 1
     return parallel * batch + parallel
 

@@ -11,7 +11,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2
 
 from dynamo_triton.errors import DeadlineExceededError, OverloadedError
-from dynamo_triton.runtime.admission import Admission, AdmissionSettings, queue_policy, slot_limit
+from dynamo_triton.runtime.admission import UNBOUNDED_SLOTS, Admission, AdmissionSettings, queue_policy, slot_limit
 
 
 @dataclass(eq=False)
@@ -55,6 +55,14 @@ def test_slot_limit_counts_executions_and_one_waiting_each() -> None:
     assert slot_limit(config) == 4  # no dynamic batching: 2 executions + 2 waiting
     config.dynamic_batching.SetInParent()
     assert slot_limit(config) == 2 * 8 + 2
+
+
+def test_decoupled_models_and_ensembles_are_not_bounded_by_their_config() -> None:
+    decoupled = model_config_pb2.ModelConfig()
+    decoupled.instance_group.add(count=1)
+    decoupled.model_transaction_policy.decoupled = True
+    ensemble = model_config_pb2.ModelConfig(platform="ensemble")
+    assert slot_limit(decoupled) == slot_limit(ensemble) == UNBOUNDED_SLOTS
 
 
 def test_queue_policy_reads_tritons_default_queue_policy() -> None:
