@@ -11,14 +11,19 @@ only HTTP status; gRPC errors travel in trailers).
 Systems (each started on 127.0.0.1 free ports, one after the other):
 
 - ``triton direct``: the ``tritonserver`` binary of the Triton the backend embeds;
-- ``python ceiling``: a grpc.aio server whose ModelInfer does nothing (benchmarks/noop_grpc_server.py);
+- ``floor``: a grpc.aio server on uvloop answering each request with a ready-made identity response of
+  its size, no parse, no routing, no Triton (benchmarks/noop_grpc_server.py): what receiving and
+  sending these bytes costs a Python process, the floor a frontend cannot beat;
 - ``serve mem``: ``dyntriton serve --store-kv mem`` (frontend and worker in one process);
 - ``serve``: ``dyntriton serve`` (a frontend and one worker process, tcp request plane, file store);
 - ``serve 2 frontends``: the same with ``--frontends 2`` (two frontend processes sharing the port),
   with ``--max-connection-age 0``: h2load does not reconnect after a GOAWAY (its clients stop).
 
 CPU per request is the utime + stime of the system's whole process tree (Triton's python
-stubs included) over the requests h2load completed in the measured window.
+stubs included) over the requests h2load completed in the measured window; ``split`` divides it
+by process role: ``fe`` the frontend process(es) (``serve`` itself, extra frontends), ``wk`` the
+worker processes (their Python and Triton's threads), ``stub`` Triton's python backend stubs,
+``srv`` the ``tritonserver`` process.
 
     python benchmarks/bench_h2load.py [--seconds 5] [--only "triton direct,serve"]
 """
@@ -58,17 +63,32 @@ class Running:
 
 @dataclass(frozen=True)
 class Point:
-    """One measured load point."""
+    """One measured load point; ``split`` is CPU µs per request by process role."""
 
     rps: float
     mean_ms: float
     done: int
     failed: int
     cpu_us: float
+    split: dict[str, float]
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """utime + stime of ``root`` and every live descendant."""
+def _role(pid: int) -> str:
+    """``stub``, ``wk`` (a dyntriton worker), ``srv`` (tritonserver) or ``fe`` (anything else: frontends)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "fe"
+    text = b" ".join(argv)
+    if b"triton_python_backend_stub" in text:
+        return "stub"
+    if b"tritonserver" in argv[0]:
+        return "srv"
+    return "wk" if b"worker" in argv[3:5] else "fe"
+
+
+def tree_cpu_split(root: int) -> dict[str, float]:
+    """utime + stime of ``root`` and every live descendant, summed by :func:`_role`."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     for entry in os.listdir("/proc"):
@@ -88,7 +108,16 @@ def tree_cpu_seconds(root: int) -> float:
         children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in members]
         members.update(children)
         frontier.extend(children)
-    return sum(times.get(pid, 0.0) for pid in members)
+    split: dict[str, float] = {}
+    for pid in members:
+        role = _role(pid)
+        split[role] = split.get(role, 0.0) + times.get(pid, 0.0)
+    return split
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime + stime of ``root`` and every live descendant."""
+    return sum(tree_cpu_split(root).values())
 
 
 def grpc_frame(elements: int) -> bytes:
@@ -125,16 +154,20 @@ def h2load(url: str, frame: Path, concurrency: int, seconds: float, pid: int) ->
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Count CPU over the measured window only (after the warm-up second).
     time.sleep(1.0)
-    cpu_before = tree_cpu_seconds(pid)
+    cpu_before = tree_cpu_split(pid)
     out, _ = process.communicate(timeout=seconds + 60)
-    cpu = tree_cpu_seconds(pid) - cpu_before
+    cpu_after = tree_cpu_split(pid)
+    split = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
+    cpu = sum(split.values())
     finished = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
     requests = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
     timing = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
     if not finished or not requests or not timing:
         raise SystemExit(f"could not read h2load's output:\n{out}")
     done = int(requests.group(1))
-    return Point(float(finished.group(2)), _ms(timing.group(1)), done, int(requests.group(3)), cpu / max(done, 1) * 1e6)
+    per_request = {role: value / max(done, 1) * 1e6 for role, value in split.items()}
+    rps, mean_ms, failed = float(finished.group(2)), _ms(timing.group(1)), int(requests.group(3))
+    return Point(rps, mean_ms, done, failed, cpu / max(done, 1) * 1e6, per_request)
 
 
 def _ms(text: str) -> float:
@@ -161,12 +194,13 @@ def _pid_listening(port: int) -> int:
 
 
 @contextmanager
-def python_ceiling(tmp: Path) -> Iterator[Running]:
+def floor(tmp: Path) -> Iterator[Running]:
     port = free_port()
     script = Path(__file__).with_name("noop_grpc_server.py")
-    with running([sys.executable, str(script), str(port)], dict(os.environ), tmp / "noop.log") as proc:
+    sizes = [str(elements) for _, elements, _ in SCENARIOS]
+    with running([sys.executable, str(script), str(port), *sizes], dict(os.environ), tmp / "noop.log") as proc:
         url = f"127.0.0.1:{port}"
-        wait_until(lambda: "ready" in (tmp / "noop.log").read_text(), 30, "the no-op grpc server")
+        wait_until(lambda: "ready" in (tmp / "noop.log").read_text(), 30, "the floor grpc server")
         yield Running(url, proc.pid)
 
 
@@ -188,7 +222,7 @@ def _serve(*extra: str) -> Callable[[Path], Iterator[Running]]:
 
 SYSTEMS: dict[str, Callable[[Path], Iterator[Running]]] = {
     "triton direct": triton_direct,
-    "python ceiling": python_ceiling,
+    "floor": floor,
     "serve mem": _serve("--store-kv", "mem"),
     "serve": _serve(),
     "serve 2 frontends": _serve("--frontends", "2", "--max-connection-age", "0"),
@@ -213,14 +247,15 @@ def main() -> None:
         for name in names:
             with SYSTEMS[name](tmp) as running:
                 for label, elements, concurrencies in SCENARIOS:
-                    check_one_call(running.url, elements)
+                    if name != "floor":  # the floor answers a fixed response, not the request's data
+                        check_one_call(running.url, elements)
                     for concurrency in concurrencies:
                         point = h2load(running.url, frames[label], concurrency, args.seconds, running.pid)
                         table.setdefault(name, {})[(label, concurrency)] = point
             print(f"# measured {name}", file=sys.stderr, flush=True)
     base = table.get("triton direct")
     header = f"{'load':<10} {'c':>3}  {'system':<18} {'req/s':>8} {'mean ms':>8} {'ratio':>6} "
-    header += f"{'CPU us/req':>10} {'failed':>6}"
+    header += f"{'CPU us/req':>10} {'failed':>6}  split (CPU us/req by process)"
     print(header)
     print("-" * len(header))
     for label, _, concurrencies in SCENARIOS:
@@ -228,9 +263,10 @@ def main() -> None:
             for name in names:
                 point = table[name][(label, concurrency)]
                 ratio = point.rps / base[(label, concurrency)].rps if base else float("nan")
+                split = " ".join(f"{role} {value:.0f}" for role, value in sorted(point.split.items()) if value)
                 print(
                     f"{label:<10} {concurrency:>3}  {name:<18} {point.rps:>8.0f} {point.mean_ms:>8.2f} "
-                    f"{ratio:>6.2f} {point.cpu_us:>10.0f} {point.failed:>6}"
+                    f"{ratio:>6.2f} {point.cpu_us:>10.0f} {point.failed:>6}  {split}"
                 )
             print()
 

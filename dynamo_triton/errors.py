@@ -21,7 +21,8 @@ without guessing, and an optional ``hint`` saying what to do about it::
     ├── InvalidRequestError              request does not match the model (INVALID_ARGUMENT)
     ├── NoInstanceError                  no live instance of a model (UNAVAILABLE)
     ├── RequestCancelledError            the client cancelled (CANCELLED)
-    └── DeadlineExceededError            the client's deadline passed (DEADLINE_EXCEEDED)
+    ├── DeadlineExceededError            the client's deadline passed (DEADLINE_EXCEEDED)
+    └── OverloadedError                  shed by admission control (RESOURCE_EXHAUSTED; HTTP 503 + Retry-After)
 
 Foreign exceptions are mapped once, at the boundary that catches them, with
 ``raise SomeError(...) from exc``.
@@ -40,6 +41,7 @@ __all__ = [
     "LeaseExpiredError",
     "ModelNotFoundError",
     "NoInstanceError",
+    "OverloadedError",
     "PeerGoneError",
     "PeerUnresponsiveError",
     "PluginConflictError",
@@ -241,6 +243,22 @@ class DeadlineExceededError(DyntritonError):
     """The client's deadline passed before the request finished."""
 
     status = "DEADLINE_EXCEEDED"
+
+
+class OverloadedError(DyntritonError):
+    """Admission control refused the request at once: it could not be served in time (or the queue is full).
+
+    :param retry_after: seconds after which a retry is likely to be admitted (HTTP ``Retry-After``).
+    :param status: UNAVAILABLE where Triton answers so (its queue policy's ``max_queue_size``).
+    """
+
+    status = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, hint: str | None = None, status: str | None = None):
+        super().__init__(
+            message, hint=hint or "retry later, with backoff, or add workers for this model", status=status
+        )
+        self.retry_after = retry_after
 
 
 _CLASS_OF_STATUS: dict[str, type[DyntritonError]] = {

@@ -129,13 +129,26 @@ class InferenceService(Protocol):
         """The model, or raise ModelNotFoundError naming the models that are served."""
 
     def infer(
-        self, name: str, payload: bytes, *, timeout: float | None = None, sequence: SequenceStep | None = None
+        self,
+        name: str,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        sequence: SequenceStep | None = None,
+        queue_timeout: float | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[bytes]:
         """Route a serialized ``ModelInferRequest`` to an instance; yield serialized responses.
 
         Raises NoInstanceError (UNAVAILABLE) when no instance can take it, after one
         retry on another instance if the first failed before answering. A request with
         a ``sequence`` goes to the instance its sequence is pinned to (docs/sequences.md).
+
+        :param timeout: the caller's deadline, in seconds from now: the request ends then, wherever it is.
+        :param queue_timeout: Triton's ``timeout`` parameter, in seconds: a request not sent to a worker
+            by then is answered DEADLINE_EXCEEDED (once running, it runs to its end).
+        :param priority: Triton's ``priority`` parameter (0: the model's default level; lower goes first).
+        :raises OverloadedError: admission control shed the request at once (RESOURCE_EXHAUSTED).
         """
 
     async def statistics(self, name: str = "") -> service_pb2.ModelStatisticsResponse:

@@ -28,6 +28,7 @@ from dynamo_triton.cli.options import (
     transport_settings,
 )
 from dynamo_triton.plugins import Plugins
+from dynamo_triton.runtime.admission import AdmissionSettings
 from dynamo_triton.runtime.launch import FrontendConfig, FrontendStack, Shutdown, start_frontend
 from dynamo_triton.tls import server_context
 
@@ -70,6 +71,8 @@ def frontend_config(
     transport_heartbeat: float = 1.0,
     grpc_restricted_protocol: tuple[str, ...] = (),
     http_restricted_api: tuple[str, ...] = (),
+    max_inflight: int = 0,
+    max_queue: int = 10_000,
 ) -> FrontendConfig:
     """FrontendConfig from the shared CLI options; TLS needs both cert and key.
 
@@ -119,6 +122,7 @@ def frontend_config(
         grpc_options=grpc_options,
         http_options=http_options,
         transport=transport,
+        admission=AdmissionSettings(max_inflight=max(max_inflight, 0), max_queue=max_queue, enabled=max_inflight >= 0),
     )
 
 
@@ -197,6 +201,8 @@ FORWARDED = {
     "transport_heartbeat",
     "grpc_restricted_protocol",
     "http_restricted_api",
+    "max_inflight",
+    "max_queue",
 }  # the transport token goes through the environment (share_token), not the command line
 
 

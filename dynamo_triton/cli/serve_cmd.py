@@ -182,6 +182,8 @@ class ServeOptions:
     grpc_restricted_protocol: tuple[str, ...] = ()
     http_restricted_api: tuple[str, ...] = ()
     model_control: str = "none"
+    max_inflight: int = 0
+    max_queue: int = 10_000
 
     def worker_argv(self, index: int) -> list[str]:
         """The ``dyntriton worker`` command line for child ``index``."""
@@ -264,6 +266,8 @@ async def _serve(
         transport_heartbeat=opts.transport_heartbeat,
         grpc_restricted_protocol=opts.grpc_restricted_protocol,
         http_restricted_api=opts.http_restricted_api,
+        max_inflight=opts.max_inflight,
+        max_queue=opts.max_queue,
     )
     config = replace(config, log_verbose=opts.log_verbose)  # what LogSettings answers before an update
     if in_process:  # no request plane on the network: nothing for TLS or a token to protect

@@ -19,6 +19,7 @@ from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import Frontend, FrontendSettings
 from dynamo_triton.kv import KVStore
 from dynamo_triton.plugins import Plugins
+from dynamo_triton.runtime.admission import AdmissionSettings
 from dynamo_triton.runtime.cluster_repository import ClusterRepository
 from dynamo_triton.runtime.cluster_settings import ClusterSettings, SettingsFollower, apply_to_python_logging
 from dynamo_triton.runtime.cluster_statistics import ModelStatisticsCollector, StatisticsService, refresh_statistics
@@ -57,12 +58,13 @@ class FrontendConfig:
     grpc_port: int = 8787
     http_port: int = 8000
     http_host: str | None = None
-    router: str = "round-robin"
+    router: str = "least-outstanding"
     grpc_options: dict[str, Any] = field(default_factory=dict)
     http_options: dict[str, Any] = field(default_factory=dict)
     transport: TransportSettings = field(default_factory=TransportSettings)
     #: the workers' Triton log verbosity at start (``--log-verbose``): what ``LogSettings`` answers before an update
     log_verbose: int = 0
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
 
 @dataclass
@@ -104,6 +106,7 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
         lambda name: plugins.transport(name, config.transport),
         metrics=metrics,
         dtypes=plugins.dtype_table(),
+        admission=config.admission,
     )
     service.repository = repository = ClusterRepository(store, config.namespace, table)
     service.unloaded = repository.unloaded  # a model unloaded on purpose is answered as such

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from dynamo_triton.frontend import InferenceService, ServedModel
     from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 
-__all__ = ["PreparedRequest", "RequestPipeline", "parse_infer_request"]
+__all__ = ["PreparedRequest", "RequestPipeline", "parse_infer_request", "queue_parameters"]
 
 UNKNOWN_MODEL = "unknown"
 _RAW_INPUT_CONTENTS = 7  # field number in KServe's ModelInferRequest
@@ -62,6 +62,26 @@ def parse_infer_request(raw: Raw) -> tuple[service_pb2.ModelInferRequest, list[m
             f"the request is not a valid ModelInferRequest ({exc})",
             hint="send a KServe v2 ModelInferRequest, e.g. with tritonclient",
         ) from exc
+
+
+def queue_parameters(request: service_pb2.ModelInferRequest) -> dict[str, Any]:
+    """Triton's ``timeout`` (µs, as seconds ``queue_timeout``) and ``priority`` request parameters, when set.
+
+    The result goes to ``InferenceService.infer`` as keyword arguments (empty for most requests).
+    """
+    parameters = request.parameters
+    if not parameters:
+        return {}
+    found: dict[str, Any] = {}
+    timeout = parameters.get("timeout")
+    if timeout is not None:
+        micros = timeout.int64_param or timeout.uint64_param
+        if micros > 0:
+            found["queue_timeout"] = micros / 1e6
+    priority = parameters.get("priority")
+    if priority is not None:
+        found["priority"] = int(priority.uint64_param or priority.int64_param)
+    return found
 
 
 @dataclass(slots=True)
@@ -217,9 +237,10 @@ class RequestPipeline:
         metrics = self._model_metrics(prepared.model)
         metrics.in_flight.inc()
         status = "CANCELLED"
+        queueing = queue_parameters(prepared.request)
         try:
             async for chunk in self.service.infer(
-                prepared.model, prepared.raw, timeout=timeout, sequence=prepared.sequence
+                prepared.model, prepared.raw, timeout=timeout, sequence=prepared.sequence, **queueing
             ):
                 yield chunk
             status = "OK"

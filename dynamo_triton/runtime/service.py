@@ -33,6 +33,7 @@ from dynamo_triton.errors import (
     PeerUnresponsiveError,
 )
 from dynamo_triton.frontend import ServedModel
+from dynamo_triton.runtime.admission import Admission, AdmissionSettings, QueueCollector, queue_policy
 from dynamo_triton.runtime.discovery import Instance, ModelTable
 from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.routing import Policy
@@ -50,6 +51,14 @@ INFER_ENDPOINT = "infer"
 STATISTICS_ENDPOINT = "statistics"
 
 
+def _queue_deadline(deadline: float | None, queue_timeout: float | None) -> float | None:
+    """The time by which a request must be sent to a worker: its deadline, or sooner with a queue timeout."""
+    if queue_timeout is None:
+        return deadline
+    limit = time.monotonic() + queue_timeout
+    return limit if deadline is None else min(deadline, limit)
+
+
 class RoutingService:
     """InferenceService over a :class:`ModelTable`.
 
@@ -57,6 +66,7 @@ class RoutingService:
     :param policy: the router policy.
     :param metrics: the frontend process's metrics, shared by every protocol frontend.
     :param dtypes: the dtype table (core rows plus plugin rows) requests are validated with.
+    :param admission: admission control's knobs (see :mod:`dynamo_triton.runtime.admission`).
     """
 
     def __init__(
@@ -67,6 +77,7 @@ class RoutingService:
         *,
         metrics: FrontendMetrics | None = None,
         dtypes: DTypeTable | None = None,
+        admission: AdmissionSettings | None = None,
     ):
         self._table, self._policy, self._transports = table, policy, transports
         self.metrics = metrics or FrontendMetrics()
@@ -79,12 +90,17 @@ class RoutingService:
         #: Models unloaded on purpose through this frontend (kept by its ClusterRepository): errors say so.
         self.unloaded: set[str] = set()
         self.sequences = SequenceRouter(table, self._send, unresponsive=self.unresponsive)
+        self.admission = Admission(admission, unresponsive=self.unresponsive)
+        self.metrics.registry.register(QueueCollector(self.admission))
         table.subscribe(self.invalidate)
 
     def invalidate(self) -> None:
-        """Called by the table after every change."""
+        """Called by the table after every change: new instances take waiting requests at once."""
         self._served = None
         self._addresses.update(inst.address for inst in self._table.all_instances())
+        for name in self._table.model_names():
+            if self.admission.waiting(name):
+                self.admission.kick(name, self._table.instances(name), self._policy)
 
     def _client(self, transport: str) -> TransportClient:
         client = self._clients.get(transport)
@@ -159,7 +175,14 @@ class RoutingService:
         return served
 
     async def infer(
-        self, name: str, payload: bytes, *, timeout: float | None = None, sequence: SequenceStep | None = None
+        self,
+        name: str,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        sequence: SequenceStep | None = None,
+        queue_timeout: float | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[bytes]:
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -175,6 +198,8 @@ class RoutingService:
                     return
             tried: set[str] = set()
             failure: DyntritonError | None = None
+            max_queue, policy_timeout, default_priority = self._queue_policy(name)
+            queue_deadline = _queue_deadline(deadline, queue_timeout if queue_timeout is not None else policy_timeout)
             for _attempt in range(2):
                 candidates = [
                     inst
@@ -183,13 +208,21 @@ class RoutingService:
                 ]
                 if not candidates:
                     break
-                instance = self._policy.pick(name, candidates)
-                tried.add(instance.instance_id)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if deadline is not None and deadline <= time.monotonic():
                     raise DeadlineExceededError(f"deadline exceeded before model '{name}' could be reached")
+                instance = await self.admission.admit(
+                    name,
+                    candidates,
+                    self._policy,
+                    deadline=queue_deadline,
+                    priority=priority or default_priority,
+                    max_queue=max_queue,
+                )
+                tried.add(instance.instance_id)
+                sent = time.monotonic()
+                remaining = None if deadline is None else deadline - sent
                 answered = False
-                instance.outstanding += 1
+                elapsed: float | None = None
                 try:
                     stream = self._client(instance.card.transport).call(
                         instance.address, INFER_ENDPOINT, payload, timeout=remaining
@@ -197,6 +230,7 @@ class RoutingService:
                     async for chunk in stream:
                         answered = True
                         yield chunk
+                    elapsed = time.monotonic() - sent
                     return
                 except DeadlineExceededError as exc:
                     raise self._late(name, timeout, instance) from exc
@@ -224,7 +258,7 @@ class RoutingService:
                     )
                     failure = exc
                 finally:
-                    instance.outstanding -= 1
+                    self.admission.release(name, instance, self._table.instances(name), self._policy, elapsed)
             if failure is None:
                 self.model(name)  # unknown model: NOT_FOUND rather than UNAVAILABLE
             if failure is None and any(self.unresponsive(inst) for inst in self._table.instances(name)):
@@ -237,6 +271,14 @@ class RoutingService:
         except DyntritonError as exc:
             self._scrubbed(exc)
             raise
+
+    def _queue_policy(self, name: str) -> tuple[int, float | None, int]:
+        """Triton's queue policy of ``name`` for the whole cluster: its ``max_queue_size`` counts per worker."""
+        served = self._served_models().get(name)
+        if served is None:
+            return 0, None, 0
+        max_queue, timeout, priority = queue_policy(served.config)
+        return max_queue * served.instances, timeout, priority
 
     def _late(self, name: str, timeout: float | None, instance: Instance) -> DeadlineExceededError:
         what = f"deadline of {timeout:g} s exceeded" if timeout is not None else "deadline exceeded"

@@ -8,6 +8,7 @@ int64 as strings, e.g. ``"shape": ["-1"]``).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from dynamo_triton.errors import DyntritonError
+from dynamo_triton.errors import DyntritonError, OverloadedError
 
 __all__ = ["HTTP_STATUS", "dumps", "error_response", "http_status", "json_response", "message_to_json"]
 
@@ -66,7 +67,14 @@ def http_status(error: DyntritonError) -> int:
 
 
 def error_response(error: DyntritonError | str, status: int | None = None) -> web.Response:
-    """Triton's error body ``{"error": "<message>"}``; the hint, when there is one, follows the message."""
+    """Triton's error body ``{"error": "<message>"}``; the hint, when there is one, follows the message.
+
+    A request shed by admission control is 503 with ``Retry-After`` (whole seconds, at least 1).
+    """
+    if isinstance(error, OverloadedError):
+        response = json_response({"error": str(error)}, status or 503)
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+        return response
     if isinstance(error, DyntritonError):
         message = str(error)
         status = status or http_status(error)
