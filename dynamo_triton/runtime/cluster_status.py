@@ -1,0 +1,350 @@
+"""The state of a cluster at one moment, from the store and the workers' system ports.
+
+:func:`collect` lists a namespace's model, worker and frontend cards (three listings, run
+together), asks every worker's system port for ``/stats`` at the same time with a short
+timeout, and joins it all into one :class:`ClusterStatus` (``dyntriton status``, ``top``;
+the JSON form is documented in docs/status.md). It never waits longer than about one
+timeout for the workers, however many there are or however dead they are.
+
+A worker's state:
+
+- ``draining``: its worker card says so (it withdrew its model cards and finishes what it runs);
+- ``unresponsive``: its system port accepted the connection but did not answer within the timeout
+  (a frozen process, e.g. SIGSTOP), or a frontend whose card is fresh reports its transport
+  heartbeats unanswered;
+- ``serving`` otherwise. A system port that cannot be reached (refused, no route, no system
+  port) does not make a worker unresponsive: frontends may reach what this host cannot; it is
+  shown as the system port's status, with its load unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from dynamo_triton.errors import ConfigError
+from dynamo_triton.kv import KVEntry, KVStore
+from dynamo_triton.runtime.cards import ModelCard, models_prefix, parse_card_key
+from dynamo_triton.runtime.frontend_card import FrontendCard, frontends_prefix
+from dynamo_triton.runtime.metrics_window import ModelLoad
+from dynamo_triton.runtime.system_server import STATS_SCHEMA
+from dynamo_triton.runtime.worker_card import WorkerCard, workers_prefix
+
+__all__ = [
+    "STATUS_SCHEMA",
+    "ClusterStatus",
+    "ConfigSummary",
+    "FrontendEntry",
+    "ModelEntry",
+    "SystemPort",
+    "WorkerEntry",
+    "collect",
+]
+
+STATUS_SCHEMA = "dyntriton.status/v1"
+
+#: Seconds a worker's system port gets to answer (the frontends' default liveness bound).
+PROBE_TIMEOUT = 1.0
+
+#: A frontend card not put again for this many of its intervals is stale (its process is stuck or gone).
+STALE_INTERVALS = 3
+
+#: aiohttp ≥ 3.10 tells a connect timeout (nothing there) from a read timeout (there, but silent).
+_CONNECT_TIMEOUT: tuple[type[BaseException], ...] = tuple(
+    cls for cls in (getattr(aiohttp, "ConnectionTimeoutError", None),) if cls is not None
+)
+
+
+@dataclass
+class SystemPort:
+    """How a worker's system port answered.
+
+    :param status: ``ok``; ``timeout`` (connected, no answer in time: frozen or overloaded);
+        ``unreachable`` (refused, no route, no connection in time); ``error`` (answered, not with
+        ``/stats``: e.g. an older dyntriton); ``none`` (the worker published no system port).
+    :param error: what went wrong, as a sentence ("" when ``ok``).
+    """
+
+    url: str
+    status: str
+    error: str = ""
+
+
+@dataclass
+class ConfigSummary:
+    """The parts of a Triton model config an operator looks at first."""
+
+    backend: str
+    max_batch_size: int
+    instance_count: int
+    dynamic_batching: bool
+    sequence: bool
+    decoupled: bool
+
+
+@dataclass
+class WorkerEntry:
+    """One worker instance as it serves one model.
+
+    :param local: the worker runs on this host (its ``pid`` means something here).
+    :param load: this model's load on this worker (ModelLoad fields), None when its system port did not say.
+    :param unresponsive_to: ids of the frontends whose transport reports this worker unresponsive.
+    """
+
+    instance_id: str
+    state: str
+    host: str
+    address: str
+    transport: str
+    pid: int
+    local: bool
+    server_name: str
+    server_version: str
+    model_version: str
+    config: ConfigSummary | None
+    system: SystemPort
+    load: dict[str, Any] | None
+    unresponsive_to: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelEntry:
+    """A model and every worker instance that serves it (or drains it)."""
+
+    name: str
+    versions: list[str]
+    workers: list[WorkerEntry]
+
+    @property
+    def requests_per_second(self) -> float:
+        return sum(float(w.load["requests_per_second"]) for w in self.workers if w.load)
+
+
+@dataclass
+class FrontendEntry:
+    """One frontend process, from its card.
+
+    :param age_seconds: how old its card is; ``stale`` when older than a few of its intervals.
+    :param models: per model, its load as the frontend sees it (ModelLoad fields).
+    """
+
+    frontend_id: str
+    host: str
+    pid: int
+    local: bool
+    grpc: str
+    http: str
+    age_seconds: float
+    stale: bool
+    instances: int
+    unresponsive: list[str]
+    models: dict[str, dict[str, Any]]
+
+
+@dataclass
+class ClusterStatus:
+    """Everything ``dyntriton status`` shows (its ``--json`` document)."""
+
+    schema: str
+    time: float
+    store: str
+    namespace: str
+    probe_timeout: float
+    models: list[ModelEntry]
+    frontends: list[FrontendEntry]
+    workers_without_models: list[WorkerEntry]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (docs/status.md)."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _config_summary(card: ModelCard) -> ConfigSummary:
+    config = card.config
+    groups = config.get("instance_group") or [{}]
+    return ConfigSummary(
+        backend=str(config.get("backend") or config.get("platform") or ""),
+        max_batch_size=int(config.get("max_batch_size", 0)),
+        instance_count=sum(int(group.get("count", 1)) for group in groups),
+        dynamic_batching="dynamic_batching" in config,
+        sequence="sequence_batching" in config,
+        decoupled=card.decoupled,
+    )
+
+
+async def _probe(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[SystemPort, dict[str, Any] | None]:
+    """GET ``url``/stats within ``timeout`` seconds; never raises."""
+    if not url:
+        return SystemPort("", "none", "the worker published no system port"), None
+    limits = aiohttp.ClientTimeout(total=timeout, sock_connect=timeout)
+    try:
+        async with session.get(f"{url}/stats", timeout=limits) as response:
+            if response.status != 200:
+                return SystemPort(url, "error", f"/stats answered HTTP {response.status}"), None
+            body = await response.json(content_type=None)
+    except _CONNECT_TIMEOUT:
+        return SystemPort(url, "unreachable", f"no connection within {timeout:g} s"), None
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        return SystemPort(url, "timeout", f"connected, but no answer within {timeout:g} s"), None
+    except aiohttp.ClientConnectorError as exc:
+        return SystemPort(url, "unreachable", exc.strerror or str(exc.os_error) or str(exc)), None
+    except (aiohttp.ClientError, ValueError) as exc:
+        return SystemPort(url, "error", f"{type(exc).__name__}: {exc}"), None
+    if not isinstance(body, dict) or body.get("schema") != STATS_SCHEMA:
+        return SystemPort(url, "error", f"/stats is not a {STATS_SCHEMA} document"), None
+    return SystemPort(url, "ok"), body
+
+
+def _parse_all(entries: list[KVEntry], parse: Any, warnings: list[str]) -> list[Any]:
+    parsed = []
+    for entry in entries:
+        try:
+            parsed.append(parse(entry.value))
+        except ConfigError as exc:
+            warnings.append(f"ignored {entry.key}: {exc}")
+    return parsed
+
+
+def _zero_load() -> dict[str, Any]:
+    zero = ModelLoad(0, 0, 0, 0.0, 0, 0.0, 0, None, None)
+    return dict(zero.__dict__)
+
+
+async def collect(
+    store: KVStore,
+    namespace: str,
+    *,
+    models: tuple[str, ...] = (),
+    timeout: float = PROBE_TIMEOUT,
+    session: aiohttp.ClientSession | None = None,
+) -> ClusterStatus:
+    """The cluster's status now; ``models`` keeps only those models (all when empty).
+
+    :param session: the HTTP session to probe with (made and closed here when None).
+    :raises DyntritonError: the store could not be listed (StoreUnavailableError...).
+    """
+    warnings: list[str] = []
+    model_entries, worker_entries, frontend_entries = await asyncio.gather(
+        store.list(models_prefix(namespace)),
+        store.list(workers_prefix(namespace)),
+        store.list(frontends_prefix(namespace)),
+    )
+    cards: list[tuple[str, ModelCard]] = []
+    for entry in model_entries:
+        if parse_card_key(namespace, entry.key) is None:
+            continue
+        try:
+            cards.append((entry.key, ModelCard.from_json(entry.value)))
+        except ConfigError as exc:
+            warnings.append(f"ignored {entry.key}: {exc}")
+    worker_cards: dict[str, WorkerCard] = {
+        c.instance_id: c for c in _parse_all(worker_entries, WorkerCard.from_json, warnings)
+    }
+    frontend_cards: list[FrontendCard] = _parse_all(frontend_entries, FrontendCard.from_json, warnings)
+
+    instance_ids = sorted({card.instance_id for _, card in cards} | set(worker_cards))
+    urls = {iid: worker_cards[iid].system_url if iid in worker_cards else "" for iid in instance_ids}
+    own = session is None
+    session = session or aiohttp.ClientSession()
+    try:
+        probes = await asyncio.gather(*(_probe(session, urls[iid], timeout) for iid in instance_ids))
+    finally:
+        if own:
+            await session.close()
+    probed = dict(zip(instance_ids, probes, strict=True))
+
+    now = time.time()
+    hostname = socket.gethostname()
+    frontends: list[FrontendEntry] = []
+    silent_to: dict[str, list[str]] = {}
+    for fcard in sorted(frontend_cards, key=lambda c: c.frontend_id):
+        age = max(now - fcard.updated, 0.0)
+        stale = age > STALE_INTERVALS * fcard.interval
+        if not stale:
+            for iid in fcard.unresponsive:
+                silent_to.setdefault(iid, []).append(fcard.frontend_id)
+        frontends.append(
+            FrontendEntry(
+                frontend_id=fcard.frontend_id,
+                host=fcard.host,
+                pid=fcard.pid,
+                local=fcard.host == hostname,
+                grpc=fcard.grpc,
+                http=fcard.http,
+                age_seconds=round(age, 3),
+                stale=stale,
+                instances=fcard.instances,
+                unresponsive=fcard.unresponsive,
+                models={name: fcard.models[name] for name in sorted(fcard.models) if not models or name in models},
+            )
+        )
+
+    def worker_entry(iid: str, model: str, card: ModelCard | None) -> WorkerEntry:
+        wcard = worker_cards.get(iid)
+        system, stats = probed[iid]
+        reported = silent_to.get(iid, [])
+        if wcard is not None and wcard.state == "draining":
+            state = "draining"
+        elif system.status == "timeout" or reported:
+            state = "unresponsive"
+        else:
+            state = "serving"
+        load = None
+        if stats is not None:
+            load = dict(stats.get("models", {}).get(model) or _zero_load())
+        facts = card.worker if card is not None else {}
+        host = wcard.host if wcard is not None else str(facts.get("host", ""))
+        return WorkerEntry(
+            instance_id=iid,
+            state=state,
+            host=host,
+            address=card.address if card is not None else (wcard.address if wcard else ""),
+            transport=card.transport if card is not None else (wcard.transport if wcard else ""),
+            pid=wcard.pid if wcard is not None else int(facts.get("pid", 0)),
+            local=host == hostname,
+            server_name=wcard.server_name if wcard is not None else str(facts.get("server_name", "")),
+            server_version=wcard.server_version if wcard is not None else str(facts.get("server_version", "")),
+            model_version=card.version if card is not None else "",
+            config=_config_summary(card) if card is not None else None,
+            system=system,
+            load=load,
+            unresponsive_to=reported,
+        )
+
+    by_model: dict[str, dict[str, WorkerEntry]] = {}
+    for _, card in cards:
+        by_model.setdefault(card.model, {})[card.instance_id] = worker_entry(card.instance_id, card.model, card)
+    for iid, wcard in worker_cards.items():
+        for model in wcard.models:
+            if iid not in by_model.get(model, {}) and wcard.state == "draining":
+                by_model.setdefault(model, {})[iid] = worker_entry(iid, model, None)
+    served = {iid for workers in by_model.values() for iid in workers}
+    idle = [worker_entry(iid, "", None) for iid in sorted(worker_cards) if iid not in served]
+    entries = [
+        ModelEntry(
+            name=name,
+            versions=sorted({w.model_version for w in workers.values() if w.model_version}),
+            workers=[workers[iid] for iid in sorted(workers)],
+        )
+        for name, workers in sorted(by_model.items())
+        if not models or name in models
+    ]
+    return ClusterStatus(
+        schema=STATUS_SCHEMA,
+        time=round(now, 3),
+        store=store.name,
+        namespace=namespace,
+        probe_timeout=timeout,
+        models=entries,
+        frontends=frontends,
+        workers_without_models=[] if models else idle,
+        warnings=warnings,
+    )
