@@ -125,16 +125,16 @@ def model_heading(model: ModelEntry, *, brief: bool = False) -> Text:
 
 
 def _worker_table(model: ModelEntry) -> Table:
-    table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
-    table.add_column("WORKER", no_wrap=True)
-    table.add_column("ADDRESS", no_wrap=True, overflow="ellipsis", max_width=24)
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
+    table.add_column("WORKER", no_wrap=True, min_width=8)
+    table.add_column("ADDRESS", no_wrap=True, overflow="ellipsis", max_width=21)
     table.add_column("PID/HOST", no_wrap=True, overflow="ellipsis", max_width=12)
-    table.add_column("STATE", no_wrap=True)
-    table.add_column("INFL", justify="right", no_wrap=True)
-    table.add_column("REQ/S", justify="right", no_wrap=True)
-    table.add_column("P50", justify="right", no_wrap=True)
-    table.add_column("P99", justify="right", no_wrap=True)
-    table.add_column("ERR", justify="right", no_wrap=True)
+    table.add_column("STATE", no_wrap=True, min_width=12)
+    table.add_column("INFL", justify="right", no_wrap=True, min_width=4)
+    table.add_column("REQ/S", justify="right", no_wrap=True, min_width=5)
+    table.add_column("P50", justify="right", no_wrap=True, min_width=6)
+    table.add_column("P99", justify="right", no_wrap=True, min_width=6)
+    table.add_column("ERR", justify="right", no_wrap=True, min_width=3)
     for worker in model.workers:
         load = worker.load
         table.add_row(
@@ -152,16 +152,16 @@ def _worker_table(model: ModelEntry) -> Table:
 
 
 def system_notes(workers: Sequence[WorkerEntry]) -> list[Text]:
-    """One line per worker whose system port did not give its load, saying why."""
+    """One line per worker whose system port did not give its load, saying why, and per worker a frontend
+    finds unresponsive."""
     notes = []
     for worker in workers:
         if worker.system.status != "ok":
-            url = f" {worker.system.url}" if worker.system.url else ""
-            line = f"  worker {short(worker.instance_id)}: system port{url} {worker.system.status}"
-            notes.append(Text(line + (f": {worker.system.error}" if worker.system.error else ""), style="yellow"))
+            url = f"{worker.system.url} " if worker.system.url else ""
+            notes.append(Text(f"  {short(worker.instance_id)}: {url}{worker.system.error}", style="yellow"))
         if worker.unresponsive_to:
             ids = ", ".join(short(f) for f in worker.unresponsive_to)
-            notes.append(Text(f"  worker {short(worker.instance_id)}: unresponsive to frontend {ids}", style="red"))
+            notes.append(Text(f"  {short(worker.instance_id)}: unresponsive to frontend {ids}", style="red"))
     return notes
 
 
@@ -180,15 +180,15 @@ def frontend_totals(frontend: FrontendEntry) -> tuple[float, int, int, float | N
 
 
 def frontends_table(frontends: Sequence[FrontendEntry]) -> Table:
-    table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
     table.add_column("FRONTEND", no_wrap=True)
     table.add_column("GRPC", no_wrap=True, overflow="ellipsis", max_width=21)
     table.add_column("HTTP", no_wrap=True, overflow="ellipsis", max_width=21)
     table.add_column("PID/HOST", no_wrap=True, overflow="ellipsis", max_width=12)
-    table.add_column("INFL", justify="right", no_wrap=True)
-    table.add_column("REQ/S", justify="right", no_wrap=True)
-    table.add_column("P99", justify="right", no_wrap=True)
-    table.add_column("ERR", justify="right", no_wrap=True)
+    table.add_column("INFL", justify="right", no_wrap=True, min_width=4)
+    table.add_column("REQ/S", justify="right", no_wrap=True, min_width=5)
+    table.add_column("P99", justify="right", no_wrap=True, min_width=6)
+    table.add_column("ERR", justify="right", no_wrap=True, min_width=3)
     for frontend in frontends:
         per_second, in_flight, errors, _, p99 = frontend_totals(frontend)
         stale = Text(" (stale)", style="red") if frontend.stale else ""

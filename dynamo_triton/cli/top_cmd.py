@@ -97,15 +97,15 @@ class RateHistory:
 
 
 def _model_table(model: ModelEntry, history: RateHistory, blocks: str) -> Table:
-    table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
-    table.add_column("WORKER", no_wrap=True)
-    table.add_column("STATE", no_wrap=True)
-    table.add_column("REQ/S", justify="right", no_wrap=True)
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
+    table.add_column("WORKER", no_wrap=True, min_width=8)
+    table.add_column("STATE", no_wrap=True, min_width=12)
+    table.add_column("REQ/S", justify="right", no_wrap=True, min_width=5)
     table.add_column("TREND", no_wrap=True, width=history.width)
-    table.add_column("INFL", justify="right", no_wrap=True)
-    table.add_column("P50", justify="right", no_wrap=True)
-    table.add_column("P99", justify="right", no_wrap=True)
-    table.add_column("ERR", justify="right", no_wrap=True)
+    table.add_column("INFL", justify="right", no_wrap=True, min_width=4)
+    table.add_column("P50", justify="right", no_wrap=True, min_width=6)
+    table.add_column("P99", justify="right", no_wrap=True, min_width=6)
+    table.add_column("ERR", justify="right", no_wrap=True, min_width=3)
     table.add_column("PID/HOST", no_wrap=True, overflow="ellipsis", max_width=12)
     workers = sorted(model.workers, key=lambda w: (-(history.rate(model.name, w) or 0.0), w.instance_id))
     for worker in workers:

@@ -191,11 +191,11 @@ async def _probe(session: aiohttp.ClientSession, url: str, timeout: float) -> tu
                 return SystemPort(url, "error", f"/stats answered HTTP {response.status}"), None
             body = await response.json(content_type=None)
     except _CONNECT_TIMEOUT:
-        return SystemPort(url, "unreachable", f"no connection within {timeout:g} s"), None
+        return SystemPort(url, "unreachable", f"unreachable: no connection within {timeout:g} s"), None
     except (TimeoutError, aiohttp.ServerTimeoutError):
         return SystemPort(url, "timeout", f"connected, but no answer within {timeout:g} s"), None
     except aiohttp.ClientConnectorError as exc:
-        return SystemPort(url, "unreachable", exc.strerror or str(exc.os_error) or str(exc)), None
+        return SystemPort(url, "unreachable", f"unreachable: {exc.strerror or exc.os_error or exc}"), None
     except (aiohttp.ClientError, ValueError) as exc:
         return SystemPort(url, "error", f"{type(exc).__name__}: {exc}"), None
     if not isinstance(body, dict) or body.get("schema") != STATS_SCHEMA:

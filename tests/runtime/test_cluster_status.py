@@ -1,0 +1,265 @@
+"""``collect``: cards from a real (mem) store, ``/stats`` from real system ports, states and their reasons.
+
+A worker frozen by SIGSTOP keeps its listening socket: the kernel still completes connections
+into its backlog, but nothing answers. A listening socket nobody accepts from is exactly that,
+seen from outside, so it stands for the frozen worker here (the e2e test freezes a real one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from rich.console import Console
+
+from dynamo_triton.cli.status_view import render_status
+from dynamo_triton.cli.top_cmd import RateHistory, render_top
+from dynamo_triton.errors import ConfigError
+from dynamo_triton.kv import KVStore
+from dynamo_triton.plugins import make_plugin_manager
+from dynamo_triton.runtime.cards import ModelCard, card_key
+from dynamo_triton.runtime.cluster_status import STATUS_SCHEMA, collect
+from dynamo_triton.runtime.frontend_card import FRONTEND_CARD_SCHEMA, FrontendCard, frontend_card_key
+from dynamo_triton.runtime.system_server import SystemServer
+from dynamo_triton.runtime.worker_card import WorkerCard, published_host, worker_card_key
+from dynamo_triton.runtime.worker_metrics import WorkerMetrics
+from dynamo_triton.testing.ports import free_port
+
+NS = "dynamo"
+IDENTITY_CONFIG = {
+    "name": "identity",
+    "backend": "python",
+    "max_batch_size": 8,
+    "instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+    "dynamic_batching": {},
+}
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[KVStore]:
+    kv = make_plugin_manager().kv_store("mem", space=f"status-{uuid.uuid4().hex}")
+    try:
+        yield kv
+    finally:
+        await kv.close()
+
+
+async def healthy() -> tuple[bool, dict[str, object]]:
+    return True, {}
+
+
+async def register(
+    store: KVStore,
+    instance_id: str,
+    system_url: str,
+    *,
+    state: str = "serving",
+    models: tuple[str, ...] = ("identity",),
+) -> None:
+    lease = await store.grant_lease(30)
+    if state == "serving":
+        for model in models:
+            card = ModelCard(
+                model=model,
+                version="1",
+                instance_id=instance_id,
+                address=f"tcp://127.0.0.1:{free_port()}",
+                transport="tcp",
+                decoupled=False,
+                config={**IDENTITY_CONFIG, "name": model},
+                metadata={"name": model},
+                worker={"host": socket.gethostname(), "pid": 4242},
+            )
+            await store.put(card_key(NS, model, instance_id), card.to_json(), lease=lease)
+    worker = WorkerCard(
+        instance_id=instance_id,
+        state=state,
+        address="tcp://127.0.0.1:1",
+        transport="tcp",
+        host=socket.gethostname(),
+        pid=4242,
+        started=time.time(),
+        system_url=system_url,
+        models=list(models),
+        server_name="triton",
+        server_version="2.51.0",
+        lease_ttl=30,
+    )
+    await store.put(worker_card_key(NS, instance_id), worker.to_json(), lease=lease)
+
+
+def frontend_card(frontend_id: str, *, unresponsive: list[str], updated: float) -> FrontendCard:
+    load = {"in_flight": 1, "requests_per_second": 12.5, "errors": 0, "p50_ms": 0.8, "p99_ms": 3.0}
+    return FrontendCard(
+        frontend_id=frontend_id,
+        host=socket.gethostname(),
+        pid=99,
+        started=updated - 100,
+        updated=updated,
+        interval=2.0,
+        grpc="127.0.0.1:8787",
+        http="127.0.0.1:8000",
+        models={"identity": load},
+        instances=3,
+        unresponsive=unresponsive,
+    )
+
+
+async def test_states_loads_and_unreachable_ports_in_one_bounded_look(store: KVStore) -> None:
+    metrics = WorkerMetrics()
+    server = SystemServer("127.0.0.1", 0, health=healthy, registry=metrics.registry)
+    await server.start()
+    for _ in range(7):
+        with metrics.track("identity"):
+            pass
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.1", 0))
+    frozen.listen(16)  # accepts into its backlog, never answers: a SIGSTOPped process
+    try:
+        await register(store, "a" * 16, f"http://127.0.0.1:{server.port}")
+        await register(store, "b" * 16, f"http://127.0.0.1:{frozen.getsockname()[1]}")
+        await register(store, "c" * 16, f"http://127.0.0.1:{free_port()}")  # nothing listens: refused
+        await register(store, "d" * 16, "")  # no system port
+        await register(store, "e" * 16, f"http://127.0.0.1:{server.port}", state="draining")
+        await register(store, "f" * 16, f"http://127.0.0.1:{server.port}", models=())  # serves no model
+        status = await collect(store, NS, timeout=0.5)
+    finally:
+        frozen.close()
+        await server.stop()
+    assert status.schema == STATUS_SCHEMA
+    [model] = status.models
+    workers = {w.instance_id[0]: w for w in model.workers}
+    assert {k: w.state for k, w in workers.items()} == {
+        "a": "serving",
+        "b": "unresponsive",
+        "c": "serving",
+        "d": "serving",
+        "e": "draining",
+    }
+    assert {k: w.system.status for k, w in workers.items()} == {
+        "a": "ok",
+        "b": "timeout",
+        "c": "unreachable",
+        "d": "none",
+        "e": "ok",
+    }
+    assert workers["a"].load is not None and workers["a"].load["requests_total"] == 7
+    assert workers["a"].load["requests"] == 7 and workers["a"].load["p50_ms"] is not None
+    assert workers["b"].load is None and "no answer within 0.5 s" in workers["b"].system.error
+    assert workers["c"].load is None and workers["c"].system.error
+    assert workers["a"].config is not None and workers["a"].config.instance_count == 2
+    assert workers["a"].config.max_batch_size == 8 and workers["a"].config.dynamic_batching
+    assert workers["a"].local and workers["a"].pid == 4242 and workers["a"].server_version == "2.51.0"
+    assert workers["e"].config is None  # its model cards are withdrawn
+    assert [w.instance_id[0] for w in status.workers_without_models] == ["f"]
+    json.dumps(status.to_dict())  # the --json document
+
+
+async def test_a_fresh_frontend_card_marks_what_its_transport_finds_silent(store: KVStore) -> None:
+    metrics = WorkerMetrics()
+    server = SystemServer("127.0.0.1", 0, health=healthy, registry=metrics.registry)
+    await server.start()
+    try:
+        await register(store, "a" * 16, f"http://127.0.0.1:{server.port}")
+        await register(store, "b" * 16, f"http://127.0.0.1:{server.port}")
+        fresh = frontend_card("f1" * 8, unresponsive=["a" * 16], updated=time.time())
+        stale = frontend_card("f2" * 8, unresponsive=["b" * 16], updated=time.time() - 60)
+        for card in (fresh, stale):
+            await store.put(frontend_card_key(NS, card.frontend_id), card.to_json())
+        status = await collect(store, NS, timeout=0.5)
+    finally:
+        await server.stop()
+    workers = {w.instance_id[0]: w for w in status.models[0].workers}
+    assert workers["a"].state == "unresponsive" and workers["a"].unresponsive_to == ["f1" * 8]
+    assert workers["b"].state == "serving"  # only a stale frontend says so
+    assert [(f.frontend_id, f.stale) for f in status.frontends] == [("f1" * 8, False), ("f2" * 8, True)]
+    assert status.frontends[0].models["identity"]["requests_per_second"] == 12.5
+
+
+async def test_the_model_filter_keeps_only_those_models(store: KVStore) -> None:
+    await register(store, "a" * 16, "", models=("identity", "simple"))
+    status = await collect(store, NS, models=("simple",), timeout=0.2)
+    assert [m.name for m in status.models] == ["simple"]
+
+
+async def test_renderings_fit_in_80_columns(store: KVStore) -> None:
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.1", 0))
+    frozen.listen(4)
+    try:
+        await register(store, "a" * 16, f"http://127.0.0.1:{frozen.getsockname()[1]}")
+        await register(store, "b" * 16, "")
+        card = frontend_card("f1" * 8, unresponsive=[], updated=time.time())
+        await store.put(frontend_card_key(NS, card.frontend_id), card.to_json())
+        status = await collect(store, NS, timeout=0.3)
+    finally:
+        frozen.close()
+    history = RateHistory()
+    history.update(status, 1.0)
+    for renderable in (render_status(status), render_top(status, history, "", "_.-=+*#@")):
+        console = Console(width=80, record=True, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
+        console.print(renderable)
+        text = console.export_text()
+        assert "unresponsive" in text and "identity" in text and "aaaaaaaa" in text
+        assert "…" not in text.split("\n", 2)[1]  # the header row is whole
+        assert all(len(line) <= 80 for line in text.splitlines())
+
+
+def test_rate_history_uses_the_counter_increase_between_frames() -> None:
+    history = RateHistory(width=4)
+
+    def frame(total: int, per_minute: float) -> object:
+        from dynamo_triton.runtime.cluster_status import ClusterStatus, ModelEntry, SystemPort, WorkerEntry
+
+        load = {"requests_total": total, "requests_per_second": per_minute, "in_flight": 0}
+        worker = WorkerEntry(
+            "a" * 16, "serving", "h", "", "tcp", 1, True, "", "", "1", None, SystemPort("", "ok"), load
+        )
+        return ClusterStatus(STATUS_SCHEMA, 0.0, "mem", NS, 1.0, [ModelEntry("m", ["1"], [worker])], [], [])
+
+    first = frame(100, 5.0)
+    history.update(first, 10.0)  # type: ignore[arg-type]
+    worker = first.models[0].workers[0]  # type: ignore[attr-defined]
+    assert history.rate("m", worker) == 5.0  # the first frame: the window's rate
+    history.update(frame(130, 5.0), 12.0)  # type: ignore[arg-type]
+    assert history.rate("m", worker) == 15.0
+    assert history.trend("m", worker) == [5.0, 15.0]
+
+
+@pytest.mark.parametrize("parse", [WorkerCard.from_json, FrontendCard.from_json])
+def test_cards_with_another_schema_are_refused_with_the_reason(parse: object) -> None:
+    with pytest.raises(ConfigError, match="schema is 'x/v9'"):
+        parse(json.dumps({"schema": "x/v9"}).encode())  # type: ignore[operator]
+
+
+def test_cards_round_trip_and_hosts_are_dialable() -> None:
+    card = frontend_card("f" * 16, unresponsive=["a"], updated=1.0)
+    assert json.loads(card.to_json())["schema"] == FRONTEND_CARD_SCHEMA
+    assert FrontendCard.from_json(card.to_json()) == card
+    assert published_host("0.0.0.0", "10.0.0.7") == "10.0.0.7"
+    assert published_host("::", "fe80::1") == "[fe80::1]"
+    assert published_host("127.0.0.1", "x") == "127.0.0.1"
+
+
+async def test_stats_endpoint_serves_the_window_as_json() -> None:
+    metrics = WorkerMetrics()
+    server = SystemServer("127.0.0.1", 0, health=healthy, registry=metrics.registry)
+    await server.start()
+    try:
+        with metrics.track("identity"):
+            pass
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = await reader.read()
+        writer.close()
+    finally:
+        await server.stop()
+    body = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+    assert body["schema"] == "dyntriton.worker-stats/v1"
+    assert body["models"]["identity"]["requests_total"] == 1
+    assert body["span_seconds"] == 60.0
