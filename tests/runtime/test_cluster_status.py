@@ -9,24 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from rich.console import Console
+from tritonclient.grpc import model_config_pb2, service_pb2
 
+from dynamo_triton.backend import ModelInfo
 from dynamo_triton.cli.status_view import render_status
 from dynamo_triton.cli.top_cmd import RateHistory, render_top
 from dynamo_triton.errors import ConfigError
-from dynamo_triton.kv import KVStore
+from dynamo_triton.kv import EventKind, KVStore
 from dynamo_triton.plugins import make_plugin_manager
-from dynamo_triton.runtime.cards import ModelCard, card_key
+from dynamo_triton.runtime.cards import ModelCard, card_key, models_prefix
 from dynamo_triton.runtime.cluster_status import STATUS_SCHEMA, collect
 from dynamo_triton.runtime.frontend_card import FRONTEND_CARD_SCHEMA, FrontendCard, frontend_card_key
 from dynamo_triton.runtime.system_server import SystemServer
-from dynamo_triton.runtime.worker_card import WorkerCard, published_host, worker_card_key
+from dynamo_triton.runtime.worker import Worker, WorkerSettings
+from dynamo_triton.runtime.worker_card import WorkerCard, published_host, worker_card_key, workers_prefix
 from dynamo_triton.runtime.worker_metrics import WorkerMetrics
 from dynamo_triton.testing.ports import free_port
 
@@ -49,6 +54,24 @@ async def store() -> AsyncIterator[KVStore]:
         await kv.close()
 
 
+@pytest.fixture(params=["mem", "file", "etcd", "nats"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[KVStore, str]]:
+    """Each store `status` reads across processes (and mem), with a namespace of this test's own."""
+    options: dict[str, object] = {"mem": {"space": f"status-{uuid.uuid4().hex}"}, "file": {"root": str(tmp_path)}}.get(
+        request.param, {}
+    )
+    if request.param == "etcd":
+        options = {"endpoints": request.getfixturevalue("etcd_server")}
+    if request.param == "nats":
+        bucket = f"status{uuid.uuid4().hex[:8]}"
+        options = {"servers": request.getfixturevalue("nats_server"), "bucket": bucket, "storage": "memory"}
+    kv = make_plugin_manager().kv_store(request.param, **options)
+    try:
+        yield kv, f"status{uuid.uuid4().hex[:8]}"
+    finally:
+        await kv.close()
+
+
 async def healthy() -> tuple[bool, dict[str, object]]:
     return True, {}
 
@@ -60,6 +83,7 @@ async def register(
     *,
     state: str = "serving",
     models: tuple[str, ...] = ("identity",),
+    ns: str = NS,
 ) -> None:
     lease = await store.grant_lease(30)
     if state == "serving":
@@ -75,7 +99,7 @@ async def register(
                 metadata={"name": model},
                 worker={"host": socket.gethostname(), "pid": 4242},
             )
-            await store.put(card_key(NS, model, instance_id), card.to_json(), lease=lease)
+            await store.put(card_key(ns, model, instance_id), card.to_json(), lease=lease)
     worker = WorkerCard(
         instance_id=instance_id,
         state=state,
@@ -90,7 +114,7 @@ async def register(
         server_version="2.51.0",
         lease_ttl=30,
     )
-    await store.put(worker_card_key(NS, instance_id), worker.to_json(), lease=lease)
+    await store.put(worker_card_key(ns, instance_id), worker.to_json(), lease=lease)
 
 
 def frontend_card(frontend_id: str, *, unresponsive: list[str], updated: float) -> FrontendCard:
@@ -110,7 +134,8 @@ def frontend_card(frontend_id: str, *, unresponsive: list[str], updated: float) 
     )
 
 
-async def test_states_loads_and_unreachable_ports_in_one_bounded_look(store: KVStore) -> None:
+async def test_states_loads_and_unreachable_ports_in_one_bounded_look(any_store: tuple[KVStore, str]) -> None:
+    store, ns = any_store
     metrics = WorkerMetrics()
     server = SystemServer("127.0.0.1", 0, health=healthy, registry=metrics.registry)
     await server.start()
@@ -121,17 +146,17 @@ async def test_states_loads_and_unreachable_ports_in_one_bounded_look(store: KVS
     frozen.bind(("127.0.0.1", 0))
     frozen.listen(16)  # accepts into its backlog, never answers: a SIGSTOPped process
     try:
-        await register(store, "a" * 16, f"http://127.0.0.1:{server.port}")
-        await register(store, "b" * 16, f"http://127.0.0.1:{frozen.getsockname()[1]}")
-        await register(store, "c" * 16, f"http://127.0.0.1:{free_port()}")  # nothing listens: refused
-        await register(store, "d" * 16, "")  # no system port
-        await register(store, "e" * 16, f"http://127.0.0.1:{server.port}", state="draining")
-        await register(store, "f" * 16, f"http://127.0.0.1:{server.port}", models=())  # serves no model
-        status = await collect(store, NS, timeout=0.5)
+        await register(store, "a" * 16, f"http://127.0.0.1:{server.port}", ns=ns)
+        await register(store, "b" * 16, f"http://127.0.0.1:{frozen.getsockname()[1]}", ns=ns)
+        await register(store, "c" * 16, f"http://127.0.0.1:{free_port()}", ns=ns)  # nothing listens: refused
+        await register(store, "d" * 16, "", ns=ns)  # no system port
+        await register(store, "e" * 16, f"http://127.0.0.1:{server.port}", state="draining", ns=ns)
+        await register(store, "f" * 16, f"http://127.0.0.1:{server.port}", models=(), ns=ns)  # serves no model
+        status = await collect(store, ns, timeout=0.5)
     finally:
         frozen.close()
         await server.stop()
-    assert status.schema == STATUS_SCHEMA
+    assert status.schema == STATUS_SCHEMA and status.store == store.name
     [model] = status.models
     workers = {w.instance_id[0]: w for w in model.workers}
     assert {k: w.state for k, w in workers.items()} == {
@@ -263,3 +288,49 @@ async def test_stats_endpoint_serves_the_window_as_json() -> None:
     assert body["schema"] == "dyntriton.worker-stats/v1"
     assert body["models"]["identity"]["requests_total"] == 1
     assert body["span_seconds"] == 60.0
+
+
+class TinyBackend:
+    """What Worker.start and stop use of a backend: one model, no inference."""
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self, *, timeout: float = 30.0) -> None:
+        pass
+
+    async def repository_index(self) -> list[str]:
+        return ["m"]
+
+    async def load_model(self, name: str, **_: object) -> ModelInfo:
+        config = model_config_pb2.ModelConfig(name=name, max_batch_size=4)
+        return ModelInfo(name, "1", config, service_pb2.ModelMetadataResponse(name=name, versions=["1"]))
+
+    def server_identity(self) -> tuple[str, str]:
+        return "triton", "2.51.0"
+
+
+async def test_a_worker_card_says_serving_then_draining_then_goes_with_the_lease(store: KVStore) -> None:
+    worker = Worker(
+        TinyBackend(),  # type: ignore[arg-type]
+        store,
+        make_plugin_manager().transport("inproc"),
+        WorkerSettings(models=("m",), lease_ttl=5.0),
+    )
+    worker.system = ("0.0.0.0", 8081)
+    events = []
+    async with store.watch(workers_prefix(NS)) as watch:
+        await worker.start()
+        await worker.stop()
+        async with asyncio.timeout(10):
+            async for event in watch:
+                events.append(event)
+                if event.kind is EventKind.DELETE:
+                    break
+    cards = [WorkerCard.from_json(e.value) for e in events if e.value is not None]
+    assert [card.state for card in cards] == ["serving", "draining"]
+    assert cards[0].models == ["m"] and cards[0].instance_id == worker.instance_id
+    assert cards[0].system_url == f"http://{socket.gethostname()}:8081"  # a wildcard bind: a dialable name
+    assert cards[0].server_version == "2.51.0" and cards[0].pid == os.getpid()
+    assert events[-1].kind is EventKind.DELETE  # the lease, revoked, took it away
+    assert await store.list(models_prefix(NS)) == []
