@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
@@ -162,8 +162,6 @@ class ClusterStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (docs/status.md)."""
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -214,8 +212,7 @@ def _parse_all(entries: list[KVEntry], parse: Any, warnings: list[str]) -> list[
 
 
 def _zero_load() -> dict[str, Any]:
-    zero = ModelLoad(0, 0, 0, 0.0, 0, 0.0, 0, None, None)
-    return dict(zero.__dict__)
+    return asdict(ModelLoad(0, 0, 0, 0.0, 0, 0.0, 0, None, None))
 
 
 async def collect(

@@ -8,6 +8,7 @@ seen from outside, so it stands for the frozen worker here (the e2e test freezes
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import socket
@@ -227,7 +228,7 @@ async def test_renderings_fit_in_80_columns(store: KVStore) -> None:
     history = RateHistory()
     history.update(status, 1.0)
     for renderable in (render_status(status), render_top(status, history, "", "_.-=+*#@")):
-        console = Console(width=80, record=True, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
+        console = Console(width=80, record=True, color_system=None, file=io.StringIO())
         console.print(renderable)
         text = console.export_text()
         assert "unresponsive" in text and "identity" in text and "aaaaaaaa" in text
