@@ -197,6 +197,8 @@ class FrontendPublisher:
                     await self._put()
                 except DyntritonError as exc:
                     log.warning("could not publish this frontend's card in the %s store: %s", self._store.name, exc)
+                except Exception:  # never let the card take the frontend down, nor its stop
+                    log.exception("could not publish this frontend's card; retrying in %.1f s", self.interval)
                 published, due = self.unresponsive(), loop.time() + self.interval
                 while loop.time() < due:
                     if loop.time() - sampled >= self._window.interval:
@@ -213,11 +215,12 @@ class FrontendPublisher:
         lease, self._lease = self._lease, None
         if lease is None:
             return
-        with contextlib.suppress(DyntritonError, TimeoutError):
+        with contextlib.suppress(Exception):  # the lease expires anyway
             async with asyncio.timeout(2.0):
                 await self._store.delete(self.key)
                 await lease.close(revoke=True)
-        await lease.close(revoke=False)
+        with contextlib.suppress(Exception):
+            await lease.close(revoke=False)
 
 
 def publish_frontend(

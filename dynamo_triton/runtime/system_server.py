@@ -115,7 +115,7 @@ class SystemServer:
     async def _stop_sampler(self) -> None:
         if self._sampler is not None:
             self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # a failed sampler must not fail stop
                 await self._sampler
             self._sampler = None
 

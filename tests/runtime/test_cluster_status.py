@@ -8,6 +8,7 @@ seen from outside, so it stands for the frozen worker here (the e2e test freezes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -29,7 +30,15 @@ from dynamo_triton.kv import EventKind, KVStore
 from dynamo_triton.plugins import make_plugin_manager
 from dynamo_triton.runtime.cards import ModelCard, card_key, models_prefix
 from dynamo_triton.runtime.cluster_status import STATUS_SCHEMA, collect
-from dynamo_triton.runtime.frontend_card import FRONTEND_CARD_SCHEMA, FrontendCard, frontend_card_key
+from dynamo_triton.runtime.discovery import ModelTable
+from dynamo_triton.runtime.frontend_card import (
+    FRONTEND_CARD_SCHEMA,
+    FrontendCard,
+    FrontendPublisher,
+    frontend_card_key,
+)
+from dynamo_triton.runtime.routing import make_policy
+from dynamo_triton.runtime.service import RoutingService
 from dynamo_triton.runtime.system_server import SystemServer
 from dynamo_triton.runtime.worker import Worker, WorkerSettings
 from dynamo_triton.runtime.worker_card import WorkerCard, published_host, worker_card_key, workers_prefix
@@ -335,3 +344,28 @@ async def test_a_worker_card_says_serving_then_draining_then_goes_with_the_lease
     assert cards[0].server_version == "2.51.0" and cards[0].pid == os.getpid()
     assert events[-1].kind is EventKind.DELETE  # the lease, revoked, took it away
     assert await store.list(models_prefix(NS)) == []
+
+
+async def test_a_frontend_card_is_put_with_its_load_and_withdrawn_when_its_task_ends(store: KVStore) -> None:
+    table = ModelTable(store, NS)
+    await table.start()
+    plugins = make_plugin_manager()
+    service = RoutingService(table, make_policy("round-robin"), plugins.transport)
+    publisher = FrontendPublisher(store, NS, service, table, grpc="127.0.0.1:8787", http="", interval=0.2)
+    service.metrics.requests.labels("identity", "grpc").inc()
+    task = asyncio.create_task(publisher.run())
+    try:
+        async with asyncio.timeout(10):
+            while (entry := await store.get(publisher.key)) is None:
+                await asyncio.sleep(0.05)
+        card = FrontendCard.from_json(entry.value)
+        assert card.grpc == "127.0.0.1:8787" and card.http == "" and card.pid == os.getpid()
+        assert card.models["identity"]["requests_total"] == 1 and card.unresponsive == []
+        assert entry.lease is not None  # gone with the process
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await service.close()
+        await table.stop()
+    assert await store.get(publisher.key) is None
