@@ -63,7 +63,11 @@ class RateHistory:
         self._rates: dict[tuple[str, str], deque[float]] = {}
 
     def update(self, status: ClusterStatus, now: float) -> None:
-        """Take in a frame collected at ``now`` (monotonic seconds)."""
+        """Take in a frame collected at ``now`` (monotonic seconds).
+
+        A worker's rate is its request counter's increase over the time between its two readings
+        (its ``uptime_seconds``, read with the counter), else between the two frames.
+        """
         seen = set()
         for model in status.models:
             for worker in model.workers:
@@ -74,12 +78,13 @@ class RateHistory:
                     rates.append(0.0)
                     continue
                 total = int(worker.load["requests_total"])
+                at = worker.uptime_seconds if worker.uptime_seconds is not None else now
                 previous = self._last.get(key)
-                if previous is None or total < previous[1] or now <= previous[0]:
+                if previous is None or total < previous[1] or at <= previous[0]:  # first, or restarted
                     rates.append(float(worker.load["requests_per_second"]))
                 else:
-                    rates.append((total - previous[1]) / (now - previous[0]))
-                self._last[key] = (now, total)
+                    rates.append((total - previous[1]) / (at - previous[0]))
+                self._last[key] = (at, total)
         for key in set(self._rates) - seen:
             self._rates.pop(key, None)
             self._last.pop(key, None)

@@ -94,6 +94,8 @@ class WorkerEntry:
     :param local: the worker runs on this host (its ``pid`` means something here).
     :param load: this model's load on this worker (ModelLoad fields), None when its system port did not say.
     :param unresponsive_to: ids of the frontends whose transport reports this worker unresponsive.
+    :param uptime_seconds: how long its system port has served, as it answered (None: no answer); the
+        difference between two looks is the time between its two readings of ``load``.
     """
 
     instance_id: str
@@ -110,6 +112,7 @@ class WorkerEntry:
     system: SystemPort
     load: dict[str, Any] | None
     unresponsive_to: list[str] = field(default_factory=list)
+    uptime_seconds: float | None = None
 
 
 @dataclass
@@ -314,6 +317,7 @@ async def collect(
             system=system,
             load=load,
             unresponsive_to=reported,
+            uptime_seconds=float(stats["uptime_seconds"]) if stats and "uptime_seconds" in stats else None,
         )
 
     by_model: dict[str, dict[str, WorkerEntry]] = {}

@@ -29,7 +29,14 @@ from dynamo_triton.errors import ConfigError
 from dynamo_triton.kv import EventKind, KVStore
 from dynamo_triton.plugins import make_plugin_manager
 from dynamo_triton.runtime.cards import ModelCard, card_key, models_prefix
-from dynamo_triton.runtime.cluster_status import STATUS_SCHEMA, collect
+from dynamo_triton.runtime.cluster_status import (
+    STATUS_SCHEMA,
+    ClusterStatus,
+    ModelEntry,
+    SystemPort,
+    WorkerEntry,
+    collect,
+)
 from dynamo_triton.runtime.discovery import ModelTable
 from dynamo_triton.runtime.frontend_card import (
     FRONTEND_CARD_SCHEMA,
@@ -186,6 +193,7 @@ async def test_states_loads_and_unreachable_ports_in_one_bounded_look(any_store:
     assert workers["a"].load is not None and workers["a"].load["requests_total"] == 7
     assert workers["a"].load["requests"] == 7 and workers["a"].load["p50_ms"] is not None
     assert workers["b"].load is None and "no answer within 0.5 s" in workers["b"].system.error
+    assert workers["a"].uptime_seconds is not None and workers["b"].uptime_seconds is None
     assert workers["c"].load is None and workers["c"].system.error
     assert workers["a"].config is not None and workers["a"].config.instance_count == 2
     assert workers["a"].config.max_batch_size == 8 and workers["a"].config.dynamic_batching
@@ -245,25 +253,33 @@ async def test_renderings_fit_in_80_columns(store: KVStore) -> None:
         assert all(len(line) <= 80 for line in text.splitlines())
 
 
+def frame(total: int, per_minute: float, uptime: float | None = None) -> ClusterStatus:
+    """A look at one worker of model ``m`` whose counter reads ``total``."""
+    load = {"requests_total": total, "requests_per_second": per_minute, "in_flight": 0}
+    worker = WorkerEntry("a" * 16, "serving", "h", "", "tcp", 1, True, "", "", "1", None, SystemPort("", "ok"), load)
+    worker.uptime_seconds = uptime
+    return ClusterStatus(STATUS_SCHEMA, 0.0, "mem", NS, 1.0, [ModelEntry("m", ["1"], [worker])], [], [])
+
+
 def test_rate_history_uses_the_counter_increase_between_frames() -> None:
     history = RateHistory(width=4)
-
-    def frame(total: int, per_minute: float) -> object:
-        from dynamo_triton.runtime.cluster_status import ClusterStatus, ModelEntry, SystemPort, WorkerEntry
-
-        load = {"requests_total": total, "requests_per_second": per_minute, "in_flight": 0}
-        worker = WorkerEntry(
-            "a" * 16, "serving", "h", "", "tcp", 1, True, "", "", "1", None, SystemPort("", "ok"), load
-        )
-        return ClusterStatus(STATUS_SCHEMA, 0.0, "mem", NS, 1.0, [ModelEntry("m", ["1"], [worker])], [], [])
-
     first = frame(100, 5.0)
-    history.update(first, 10.0)  # type: ignore[arg-type]
-    worker = first.models[0].workers[0]  # type: ignore[attr-defined]
+    history.update(first, 10.0)
+    worker = first.models[0].workers[0]
     assert history.rate("m", worker) == 5.0  # the first frame: the window's rate
-    history.update(frame(130, 5.0), 12.0)  # type: ignore[arg-type]
+    history.update(frame(130, 5.0), 12.0)
     assert history.rate("m", worker) == 15.0
     assert history.trend("m", worker) == [5.0, 15.0]
+
+
+def test_rate_history_divides_by_the_time_between_the_worker_s_own_readings() -> None:
+    history = RateHistory()
+    history.update(frame(100, 5.0, uptime=50.0), 10.0)
+    history.update(frame(150, 5.0, uptime=50.5), 12.0)  # this look waited on a slow worker: 2 s between frames
+    worker = frame(0, 0).models[0].workers[0]
+    assert history.rate("m", worker) == 100.0
+    history.update(frame(3, 1.0, uptime=0.5), 13.0)  # restarted behind the same id: its window's rate
+    assert history.rate("m", worker) == 1.0
 
 
 @pytest.mark.parametrize("parse", [WorkerCard.from_json, FrontendCard.from_json])
