@@ -83,8 +83,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, require_triton: None) -> It
     tmp = tmp_path_factory.mktemp("status")
     env = {**os.environ, "DYN_FILE_KV": str(tmp / "kv"), "DYN_LOG": "info", "COLUMNS": "80"}
     env.pop("DYN_STORE_KV", None)
-    # A lease outlives a freeze of a few seconds: the frozen worker stays listed, as unresponsive.
-    cluster = Cluster(tmp, env=env, lease_ttl=10.0)
+    # The lease outlives the freeze (slow `status` runs on a busy host included): the frozen worker
+    # stays listed, as unresponsive, instead of leaving with its cards.
+    cluster = Cluster(tmp, env=env, lease_ttl=30.0)
     try:
         proc, url = cluster.serve("identity", extra=("--workers", "2"))
         deadline = time.monotonic() + START_TIMEOUT
@@ -194,33 +195,24 @@ def test_top_shows_both_workers_and_a_rate_and_quits_on_q(served: Served, tmux: 
 
 
 def test_a_frozen_worker_is_shown_unresponsive(served: Served) -> None:
-    """Last in the module: a worker frozen under load may die on SIGCONT (Triton's python backend)."""
+    """Last in the module: a worker frozen under load may die on SIGCONT (Triton's python backend,
+    docs/operations.md; serve then restarts it), so nothing after this test relies on it."""
     frozen, other = workers(served.status())
     os.kill(frozen["pid"], signal.SIGSTOP)
     try:
-        started = time.monotonic()
         document = served.status()  # its system port accepts, never answers: one probe timeout
-        elapsed = time.monotonic() - started
         states = {w["instance_id"]: w for w in workers(document)}
-        assert states[frozen["instance_id"]]["state"] == "unresponsive", (elapsed, states)
+        assert states[frozen["instance_id"]]["state"] == "unresponsive", states
         assert states[frozen["instance_id"]]["system"]["status"] == "timeout"
         assert states[other["instance_id"]]["state"] == "serving"
-        # The frontend's transport misses the heartbeats too (1 s) and says so in its card.
-        poll(
-            lambda: next(w for w in workers(served.status()) if w["instance_id"] == frozen["instance_id"])[
-                "unresponsive_to"
-            ],
-            10,
-            "the frontend's card to report the frozen worker",
-        )
-        human = served.run("status")
-        assert human.returncode == 0 and "unresponsive" in human.stdout, human.stdout
-        assert "connected, but no answer within 1 s" in " ".join(human.stdout.split()), human.stdout
+        # The frontend's transport misses its heartbeats too (1 s) and says so in its card.
+        short, frontend = frozen["instance_id"][:8], document["frontends"][0]["frontend_id"][:8]
+
+        def reported() -> str:
+            text = " ".join(served.run("status").stdout.split())  # lines may wrap at 80 columns
+            return text if f"{short}: unresponsive to frontend {frontend}" in text else ""
+
+        text = poll(reported, 10, "the frontend's card to report the frozen worker")
+        assert f"{short}: http://127.0.0.1:" in text and "connected, but no answer within 1 s" in text
     finally:
         os.kill(frozen["pid"], signal.SIGCONT)
-    # Triton's python backend may abort on SIGCONT (docs/operations.md): then serve restarts the worker.
-    poll(
-        lambda: [(w["state"], w["system"]["status"]) for w in workers(served.status())] == [("serving", "ok")] * 2,
-        30,
-        "two workers serving again",
-    )
