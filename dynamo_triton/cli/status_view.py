@@ -18,9 +18,11 @@ from dynamo_triton.runtime.cluster_status import ClusterStatus, FrontendEntry, M
 __all__ = [
     "SPARK_ASCII",
     "SPARK_BLOCKS",
+    "by_namespace",
     "frontends_table",
     "latency",
     "model_heading",
+    "namespace_line",
     "rate",
     "render_status",
     "short",
@@ -205,24 +207,42 @@ def frontends_table(frontends: Sequence[FrontendEntry]) -> Table:
     return table
 
 
+def namespace_line(namespace: str) -> Text:
+    """The line that starts a namespace's part of the screen."""
+    return Text(f"namespace {namespace}", style="bold magenta")
+
+
+def by_namespace(status: ClusterStatus) -> list[tuple[str, list[ModelEntry], list[WorkerEntry], list[FrontendEntry]]]:
+    """Per namespace (sorted), its models, its workers serving no model and its frontends; empty ones left out."""
+    parts = []
+    for namespace in status.namespaces:
+        models = [model for model in status.models if model.namespace == namespace]
+        idle = [worker for worker in status.workers_without_models if worker.namespace == namespace]
+        frontends = [frontend for frontend in status.frontends if frontend.namespace == namespace]
+        if models or idle or frontends:
+            parts.append((namespace, models, idle, frontends))
+    return parts
+
+
 def render_status(status: ClusterStatus) -> RenderableType:
-    """The whole ``dyntriton status`` screen."""
+    """The whole ``dyntriton status`` screen, namespace by namespace."""
     parts: list[RenderableType] = []
-    for model in status.models:
-        parts.append(model_heading(model))
-        parts.append(_worker_table(model))
-        parts.extend(system_notes(model.workers))
+    for namespace, models, idle, frontends in by_namespace(status):
+        parts.append(namespace_line(namespace))
+        for model in models:
+            parts.append(model_heading(model))
+            parts.append(_worker_table(model))
+            parts.extend(system_notes(model.workers))
+        if idle:
+            parts.append(Text("workers serving no model", style="bold"))
+            parts.append(_worker_table(ModelEntry("", [], idle)))
+            parts.extend(system_notes(idle))
+        if frontends:
+            parts.append(Text("frontends", style="bold"))
+            parts.append(frontends_table(frontends))
+        else:
+            parts.append(Text("no frontend has published itself (older frontends do not)", style="dim"))
         parts.append(Text(""))
-    if status.workers_without_models:
-        parts.append(Text("workers serving no model", style="bold"))
-        parts.append(_worker_table(ModelEntry("", [], status.workers_without_models)))
-        parts.extend(system_notes(status.workers_without_models))
-        parts.append(Text(""))
-    if status.frontends:
-        parts.append(Text("frontends", style="bold"))
-        parts.append(frontends_table(status.frontends))
-    else:
-        parts.append(Text("no frontend has published itself (older frontends do not)", style="dim"))
     for warning in status.warnings:
         parts.append(Text(f"warning: {warning}", style="yellow"))
     return Group(*parts)

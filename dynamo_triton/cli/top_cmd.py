@@ -26,13 +26,15 @@ from rich.table import Table
 from rich.text import Text
 
 from dynamo_triton.cli.options import store_options
-from dynamo_triton.cli.status_cmd import open_store, timeout_option
+from dynamo_triton.cli.status_cmd import chosen_namespace, open_store, timeout_option
 from dynamo_triton.cli.status_view import (
     SPARK_ASCII,
     SPARK_BLOCKS,
+    by_namespace,
     frontends_table,
     latency,
     model_heading,
+    namespace_line,
     rate,
     short,
     sparkline,
@@ -130,7 +132,7 @@ def _model_table(model: ModelEntry, history: RateHistory, blocks: str) -> Table:
 
 
 def render_top(status: ClusterStatus | None, history: RateHistory, error: str, blocks: str) -> RenderableType:
-    """One frame: a header line, a table per model (busiest first), the frontends."""
+    """One frame: a header line, then per namespace a table per model (busiest first) and its frontends."""
     clock = time.strftime("%H:%M:%S")
     parts: list[RenderableType] = []
     if status is None:
@@ -138,23 +140,24 @@ def render_top(status: ClusterStatus | None, history: RateHistory, error: str, b
     else:
         workers = {w.instance_id for model in status.models for w in model.workers}
         workers |= {w.instance_id for w in status.workers_without_models}
-        header = Text(f"dyntriton top · {status.store}:{status.namespace} · ", style="bold")
+        header = Text(f"dyntriton top · {status.store} store · ", style="bold")
         header.append(f"{len(workers)} worker{'s' if len(workers) != 1 else ''} · ")
         header.append(f"{len(status.frontends)} frontend{'s' if len(status.frontends) != 1 else ''} · {clock}")
         header.append("  q quits", style="dim")
         parts.append(header)
         if not status.models:
             parts.append(Text("no worker serves any model", style="yellow"))
-        for model in sorted(status.models, key=lambda m: (-history.model_rate(m), m.name)):
+        for namespace, models, _, frontends in by_namespace(status):
             parts.append(Text(""))
-            heading = Text(f"{rate(history.model_rate(model))} req/s  ", style="bold")
-            parts.append(heading + model_heading(model, brief=True))
-            parts.append(_model_table(model, history, blocks))
-            parts.extend(system_notes(model.workers))
-        if status.frontends:
-            parts.append(Text(""))
-            parts.append(Text("frontends (load over the last minute)", style="bold"))
-            parts.append(frontends_table(status.frontends))
+            parts.append(namespace_line(namespace))
+            for model in sorted(models, key=lambda m: (-history.model_rate(m), m.name)):
+                heading = Text(f"{rate(history.model_rate(model))} req/s  ", style="bold")
+                parts.append(heading + model_heading(model, brief=True))
+                parts.append(_model_table(model, history, blocks))
+                parts.extend(system_notes(model.workers))
+            if frontends:
+                parts.append(Text("frontends (load over the last minute)", style="bold"))
+                parts.append(frontends_table(frontends))
     if error:
         parts.append(Text(error, style="bold red"))
     return Group(*parts)
@@ -190,7 +193,7 @@ def _keys(loop: asyncio.AbstractEventLoop, on_quit: Callable[[], None]) -> Itera
 
 
 async def _run(
-    store: KVStore, namespace: str, models: tuple[str, ...], timeout: float, interval: float, console: Console
+    store: KVStore, namespace: str | None, models: tuple[str, ...], timeout: float, interval: float, console: Console
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -250,11 +253,14 @@ def top(
     interval: float,
     timeout: float,
 ) -> None:
-    """Show the cluster live: per model its workers by load, rates, latency; q or Ctrl-C quits."""
+    """Show the cluster live: per model its workers by load, rates, latency; q or Ctrl-C quits.
+
+    Every namespace of the store, unless --namespace (or DYN_NAMESPACE) names one.
+    """
     console = Console(highlight=False)
     if not console.is_terminal:
         raise click.ClickException(
             "top draws on a terminal and its output is not one: use `dyntriton status` (or `status --json`) in scripts"
         )
     store = open_store(ctx, store_kv, etcd_endpoints, file_kv_root)
-    asyncio.run(_run(store, namespace, models, timeout, interval, console))
+    asyncio.run(_run(store, chosen_namespace(ctx, namespace), models, timeout, interval, console))

@@ -1,8 +1,8 @@
 """The state of a cluster at one moment, from the store and the workers' system ports.
 
-:func:`collect` lists a namespace's model, worker and frontend cards (three listings, run
-together), asks every worker's system port for ``/stats`` at the same time with a short
-timeout, and joins it all into one :class:`ClusterStatus` (``dyntriton status``, ``top``;
+:func:`collect` lists the model, worker and frontend cards of one namespace, or of every
+namespace in the store (one listing), asks every worker's system port for ``/stats`` at the
+same time with a short timeout, and joins it all into one :class:`ClusterStatus` (``dyntriton status``, ``top``;
 the JSON form is documented in docs/status.md). It never waits longer than about one
 timeout for the workers, however many there are or however dead they are.
 
@@ -28,12 +28,12 @@ from typing import Any
 import aiohttp
 
 from dynamo_triton.errors import ConfigError
-from dynamo_triton.kv import KVEntry, KVStore
+from dynamo_triton.kv import KVStore
 from dynamo_triton.runtime.cards import ModelCard, models_prefix, parse_card_key
-from dynamo_triton.runtime.frontend_card import FrontendCard, frontends_prefix
+from dynamo_triton.runtime.frontend_card import FrontendCard
 from dynamo_triton.runtime.metrics_window import ModelLoad
 from dynamo_triton.runtime.system_server import STATS_SCHEMA
-from dynamo_triton.runtime.worker_card import WorkerCard, workers_prefix
+from dynamo_triton.runtime.worker_card import WorkerCard
 
 __all__ = [
     "STATUS_SCHEMA",
@@ -47,6 +47,9 @@ __all__ = [
 ]
 
 STATUS_SCHEMA = "dyntriton.status/v1"
+
+#: Where every namespace's records live (``dyntriton/v1/``).
+_ROOT = models_prefix("_").removesuffix("_/models/")
 
 #: Seconds a worker's system port gets to answer (the frontends' default liveness bound).
 PROBE_TIMEOUT = 1.0
@@ -113,6 +116,7 @@ class WorkerEntry:
     load: dict[str, Any] | None
     unresponsive_to: list[str] = field(default_factory=list)
     uptime_seconds: float | None = None
+    namespace: str = ""
 
 
 @dataclass
@@ -122,6 +126,7 @@ class ModelEntry:
     name: str
     versions: list[str]
     workers: list[WorkerEntry]
+    namespace: str = ""
 
     @property
     def requests_per_second(self) -> float:
@@ -147,6 +152,7 @@ class FrontendEntry:
     instances: int
     unresponsive: list[str]
     models: dict[str, dict[str, Any]]
+    namespace: str = ""
 
 
 @dataclass
@@ -156,7 +162,7 @@ class ClusterStatus:
     schema: str
     time: float
     store: str
-    namespace: str
+    namespaces: list[str]
     probe_timeout: float
     models: list[ModelEntry]
     frontends: list[FrontendEntry]
@@ -204,54 +210,47 @@ async def _probe(session: aiohttp.ClientSession, url: str, timeout: float) -> tu
     return SystemPort(url, "ok"), body
 
 
-def _parse_all(entries: list[KVEntry], parse: Any, warnings: list[str]) -> list[Any]:
-    parsed = []
-    for entry in entries:
-        try:
-            parsed.append(parse(entry.value))
-        except ConfigError as exc:
-            warnings.append(f"ignored {entry.key}: {exc}")
-    return parsed
-
-
 def _zero_load() -> dict[str, Any]:
     return asdict(ModelLoad(0, 0, 0, 0.0, 0, 0.0, 0, None, None))
 
 
 async def collect(
     store: KVStore,
-    namespace: str,
+    namespace: str | None = None,
     *,
     models: tuple[str, ...] = (),
     timeout: float = PROBE_TIMEOUT,
     session: aiohttp.ClientSession | None = None,
 ) -> ClusterStatus:
-    """The cluster's status now; ``models`` keeps only those models (all when empty).
+    """The cluster's status now: of ``namespace``, or of every namespace in the store when None;
+    ``models`` keeps only those models (all when empty).
 
     :param session: the HTTP session to probe with (made and closed here when None).
     :raises DyntritonError: the store could not be listed (StoreUnavailableError...).
     """
     warnings: list[str] = []
-    model_entries, worker_entries, frontend_entries = await asyncio.gather(
-        store.list(models_prefix(namespace)),
-        store.list(workers_prefix(namespace)),
-        store.list(frontends_prefix(namespace)),
-    )
+    prefix = _ROOT if namespace is None else models_prefix(namespace).removesuffix("models/")
     cards: list[tuple[str, ModelCard]] = []
-    for entry in model_entries:
-        if parse_card_key(namespace, entry.key) is None:
+    worker_cards: dict[str, tuple[str, WorkerCard]] = {}
+    frontend_cards: list[tuple[str, FrontendCard]] = []
+    for entry in await store.list(prefix):
+        ns, _, rest = entry.key[len(_ROOT) :].partition("/")
+        kind, _, name = rest.partition("/")
+        if not ns or not name:
             continue
         try:
-            cards.append((entry.key, ModelCard.from_json(entry.value)))
+            if kind == "models" and parse_card_key(ns, entry.key) is not None:
+                cards.append((ns, ModelCard.from_json(entry.value)))
+            elif kind == "workers":
+                wcard = WorkerCard.from_json(entry.value)
+                worker_cards[wcard.instance_id] = (ns, wcard)
+            elif kind == "frontends":
+                frontend_cards.append((ns, FrontendCard.from_json(entry.value)))
         except ConfigError as exc:
             warnings.append(f"ignored {entry.key}: {exc}")
-    worker_cards: dict[str, WorkerCard] = {
-        c.instance_id: c for c in _parse_all(worker_entries, WorkerCard.from_json, warnings)
-    }
-    frontend_cards: list[FrontendCard] = _parse_all(frontend_entries, FrontendCard.from_json, warnings)
 
     instance_ids = sorted({card.instance_id for _, card in cards} | set(worker_cards))
-    urls = {iid: worker_cards[iid].system_url if iid in worker_cards else "" for iid in instance_ids}
+    urls = {iid: worker_cards[iid][1].system_url if iid in worker_cards else "" for iid in instance_ids}
     own = session is None
     session = session or aiohttp.ClientSession()
     try:
@@ -265,7 +264,7 @@ async def collect(
     hostname = socket.gethostname()
     frontends: list[FrontendEntry] = []
     silent_to: dict[str, list[str]] = {}
-    for fcard in sorted(frontend_cards, key=lambda c: c.frontend_id):
+    for ns, fcard in sorted(frontend_cards, key=lambda item: (item[0], item[1].frontend_id)):
         age = max(now - fcard.updated, 0.0)
         stale = age > STALE_INTERVALS * fcard.interval
         if not stale:
@@ -284,11 +283,12 @@ async def collect(
                 instances=fcard.instances,
                 unresponsive=fcard.unresponsive,
                 models={name: fcard.models[name] for name in sorted(fcard.models) if not models or name in models},
+                namespace=ns,
             )
         )
 
-    def worker_entry(iid: str, model: str, card: ModelCard | None) -> WorkerEntry:
-        wcard = worker_cards.get(iid)
+    def worker_entry(ns: str, iid: str, model: str, card: ModelCard | None) -> WorkerEntry:
+        wcard = worker_cards[iid][1] if iid in worker_cards else None
         system, stats = probed[iid]
         reported = silent_to.get(iid, [])
         if wcard is not None and wcard.state == "draining":
@@ -318,31 +318,36 @@ async def collect(
             load=load,
             unresponsive_to=reported,
             uptime_seconds=float(stats["uptime_seconds"]) if stats and "uptime_seconds" in stats else None,
+            namespace=ns,
         )
 
-    by_model: dict[str, dict[str, WorkerEntry]] = {}
-    for _, card in cards:
-        by_model.setdefault(card.model, {})[card.instance_id] = worker_entry(card.instance_id, card.model, card)
-    for iid, wcard in worker_cards.items():
+    by_model: dict[tuple[str, str], dict[str, WorkerEntry]] = {}
+    for ns, card in cards:
+        by_model.setdefault((ns, card.model), {})[card.instance_id] = worker_entry(
+            ns, card.instance_id, card.model, card
+        )
+    for iid, (ns, wcard) in worker_cards.items():
         for model in wcard.models:
-            if iid not in by_model.get(model, {}) and wcard.state == "draining":
-                by_model.setdefault(model, {})[iid] = worker_entry(iid, model, None)
+            if iid not in by_model.get((ns, model), {}) and wcard.state == "draining":
+                by_model.setdefault((ns, model), {})[iid] = worker_entry(ns, iid, model, None)
     served = {iid for workers in by_model.values() for iid in workers}
-    idle = [worker_entry(iid, "", None) for iid in sorted(worker_cards) if iid not in served]
+    idle = [worker_entry(worker_cards[iid][0], iid, "", None) for iid in sorted(worker_cards) if iid not in served]
     entries = [
         ModelEntry(
             name=name,
             versions=sorted({w.model_version for w in workers.values() if w.model_version}),
             workers=[workers[iid] for iid in sorted(workers)],
+            namespace=ns,
         )
-        for name, workers in sorted(by_model.items())
+        for (ns, name), workers in sorted(by_model.items())
         if not models or name in models
     ]
+    namespaces = {ns for ns, _ in cards} | {ns for ns, _ in worker_cards.values()} | {ns for ns, _ in frontend_cards}
     return ClusterStatus(
         schema=STATUS_SCHEMA,
         time=round(now, 3),
         store=store.name,
-        namespace=namespace,
+        namespaces=sorted(namespaces) if namespace is None else [namespace],
         probe_timeout=timeout,
         models=entries,
         frontends=frontends,

@@ -140,8 +140,9 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
         raise
     refresh = asyncio.create_task(refresh_statistics(service, collector), name="dyntriton-statistics")
     follower = SettingsFollower(store, config.namespace, apply_to_python_logging)
+    settings = await follower.start()
     card = publish_frontend(store, config, service, table, grpc, http)  # for `dyntriton status` and `top`
-    return FrontendStack(table, service, grpc, http, [refresh, await follower.start(), card])
+    return FrontendStack(table, service, grpc, http, [refresh, settings, card])
 
 
 def _initial_log(verbose: int) -> LogSettings:

@@ -105,7 +105,8 @@ def test_status_lists_identity_with_two_serving_workers_and_their_rates(served: 
     done = served.run("status")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("identity") and "python" in lines[0] and "Triton 2.51.0" in lines[0]
+    assert lines[0].startswith("namespace dynamo-serve-"), done.stdout  # a serve given none has its own
+    assert lines[1].startswith("identity") and "python" in lines[1] and "Triton 2.51.0" in lines[1]
     ids = [w["instance_id"][:8] for w in workers(served.status())]
     rows = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in ids}
     assert set(rows) == set(ids), done.stdout
@@ -136,6 +137,10 @@ def test_status_json_holds_the_same(served: Served) -> None:
     assert frontend["grpc"] == served.url and not frontend["stale"] and frontend["instances"] == 2
     poll(lambda: served.status()["frontends"][0]["models"]["identity"]["requests_per_second"] > 0, 10, "frontend rate")
     assert served.status("--model", "identity")["models"][0]["name"] == "identity"
+    [namespace] = document["namespaces"]
+    assert model["namespace"] == namespace and frontend["namespace"] == namespace
+    assert [m["name"] for m in served.status("--namespace", namespace)["models"]] == ["identity"]
+    assert served.status("--namespace", "dynamo")["models"] == []  # the shared default: nobody there
     missing = served.run("status", "--model", "nope")
     assert missing.returncode == 1 and "no worker serves nope" in missing.stderr
 

@@ -258,7 +258,7 @@ def frame(total: int, per_minute: float, uptime: float | None = None) -> Cluster
     load = {"requests_total": total, "requests_per_second": per_minute, "in_flight": 0}
     worker = WorkerEntry("a" * 16, "serving", "h", "", "tcp", 1, True, "", "", "1", None, SystemPort("", "ok"), load)
     worker.uptime_seconds = uptime
-    return ClusterStatus(STATUS_SCHEMA, 0.0, "mem", NS, 1.0, [ModelEntry("m", ["1"], [worker])], [], [])
+    return ClusterStatus(STATUS_SCHEMA, 0.0, "mem", [NS], 1.0, [ModelEntry("m", ["1"], [worker])], [], [])
 
 
 def test_rate_history_uses_the_counter_increase_between_frames() -> None:
@@ -385,3 +385,24 @@ async def test_a_frontend_card_is_put_with_its_load_and_withdrawn_when_its_task_
         await service.close()
         await table.stop()
     assert await store.get(publisher.key) is None
+
+
+async def test_every_namespace_unless_one_is_named(store: KVStore) -> None:
+    await register(store, "a" * 16, "", ns="dynamo")
+    await register(store, "b" * 16, "", ns="dynamo-serve-1-abcdef")  # a serve given no namespace
+    card = frontend_card("f1" * 8, unresponsive=[], updated=time.time())
+    await store.put(frontend_card_key("dynamo-serve-1-abcdef", card.frontend_id), card.to_json())
+    everything = await collect(store, timeout=0.2)
+    assert everything.namespaces == ["dynamo", "dynamo-serve-1-abcdef"]
+    assert [(m.namespace, m.name, [w.instance_id[0] for w in m.workers]) for m in everything.models] == [
+        ("dynamo", "identity", ["a"]),
+        ("dynamo-serve-1-abcdef", "identity", ["b"]),
+    ]
+    assert [f.namespace for f in everything.frontends] == ["dynamo-serve-1-abcdef"]
+    one = await collect(store, "dynamo", timeout=0.2)
+    assert one.namespaces == ["dynamo"] and [m.workers[0].instance_id[0] for m in one.models] == ["a"]
+    assert one.frontends == []
+    console = Console(width=80, record=True, color_system=None, file=io.StringIO())
+    console.print(render_status(everything))
+    text = console.export_text()
+    assert "namespace dynamo\n" in text and "namespace dynamo-serve-1-abcdef\n" in text
