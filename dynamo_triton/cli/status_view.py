@@ -237,6 +237,7 @@ def render_status(status: ClusterStatus) -> RenderableType:
             parts.append(Text("workers serving no model", style="bold"))
             parts.append(_worker_table(ModelEntry("", [], idle)))
             parts.extend(system_notes(idle))
+        parts.append(Text(""))
         if frontends:
             parts.append(Text("frontends", style="bold"))
             parts.append(frontends_table(frontends))

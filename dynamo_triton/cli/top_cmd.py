@@ -156,6 +156,7 @@ def render_top(status: ClusterStatus | None, history: RateHistory, error: str, b
                 parts.append(_model_table(model, history, blocks))
                 parts.extend(system_notes(model.workers))
             if frontends:
+                parts.append(Text(""))
                 parts.append(Text("frontends (load over the last minute)", style="bold"))
                 parts.append(frontends_table(frontends))
     if error:
