@@ -172,31 +172,64 @@ def tmux(tmp_path: Path) -> Iterator[list[str]]:
         subprocess.run([*command, "kill-server"], capture_output=True, timeout=10)
 
 
-def test_top_shows_both_workers_and_a_rate_and_quits_on_q(served: Served, tmux: list[str], tmp_path: Path) -> None:
-    exit_file = tmp_path / "top-exit"
+@dataclass
+class Top:
+    """``dyntriton top`` in a tmux pane of 80x24; what it printed, its exit code and the terminal after it."""
+
+    tmux: list[str]
+    exit_file: Path
+    stty_file: Path
+
+    def screen(self) -> str:
+        return subprocess.run([*self.tmux, "capture-pane", "-p"], capture_output=True, text=True, timeout=10).stdout
+
+    def keys(self, key: str) -> None:
+        subprocess.run([*self.tmux, "send-keys", key], check=True, timeout=10)
+
+    def exit_code(self) -> str:
+        poll(self.stty_file.exists, 10, "top to exit")
+        return self.exit_file.read_text().strip()
+
+    def terminal_restored(self) -> bool:
+        """Line editing and echo are back (top's cbreak mode undone)."""
+        flags = self.stty_file.read_text().split()
+        return "icanon" in flags and "echo" in flags
+
+
+def start_top(served: Served, tmux: list[str], tmp_path: Path) -> Top:
+    top = Top(tmux, tmp_path / "top-exit", tmp_path / "stty")
     environment = " ".join(f"{k}={shlex.quote(v)}" for k, v in served.cluster.env.items() if k.startswith("DYN_"))
-    top = " ".join(shlex.quote(part) for part in [*DYNTRITON, "top"])
-    script = f"env {environment} LANG=C.UTF-8 {top}; echo $? > {shlex.quote(str(exit_file))}"
+    command = " ".join(shlex.quote(part) for part in [*DYNTRITON, "top"])
+    script = (
+        f"env {environment} LANG=C.UTF-8 {command}; echo $? > {shlex.quote(str(top.exit_file))}; "
+        f"stty -a > {shlex.quote(str(top.stty_file))}.tmp; mv {shlex.quote(str(top.stty_file))}.tmp "
+        f"{shlex.quote(str(top.stty_file))}"
+    )
     subprocess.run([*tmux, "-u", "new-session", "-d", "-x", "80", "-y", "24", script], check=True, timeout=10)
+    poll(lambda: "dyntriton top" in top.screen(), 30, "top to draw its first frame")
+    return top
 
-    def screen() -> str:
-        return subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True, timeout=10).stdout
 
-    poll(lambda: "dyntriton top" in screen(), 30, "top to draw its first frame")
+def test_top_shows_both_workers_and_a_rate_and_quits_on_q(served: Served, tmux: list[str], tmp_path: Path) -> None:
     ids = [w["instance_id"][:8] for w in workers(served.status())]
+    top = start_top(served, tmux, tmp_path)
 
     def shows_both_busy() -> bool:
-        text = screen()
+        text = top.screen()
         rows = [line.split() for line in text.splitlines() if line.split() and line.split()[0] in ids]
         # WORKER STATE REQ/S TREND INFL P50 P99 ERR PID/HOST
         return "identity" in text and len(rows) == 2 and all(row[2] not in {"0", "-"} for row in rows)
 
     poll(shows_both_busy, 3, "identity, both workers and a non-zero rate on top's screen")
-    text = screen()
-    assert all(len(line) <= 80 for line in text.splitlines())
-    subprocess.run([*tmux, "send-keys", "q"], check=True, timeout=10)
-    poll(exit_file.exists, 10, "top to exit on q")
-    assert poll(lambda: exit_file.read_text().strip(), 5, "top's exit code") == "0"
+    assert all(len(line) <= 80 for line in top.screen().splitlines())
+    top.keys("q")
+    assert top.exit_code() == "0" and top.terminal_restored()
+
+
+def test_top_quits_on_ctrl_c(served: Served, tmux: list[str], tmp_path: Path) -> None:
+    top = start_top(served, tmux, tmp_path)
+    top.keys("C-c")
+    assert top.exit_code() == "0" and top.terminal_restored()
 
 
 def test_a_frozen_worker_is_shown_unresponsive(served: Served) -> None:
