@@ -20,6 +20,7 @@ A worker's state:
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -202,7 +203,9 @@ async def _probe(session: aiohttp.ClientSession, url: str, timeout: float) -> tu
     except (TimeoutError, aiohttp.ServerTimeoutError):
         return SystemPort(url, "timeout", f"connected, but no answer within {timeout:g} s"), None
     except aiohttp.ClientConnectorError as exc:
-        return SystemPort(url, "unreachable", f"unreachable: {exc.strerror or exc.os_error or exc}"), None
+        errno = getattr(exc.os_error, "errno", None)
+        reason = os.strerror(errno) if isinstance(errno, int) and errno > 0 else (exc.strerror or str(exc))
+        return SystemPort(url, "unreachable", f"unreachable: {reason}"), None
     except (aiohttp.ClientError, ValueError) as exc:
         return SystemPort(url, "error", f"{type(exc).__name__}: {exc}"), None
     if not isinstance(body, dict) or body.get("schema") != STATS_SCHEMA:
