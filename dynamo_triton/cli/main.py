@@ -31,6 +31,8 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "frontend": ("dynamo_triton.cli.frontend_cmd:frontend", "Run the KServe frontend over discovered workers."),
     "infer": ("dynamo_triton.cli.infer_cmd:infer", "Send one inference request to a KServe endpoint."),
     "model": ("dynamo_triton.cli.model_cmd:model", "Load, unload and list models (model repository extension)."),
+    "status": ("dynamo_triton.cli.status_cmd:status", "Show models, their workers' state and load, and the frontends."),
+    "top": ("dynamo_triton.cli.top_cmd:top", "Show the cluster's load live (q quits)."),
 }
 
 

@@ -24,6 +24,7 @@ from dynamo_triton.runtime.cluster_repository import ClusterRepository
 from dynamo_triton.runtime.cluster_settings import ClusterSettings, SettingsFollower, apply_to_python_logging
 from dynamo_triton.runtime.cluster_statistics import ModelStatisticsCollector, StatisticsService, refresh_statistics
 from dynamo_triton.runtime.discovery import ModelTable
+from dynamo_triton.runtime.frontend_card import publish_frontend
 from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.model_control import ModelController
 from dynamo_triton.runtime.routing import make_policy
@@ -139,7 +140,9 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
         raise
     refresh = asyncio.create_task(refresh_statistics(service, collector), name="dyntriton-statistics")
     follower = SettingsFollower(store, config.namespace, apply_to_python_logging)
-    return FrontendStack(table, service, grpc, http, [refresh, await follower.start()])
+    settings = await follower.start()
+    card = publish_frontend(store, config, service, table, grpc, http)  # for `dyntriton status` and `top`
+    return FrontendStack(table, service, grpc, http, [refresh, settings, card])
 
 
 def _initial_log(verbose: int) -> LogSettings:
@@ -219,6 +222,7 @@ async def start_worker(
                 more_metrics=getattr(engine, "metrics_text", None),
             )
             await system.start()
+        worker.system = (system_host, system.port)  # named in its worker card, for `dyntriton status`
     control = ModelController(worker, explicit=settings.model_control == "explicit")
     follower = SettingsFollower(store, settings.namespace, partial(_apply_log_settings, engine))
     try:

@@ -35,6 +35,7 @@ from dynamo_triton.leases import LeaseKeeper
 from dynamo_triton.runtime.cards import ModelCard, card_key
 from dynamo_triton.runtime.pipeline import parse_infer_request
 from dynamo_triton.runtime.service import INFER_ENDPOINT, STATISTICS_ENDPOINT
+from dynamo_triton.runtime.worker_card import WorkerCard, published_host, worker_card_key
 from dynamo_triton.runtime.worker_metrics import WorkerMetrics
 from dynamo_triton.transport import Chunk, Transport, TransportRequest, TransportServer
 
@@ -99,6 +100,9 @@ class Worker:
         self._registered = False
         self._draining = False
         self._reregister: asyncio.Task[None] | None = None
+        #: ``(host, port)`` its system port listens on, set by whoever runs one (for its worker card).
+        self.system: tuple[str, int] | None = None
+        self._started = time.time()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -145,6 +149,7 @@ class Worker:
         await self._lease.start()
         for info in self.models.values():
             await self.store.put(self._key(info.name), self._card(info).to_json(), lease=self._lease.lease_id)
+        await self._put_worker_card("serving")
         self._registered = True
 
     def _on_lease_lost(self) -> None:
@@ -180,6 +185,10 @@ class Worker:
                 except DyntritonError as exc:
                     log.warning("could not deregister %s (its lease will expire): %s", name, exc)
             self._registered = False
+            try:
+                await self._put_worker_card("draining")
+            except DyntritonError as exc:
+                log.debug("could not mark the worker card draining: %s", exc)
         if self._server is not None:
             await self._server.stop(grace=self.settings.drain_timeout)
         await self.backend.stop()
@@ -195,6 +204,7 @@ class Worker:
         self.metrics.models_loaded.set(len(self.models))
         if self._registered and self._lease is not None:
             await self.store.put(self._key(info.name), self._card(info).to_json(), lease=self._lease.lease_id)
+            await self._put_worker_card("serving")
 
     async def withdraw(self, name: str) -> None:
         """Stop announcing ``name``: its card is deleted (frontends stop routing here) before it is unloaded."""
@@ -203,6 +213,7 @@ class Worker:
         self.metrics.models_loaded.set(len(self.models))
         if self._registered:
             await self.store.delete(self._key(name))
+            await self._put_worker_card("serving")
 
     async def health(self) -> tuple[bool, dict[str, object]]:
         """For the system port: healthy when registered and the backend is ready."""
@@ -212,6 +223,37 @@ class Worker:
     # -- serving ---------------------------------------------------------------------------------
     def _key(self, model: str) -> str:
         return card_key(self.settings.namespace, model, self.instance_id)
+
+    async def _put_worker_card(self, state: str) -> None:
+        """Put this worker's card (docs/status.md) under its lease."""
+        if self._lease is None or self._lease.lease_id is None:
+            return
+        key = worker_card_key(self.settings.namespace, self.instance_id)
+        await self.store.put(key, self.worker_card(state).to_json(), lease=self._lease.lease_id)
+
+    def worker_card(self, state: str) -> WorkerCard:
+        """What this worker says about itself: where its system port is, ``serving`` or ``draining``."""
+        system_url = ""
+        if self.system is not None:
+            scheme, _, rest = self.address.partition("://")
+            transport_host = rest.rpartition(":")[0].strip("[]") if scheme == "tcp" else ""
+            host = published_host(self.system[0], transport_host or socket.gethostname())
+            system_url = f"http://{host}:{self.system[1]}"
+        name, version = self.backend.server_identity()
+        return WorkerCard(
+            instance_id=self.instance_id,
+            state=state,
+            address=self.address,
+            transport=self.transport.name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=self._started,
+            system_url=system_url,
+            models=sorted(self.models),
+            server_name=name,
+            server_version=version,
+            lease_ttl=self.settings.lease_ttl,
+        )
 
     def _card(self, info: ModelInfo) -> ModelCard:
         return ModelCard(
