@@ -10,6 +10,7 @@ neither an unregister nor a client that unlinks its region leaves anything mappe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.error
@@ -113,10 +114,8 @@ def regions() -> Iterator[dict[str, Any]]:
     keys = {name: f"/dt_{'in' if name == 'in' else 'out_' + name}_{tag}" for name in handles}
     yield {"handles": handles, "keys": keys}
     for handle in handles.values():
-        try:
+        with contextlib.suppress(Exception):  # a test already destroyed it
             shm.destroy_shared_memory_region(handle)
-        except Exception:
-            pass  # a test already destroyed it
 
 
 def scenario(server: Server, out: str, regions: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -264,8 +263,10 @@ def test_a_region_registered_through_one_frontend_is_used_through_the_other_and_
     for index in range(16):
         expected = DATA * (index + 1)
         shm.set_shared_memory_region(handles["in"], [expected])
-        call = server.grpc if index % 2 else server.http
-        call(lambda c: infer(c, grpcclient if call == server.grpc else httpclient))
+        if index % 2:
+            server.grpc(lambda c: infer(c, grpcclient))
+        else:
+            server.http(lambda c: infer(c, httpclient))
         got = shm.get_contents_as_numpy(handles["ours"], np.int32, SHAPE)
         np.testing.assert_array_equal(got, expected)
     assert len(_mapped(pids, keys["in"])) == 2, "both frontend processes served a request from the region"
