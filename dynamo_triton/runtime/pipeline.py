@@ -274,9 +274,16 @@ class RequestPipeline:
         """Turn a request naming shared-memory regions into an ordinary one, then validate it."""
         assert prepared.shared is not None
         registry = getattr(self.service, "shared_memory", None)
-        request, raw, raw_inputs, plan = await resolve(
-            prepared.request, prepared.raw_inputs, prepared.shared, registry, self._dtypes
+        on_host = getattr(self.service, "on_host", None)
+        local = (
+            registry is not None
+            and on_host is not None
+            and prepared.sequence is None  # a sequence may be pinned to any worker
+            and on_host(prepared.model, registry.host)
         )
-        validate_request(request, prepared.served.config, table=self._dtypes, raw_inputs=raw_inputs)
-        prepared.request, prepared.raw, prepared.raw_inputs, prepared.outputs = request, raw, raw_inputs, plan
+        request, raw, checks, plan = await resolve(
+            prepared.request, prepared.raw_inputs, prepared.shared, registry, self._dtypes, local=local
+        )
+        validate_request(request, prepared.served.config, table=self._dtypes, raw_inputs=checks)
+        prepared.request, prepared.raw, prepared.raw_inputs, prepared.outputs = request, raw, None, plan
         prepared.shared = None

@@ -149,6 +149,12 @@ class RoutingService:
             self._served = served
         return self._served
 
+    def on_host(self, name: str, host: str) -> bool:
+        """True when model ``name`` has live instances and every one runs on shared-memory host ``host``
+        (their cards' ``worker.shm_host``): they can be handed shared-memory regions by reference."""
+        instances = self._table.instances(name)
+        return bool(instances) and all(inst.card.worker.get("shm_host") == host for inst in instances)
+
     # -- InferenceService ------------------------------------------------------------------------
     def ready(self) -> bool:
         return bool(self._served_models())

@@ -9,6 +9,15 @@ take the request's raw contents in order, as Triton assigns them), and the outpu
 into a region are asked for normally. :meth:`OutputPlan.apply` then writes those outputs
 into their regions and leaves their metadata in the response with empty raw contents,
 which is Triton's answer (REST: no ``data``, no binary part, for them).
+
+**By reference** (``local=True``: every worker of the model runs on this host, see
+``RoutingService.on_host``): no tensor byte is copied. Each tensor in a region gets the
+parameters :data:`LOCAL_KEY`, :data:`LOCAL_OFFSET` (from the start of the object) and
+:data:`LOCAL_SIZE`, each such input an empty ``raw_input_contents`` entry, and the request
+:data:`LOCAL_HOST`, this host's identity. The worker maps the objects itself: Triton reads
+the inputs from them and writes the outputs into them; it refuses a request whose host is
+not its own. An output the worker answered in the body anyway is still written by
+:meth:`OutputPlan.apply`.
 """
 
 from __future__ import annotations
@@ -26,12 +35,27 @@ if TYPE_CHECKING:
     from dynamo_triton.dtypes import DTypeTable
     from dynamo_triton.runtime.shared_memory import MappedRegion, SharedMemoryRegistry
 
-__all__ = ["REGION", "OutputPlan", "Reference", "references", "resolve"]
+__all__ = [
+    "LOCAL_HOST",
+    "LOCAL_KEY",
+    "LOCAL_OFFSET",
+    "LOCAL_SIZE",
+    "REGION",
+    "OutputPlan",
+    "Reference",
+    "references",
+    "resolve",
+]
 
 REGION = "shared_memory_region"
 BYTE_SIZE = "shared_memory_byte_size"
 OFFSET = "shared_memory_offset"
 _PARAMETERS = (REGION, BYTE_SIZE, OFFSET)
+#: The by-reference parameters a frontend hands a worker of its host (tensor: key, offset, size; request: host).
+LOCAL_KEY = "dyntriton_shm_key"
+LOCAL_OFFSET = "dyntriton_shm_offset"
+LOCAL_SIZE = "dyntriton_shm_byte_size"
+LOCAL_HOST = "dyntriton_shm_host"
 _RAW_INPUT_CONTENTS = 7  # ModelInferRequest field number
 _RAW_OUTPUT_CONTENTS = 6  # ModelInferResponse field number
 
@@ -106,6 +130,7 @@ class OutputPlan:
     """The outputs a request asked into regions, mapped: :meth:`apply` writes them there."""
 
     outputs: dict[str, tuple[MappedRegion, Reference]]
+    in_place: bool = False
 
     def apply(self, response: bytes) -> bytes:
         """``response`` (a serialized ``ModelInferResponse``) with the planned outputs written into their
@@ -132,6 +157,9 @@ class OutputPlan:
             planned = self.outputs.get(output.name)
             if planned is not None:
                 mapped, reference = planned
+                if not len(raw) and self.in_place:
+                    parts += (field_header(_RAW_OUTPUT_CONTENTS, 0), raw)
+                    continue  # the worker wrote it into the region
                 if len(raw) > reference.byte_size:
                     raise DyntritonError(
                         f"shared memory size specified with the request for output '{output.name}' "
@@ -149,11 +177,15 @@ async def resolve(
     shared: SharedTensors,
     registry: SharedMemoryRegistry | None,
     table: DTypeTable,
-) -> tuple[service_pb2.ModelInferRequest, bytes, list[memoryview], OutputPlan]:
+    *,
+    local: bool = False,
+) -> tuple[service_pb2.ModelInferRequest, bytes, list[Any], OutputPlan]:
     """The request the worker gets (every input in ``raw_input_contents``, no region parameters), its bytes,
-    its inputs as views into them, and the plan for the outputs.
+    its inputs as validation reads them (views into the bytes), and the plan for the outputs.
 
     :param raw_inputs: the request's raw contents when they were taken out of it (else read from it).
+    :param local: hand the regions to the worker by reference (see the module's docstring); the
+        returned inputs then stand in for the region inputs (their length; BYTES: a copy).
     :raises DyntritonError: UNIMPLEMENTED without a registry; NOT_FOUND for an unknown region; INVALID_ARGUMENT
         for an offset or size outside its region, or an input without data (Triton's messages).
     """
@@ -169,14 +201,20 @@ async def resolve(
     head.CopyFrom(request)
     del head.raw_input_contents[:]
     tensors: list[bytes | memoryview] = []
+    checked: dict[int, Any] = {}  # by reference: what validation reads of each region input
     next_raw = 0
     for index, tensor in enumerate(head.inputs):
         reference = shared.inputs.get(index)
         if reference is not None:
             mapped = registry.cached(reference.region) or await registry.region(reference.region)
-            tensors.append(mapped.read(reference.offset, reference.byte_size))
             for key in _PARAMETERS:
                 tensor.parameters.pop(key, None)
+            if local:
+                checked[index] = _for_validation(mapped, reference, tensor.datatype)
+                _by_reference(tensor, mapped, reference)
+                tensors.append(b"")
+            else:
+                tensors.append(mapped.read(reference.offset, reference.byte_size))
         elif raws:
             if next_raw >= len(raws):
                 raise InvalidRequestError(
@@ -201,8 +239,42 @@ async def resolve(
         outputs[output.name] = (mapped, reference)
         for key in _PARAMETERS:
             output.parameters.pop(key, None)
+        if local:
+            _by_reference(output, mapped, reference)
+    if local:
+        head.parameters[LOCAL_HOST].string_param = registry.host
     raw, views = _serialize(head, tensors)
-    return head, raw, views, OutputPlan(outputs)
+    checks: list[Any] = list(views)
+    for index, data in checked.items():
+        checks[index] = data
+    return head, raw, checks, OutputPlan(outputs, in_place=local)
+
+
+def _by_reference(tensor: Any, mapped: MappedRegion, reference: Reference) -> None:
+    mapped.check(reference.offset, reference.byte_size)
+    tensor.parameters[LOCAL_KEY].string_param = mapped.region.key
+    tensor.parameters[LOCAL_OFFSET].int64_param = mapped.region.offset + reference.offset
+    tensor.parameters[LOCAL_SIZE].int64_param = reference.byte_size
+
+
+class _Length:
+    """Stands in for a fixed-size tensor's bytes in validation, which only takes its length."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _for_validation(mapped: MappedRegion, reference: Reference, datatype: str) -> Any:
+    """What validation needs of a region input handed over by reference: its length (BYTES: its bytes)."""
+    mapped.check(reference.offset, reference.byte_size)
+    if datatype == "BYTES":
+        return mapped.read(reference.offset, reference.byte_size)
+    return _Length(reference.byte_size)
 
 
 def _serialize(
