@@ -16,6 +16,7 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -280,3 +281,62 @@ def test_a_region_registered_through_one_frontend_is_used_through_the_other_and_
     assert (status, message) == ("StatusCode.INTERNAL", f"Unable to open shared memory region: '{keys['in']}'")
     server.grpc(lambda c: c.unregister_system_shared_memory())
     assert server.http(lambda c: c.get_system_shared_memory_status()) == []
+
+
+def _io_bytes(pid: int) -> int:
+    """Bytes ``pid`` moved through read/write-like system calls (sockets included): ``/proc/<pid>/io``."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["rchar"]) + int(fields["wchar"])
+
+
+def test_on_one_host_no_tensor_byte_crosses_the_request_plane(cluster: Cluster) -> None:
+    """A worker on the frontend's host maps the client's regions itself: 20 requests of 1 MiB in and out
+    move far less than their 40 MiB through the worker's sockets; the same requests with the tensors
+    in the body move all of it (the measure can fail)."""
+    proc, url = cluster.serve("identity")
+    wait_until(lambda: model_ready(url, "identity"), START_TIMEOUT, "identity to be ready", cluster)
+    assert proc.popen is not None
+    workers = [
+        pid
+        for pid in process_tree(proc.popen.pid)
+        if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ]
+    assert len(workers) == 1
+    elements = 1 << 18  # 1 MiB of INT32
+    data = np.arange(elements, dtype=np.int32).reshape(1, elements)
+    key = f"/dt_big_{os.getpid()}"
+    region = shm.create_shared_memory_region("big", key, 2 * data.nbytes)
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        shm.set_shared_memory_region(region, [data])
+        client.register_system_shared_memory("big", key, 2 * data.nbytes)
+
+        def through_regions() -> None:
+            tensor = grpcclient.InferInput("INPUT0", [1, elements], "INT32")
+            tensor.set_shared_memory("big", data.nbytes)
+            output = grpcclient.InferRequestedOutput("OUTPUT0")
+            output.set_shared_memory("big", data.nbytes, offset=data.nbytes)
+            response = client.infer("identity", [tensor], outputs=[output]).get_response()
+            assert list(response.raw_output_contents) == [b""]
+
+        def in_the_body() -> None:
+            tensor = grpcclient.InferInput("INPUT0", [1, elements], "INT32")
+            tensor.set_data_from_numpy(data)
+            np.testing.assert_array_equal(client.infer("identity", [tensor]).as_numpy("OUTPUT0"), data)
+
+        moved = {}
+        for name, call in (("regions", through_regions), ("body", in_the_body)):
+            call()  # warm-up
+            before = _io_bytes(workers[0])
+            for _ in range(20):
+                call()
+            moved[name] = _io_bytes(workers[0]) - before
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(region, np.int32, [2 * elements])[elements:], data[0])
+        tensors = 20 * 2 * data.nbytes
+        assert moved["body"] > tensors, moved
+        assert moved["regions"] < tensors / 20, moved
+        client.unregister_system_shared_memory()
+    finally:
+        client.close()
+        shm.destroy_shared_memory_region(region)
+    wait_until(lambda: not _mapped(process_tree(proc.popen.pid), key), 30, "nothing to map the region", cluster)
