@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECK_INTERVAL",
+    "HOST_ENV",
     "SHM_ROOT",
     "MappedRegion",
     "Region",
@@ -56,12 +57,21 @@ SHM_ROOT = Path("/dev/shm")
 CHECK_INTERVAL = 1.0
 
 
+#: Environment variable that overrides :func:`host_identity` (processes given different values never
+#: hand each other regions by reference; the frontend then copies, as for a worker on another host).
+HOST_ENV = "DYN_SHM_HOST"
+
+
 def host_identity() -> str:
     """What names this host's shared memory: the boot id and the device of ``/dev/shm``.
 
     Two processes see the same ``/dev/shm`` objects exactly when both parts agree (a container
     with its own IPC namespace has its own ``/dev/shm`` mount, hence another device).
+    ``DYN_SHM_HOST`` overrides it.
     """
+    override = os.environ.get(HOST_ENV)
+    if override:
+        return override
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:

@@ -223,11 +223,19 @@ def _mapped(pids: set[int], key: str) -> list[int]:
 
 
 @pytest.mark.parametrize("triton_direct", [(MODEL_REPO, ("identity",))], indirect=True)
+@pytest.mark.parametrize("topology", ["one host", "worker elsewhere"])
 def test_shared_memory_side_by_side_with_triton(
-    cluster: Cluster, triton_direct: TritonDirect, regions: dict[str, Any]
+    cluster: Cluster, triton_direct: TritonDirect, regions: dict[str, Any], topology: str
 ) -> None:
-    proc, url = cluster.serve("identity", extra=("--frontends", "2", "--max-connection-age", "0.5"))
-    http_port = int(proc.argv[proc.argv.index("--http-port") + 1])
+    """``one host``: serve --frontends 2, the worker maps the regions (zero copy). ``worker elsewhere``: the
+    frontend says it is on another host (DYN_SHM_HOST), so it sends the worker bytes and writes the outputs."""
+    if topology == "one host":
+        proc, url = cluster.serve("identity", extra=("--frontends", "2", "--max-connection-age", "0.5"))
+        http_port = int(proc.argv[proc.argv.index("--http-port") + 1])
+    else:
+        cluster.worker("identity")
+        cluster.env = {**cluster.env, "DYN_SHM_HOST": "elsewhere"}
+        proc, url, http_port = cluster.frontend()
     wait_until(lambda: model_ready(url, "identity"), START_TIMEOUT, "identity to be ready", cluster)
     ours = Server(url, f"127.0.0.1:{http_port}")
     theirs = Server(triton_direct.grpc_url, triton_direct.http_url)
@@ -243,8 +251,8 @@ def test_shared_memory_side_by_side_with_triton(
     assert answer[2][1] == [repr(b"")]  # one raw_output_contents entry, empty (Triton's shape of the answer)
     assert answer[3][:16] == DATA.ravel().tolist()
 
-    # Nothing of it stays mapped in any process of serve.
-    pids = process_tree(proc.popen.pid) if proc.popen else set()
+    # Nothing of it stays mapped in any process.
+    pids = set().union(*(process_tree(p.popen.pid) for p in cluster.procs if p.popen))
     for key in regions["keys"].values():
         wait_until(lambda k=key: not _mapped(pids, k), 30, f"no process to map {key}", cluster)
 
