@@ -28,7 +28,6 @@ import json
 import logging
 import mmap
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +46,7 @@ __all__ = [
     "SharedMemoryRegistry",
     "host_identity",
     "region_not_found",
+    "region_records",
 ]
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,16 @@ class SharedMemoryRegistry:
             self.close()
 
     async def _follow(self) -> None:
+        """Keep the cache and the mappings in step with the store; a failed watch is reopened (a miss
+        still reads the store meanwhile)."""
+        while True:
+            try:
+                await self._watch()
+            except DyntritonError as exc:
+                log.warning("shared memory registrations: the store watch failed (%s); retrying in 1 s", exc)
+            await asyncio.sleep(1.0)
+
+    async def _watch(self) -> None:
         async with self._store.watch(self.prefix) as watch:
             self._known = {
                 entry.key[len(self.prefix) :]: _region(entry.key[len(self.prefix) :], entry.value)
@@ -300,9 +310,6 @@ class SharedMemoryRegistry:
         for name in list(self._mapped):
             with contextlib.suppress(Exception):
                 self._mapped.pop(name).close()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._known))
 
 
 def _region(name: str, value: bytes) -> Region:
