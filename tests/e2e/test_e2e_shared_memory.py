@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -159,7 +160,29 @@ def scenario(server: Server, out: str, regions: dict[str, Any]) -> list[tuple[st
             response.raw_output_contents
         )
 
+    def stream_answer() -> Any:
+        answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+
+        def call(client: grpcclient.InferenceServerClient) -> Any:
+            client.start_stream(callback=lambda result, error: answers.put((result, error)))
+            try:
+                tensor = grpcclient.InferInput("INPUT0", SHAPE, "INT32")
+                tensor.set_shared_memory("in0", SIZE)
+                output = grpcclient.InferRequestedOutput("OUTPUT0")
+                output.set_shared_memory("out0", SIZE)
+                client.async_stream_infer("identity", [tensor], outputs=[output])
+                result, error = answers.get(timeout=60)
+            finally:
+                client.stop_stream()
+            if error is not None:
+                raise error
+            response = result.get_response()
+            return [(o.name, list(o.shape)) for o in response.outputs], list(response.raw_output_contents)
+
+        return grpc(call)
+
     step("infer", lambda: grpc_answer())
+    step("stream infer", stream_answer)
     step("infer http", lambda: http(lambda c: infer(c, httpclient)))
     step("infer out at 64", lambda: grpc_answer(output_offset=SIZE))
     step("infer raw in, out in region", lambda: grpc_answer(input_region=None))
