@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import glob
+import zipfile
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "tests"]
@@ -48,3 +52,33 @@ def bench(session: nox.Session) -> None:
     ]
     for script in scripts:
         session.run("python", script)
+
+
+@nox.session(python=PYTHON, name="perf_analyzer")
+def perf_analyzer(session: nox.Session) -> None:
+    """Triton's perf_analyzer against Triton direct and serve, with and without --shared-memory system.
+
+    The binary comes from the tritonclient 2.41.0 wheel (the last that ships it), downloaded into this
+    session's folder, never a project dependency; libcudart.so.12 from the nvidia-cuda-runtime-cu12 wheel
+    installed in this session's virtualenv; Debian's libb64-0d must be installed (apt-get install libb64-0d).
+    """
+    session.install("-e", ".[triton,test]", "nvidia-cuda-runtime-cu12")
+    folder = Path(session.create_tmp())
+    binary = folder / "perf_analyzer"
+    if not binary.exists():
+        session.run("python", "-m", "pip", "download", "--no-deps", "tritonclient==2.41.0", "-d", str(folder))
+        (wheel,) = folder.glob("tritonclient-2.41.0-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            member = next(name for name in archive.namelist() if name.endswith("/bin/perf_analyzer"))
+            binary.write_bytes(archive.read(member))
+        binary.chmod(0o755)
+    (cudart,) = glob.glob(f"{session.virtualenv.location}/lib/python*/site-packages/nvidia/cuda_runtime/lib")
+    session.run(
+        "python",
+        "benchmarks/bench_perf_analyzer.py",
+        "--perf-analyzer",
+        str(binary),
+        "--cudart",
+        cudart,
+        *session.posargs,
+    )

@@ -113,6 +113,10 @@ class InferenceService(Protocol):
     :ivar dtypes: the dtype table, core rows plus plugin rows, that requests are validated with.
     :ivar repository: model control over the cluster (``RepositoryModelLoad`` / ``Unload`` /
         ``RepositoryIndex``), or None where it is not offered (load and unload answer UNIMPLEMENTED).
+
+    An implementation may also have ``shared_memory``, a
+    :class:`~dynamo_triton.runtime.shared_memory.SharedMemoryRegistry` (Triton's system shared-memory
+    extension; frontends read it with ``getattr``, absent or None: not offered).
     """
 
     metrics: FrontendMetrics

@@ -22,15 +22,17 @@ DEFAULT_SERVER_NAME = "triton"
 #: KServe/Triton protocol extensions that work through dyntriton's frontends (one server-wide list,
 #: as Triton's, reported alike on gRPC and HTTP; in Triton's order). model_repository is index, load
 #: and unload over the cluster (docs/model-control.md; load and unload need workers started with
-#: ``--model-control explicit``, as Triton needs its explicit mode). Not listed, because they are not
+#: ``--model-control explicit``, as Triton needs its explicit mode). system_shared_memory is listed when
+#: the frontend keeps a region registry (docs/shared-memory.md). Not listed, because they are not
 #: available through the frontend: model_repository(unload_dependents), schedule_policy,
-#: system_shared_memory, cuda_shared_memory, trace, logging. Triton's REST ``generate`` endpoints
-#: work too but are not an extension Triton lists.
+#: cuda_shared_memory (answered as Triton answers on a host without a GPU). Triton's
+#: REST ``generate`` endpoints work too but are not an extension Triton lists.
 EXTENSIONS = (
     "classification",
     "sequence",
     "model_repository",
     "model_configuration",
+    "system_shared_memory",
     "binary_tensor_data",
     "parameters",
     "statistics",
@@ -40,9 +42,6 @@ EXTENSIONS = (
 
 #: Offered when the service keeps the cluster's settings (its ``settings`` attribute, runtime/cluster_settings.py).
 _SETTINGS = ("trace", "logging")
-
-#: What a frontend whose service offers no model control (``InferenceService.repository`` None) reports.
-_WITHOUT_MODEL_CONTROL = tuple(name for name in EXTENSIONS if name != "model_repository")
 
 
 def dyntriton_version() -> str:
@@ -75,10 +74,19 @@ def server_identity(service: InferenceService, name: str | None = None) -> Serve
     return ServerIdentity(
         name=name or DEFAULT_SERVER_NAME,
         version=versions[-1] if versions else "",
-        extensions=tuple(
-            extension
-            for extension in (EXTENSIONS if service.repository is not None else _WITHOUT_MODEL_CONTROL)
-            if extension not in _SETTINGS or getattr(service, "settings", None) is not None
-        ),
+        extensions=_extensions(service),
         server_version=dyntriton_version(),
     )
+
+
+def _extensions(service: InferenceService) -> tuple[str, ...]:
+    """EXTENSIONS less model_repository without model control, system_shared_memory without a region
+    registry, trace and logging without the cluster's settings."""
+    missing = set()
+    if service.repository is None:
+        missing.add("model_repository")
+    if getattr(service, "shared_memory", None) is None:
+        missing.add("system_shared_memory")
+    if getattr(service, "settings", None) is None:
+        missing.update(_SETTINGS)
+    return tuple(name for name in EXTENSIONS if name not in missing)

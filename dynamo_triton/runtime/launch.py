@@ -30,6 +30,7 @@ from dynamo_triton.runtime.model_control import ModelController
 from dynamo_triton.runtime.routing import make_policy
 from dynamo_triton.runtime.server_settings import LogSettings
 from dynamo_triton.runtime.service import RoutingService
+from dynamo_triton.runtime.shared_memory import SharedMemoryRegistry
 from dynamo_triton.runtime.system_server import SystemServer
 from dynamo_triton.runtime.worker import Worker, WorkerSettings
 from dynamo_triton.transport import TransportSettings
@@ -117,6 +118,7 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
         initial_log=_initial_log(config.log_verbose),
         model_ready=lambda name: any(model.name == name for model in service.models()),
     )
+    service.shared_memory = SharedMemoryRegistry(store, config.namespace)
     collector = ModelStatisticsCollector()
     metrics.registry.register(collector)
     await table.start()
@@ -142,7 +144,8 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
     follower = SettingsFollower(store, config.namespace, apply_to_python_logging)
     settings = await follower.start()
     card = publish_frontend(store, config, service, table, grpc, http)  # for `dyntriton status` and `top`
-    return FrontendStack(table, service, grpc, http, [refresh, settings, card])
+    regions = asyncio.create_task(service.shared_memory.run(), name="dyntriton-shared-memory")
+    return FrontendStack(table, service, grpc, http, [refresh, settings, card, regions])
 
 
 def _initial_log(verbose: int) -> LogSettings:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dynamo_triton.errors import DyntritonError, InvalidRequestError, ModelNotFoundError
 from dynamo_triton.runtime.sequences import SequenceStep, sequence_step
+from dynamo_triton.runtime.shared_memory_requests import OutputPlan, SharedTensors, references, resolve
 from dynamo_triton.runtime.validation import validate_request
 from dynamo_triton.tensors import Raw
 from dynamo_triton.wire import split_field
@@ -94,6 +95,9 @@ class PreparedRequest:
     :param served: the model as the routing table sees it.
     :param sequence: the sequence the request belongs to, or None.
     :param started: ``time.perf_counter()`` when the request arrived.
+    :param shared: the tensors the request has in shared-memory regions (None: none); such a request is
+        validated once :meth:`RequestPipeline.stream` read its inputs from their regions.
+    :param outputs: where the outputs asked into regions go (set by :meth:`RequestPipeline.stream`).
     """
 
     request: service_pb2.ModelInferRequest
@@ -102,6 +106,8 @@ class PreparedRequest:
     sequence: SequenceStep | None
     started: float
     raw_inputs: list[memoryview] | None = None
+    shared: SharedTensors | None = None
+    outputs: OutputPlan | None = None
 
     @property
     def model(self) -> str:
@@ -186,7 +192,9 @@ class RequestPipeline:
                 )
             served = self.service.model(request.model_name, request.model_version)
             label = served.name
-            validate_request(request, served.config, table=self._dtypes, raw_inputs=raw_inputs)
+            shared = references(request)
+            if shared is None:  # else validated once its inputs are read from their regions
+                validate_request(request, served.config, table=self._dtypes, raw_inputs=raw_inputs)
             sequence = sequence_step(request)
         except DyntritonError as exc:
             self._model_metrics(label).failed(exc.status)
@@ -199,6 +207,7 @@ class RequestPipeline:
             sequence=sequence,
             started=started,
             raw_inputs=raw_inputs,
+            shared=shared,
         )
 
     # -- route -----------------------------------------------------------------------------------
@@ -239,10 +248,13 @@ class RequestPipeline:
         status = "CANCELLED"
         queueing = queue_parameters(prepared.request)
         try:
+            if prepared.shared is not None:
+                await self._read_regions(prepared)
+            plan = prepared.outputs
             async for chunk in self.service.infer(
                 prepared.model, prepared.raw, timeout=timeout, sequence=prepared.sequence, **queueing
             ):
-                yield chunk
+                yield chunk if plan is None else plan.apply(chunk)
             status = "OK"
         except DyntritonError as exc:
             status = exc.status
@@ -257,3 +269,21 @@ class RequestPipeline:
             metrics.latency.observe(time.perf_counter() - prepared.started)
             if status != "OK":
                 metrics.failed(status)
+
+    async def _read_regions(self, prepared: PreparedRequest) -> None:
+        """Turn a request naming shared-memory regions into an ordinary one, then validate it."""
+        assert prepared.shared is not None
+        registry = getattr(self.service, "shared_memory", None)
+        on_host = getattr(self.service, "on_host", None)
+        local = (
+            registry is not None
+            and on_host is not None
+            and prepared.sequence is None  # a sequence may be pinned to any worker
+            and on_host(prepared.model, registry.host)
+        )
+        request, raw, checks, plan = await resolve(
+            prepared.request, prepared.raw_inputs, prepared.shared, registry, self._dtypes, local=local
+        )
+        validate_request(request, prepared.served.config, table=self._dtypes, raw_inputs=checks)
+        prepared.request, prepared.raw, prepared.raw_inputs, prepared.outputs = request, raw, None, plan
+        prepared.shared = None

@@ -39,6 +39,7 @@ from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.routing import Policy
 from dynamo_triton.runtime.sequence_routing import SequenceRouter
 from dynamo_triton.runtime.sequences import SequenceStep, idle_seconds
+from dynamo_triton.runtime.shared_memory import SharedMemoryRegistry
 from dynamo_triton.runtime.statistics import merge_statistics
 from dynamo_triton.transport import Transport, TransportClient, liveness_check
 
@@ -83,6 +84,8 @@ class RoutingService:
         self.metrics = metrics or FrontendMetrics()
         self.dtypes = dtypes or default_table()
         self._clients: dict[str, TransportClient] = {}
+        #: Triton's system shared-memory regions of this host (None: the extension is not offered).
+        self.shared_memory: SharedMemoryRegistry | None = None
         self._liveness: dict[str, Callable[[str], bool]] = {}
         self._seen: set[str] = set()
         self._addresses: set[str] = set()  # every worker address seen, kept out of error texts
@@ -145,6 +148,12 @@ class RoutingService:
             self._seen.update(served)
             self._served = served
         return self._served
+
+    def on_host(self, name: str, host: str) -> bool:
+        """True when model ``name`` has live instances and every one runs on shared-memory host ``host``
+        (their cards' ``worker.shm_host``): they can be handed shared-memory regions by reference."""
+        instances = self._table.instances(name)
+        return bool(instances) and all(inst.card.worker.get("shm_host") == host for inst in instances)
 
     # -- InferenceService ------------------------------------------------------------------------
     def ready(self) -> bool:

@@ -35,6 +35,7 @@ from dynamo_triton.leases import LeaseKeeper
 from dynamo_triton.runtime.cards import ModelCard, card_key
 from dynamo_triton.runtime.pipeline import parse_infer_request
 from dynamo_triton.runtime.service import INFER_ENDPOINT, STATISTICS_ENDPOINT
+from dynamo_triton.runtime.shared_memory import host_identity
 from dynamo_triton.runtime.worker_card import WorkerCard, published_host, worker_card_key
 from dynamo_triton.runtime.worker_metrics import WorkerMetrics
 from dynamo_triton.transport import Chunk, Transport, TransportRequest, TransportServer
@@ -273,6 +274,8 @@ class Worker:
                 "server_version": self.backend.server_identity()[1],
                 "models": sorted(self.models),
                 "lease_ttl": self.settings.lease_ttl,  # how long frontends wait for it after a store resync
+                # Frontends of this host hand it shared-memory regions by reference (docs/shared-memory.md).
+                "shm_host": host_identity(),
             },
         )
 

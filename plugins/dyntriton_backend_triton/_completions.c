@@ -11,6 +11,9 @@
  *     to hand the tensor on without copying (dropped by dt_free when its last view goes). The
  *     buffer is freed by whichever comes last, on whatever thread: Python may drop a view
  *     (a classified output replaced by its top-K) before Triton releases the response.
+ *   - an output the request asked into a shared-memory region (the alloc userp lists them, see
+ *     dt_regions) is written straight into the region: alloc returns the region's pointer, marked
+ *     by a non-NULL buffer userp so that release leaves it alone.
  *   - response-complete and request-release append an event to a queue and signal an eventfd;
  *     the event loop watches the eventfd and drains the queue in batches with dt_drain, on its
  *     own thread, with the GIL it already holds.
@@ -23,6 +26,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -133,14 +137,53 @@ void dt_request_release(void *request, uint32_t flags, void *userp) { push(DT_RE
 
 typedef void *(*error_new_fn)(int code, const char *message);
 
+/* One output a request asked into a shared-memory region: where it goes and how much room there is. */
+typedef struct {
+    const char *name;
+    void *base;
+    uint64_t size;
+} dt_region;
+
+/* The alloc userp of a request with outputs in regions (NULL for every other request). */
+typedef struct {
+    uint64_t count;
+    dt_region *regions;
+} dt_regions;
+
+static void *error_new(int code, const char *message) {
+    error_new_fn make = (error_new_fn)dlsym(RTLD_DEFAULT, "TRITONSERVER_ErrorNew");
+    return make ? make(code, message) : NULL;
+}
+
 /* TRITONSERVER_ResponseAllocatorAllocFn_t: CPU memory, always. */
 void *dt_alloc(void *allocator, const char *name, size_t byte_size, int memory_type, int64_t memory_type_id,
                void *userp, void **buffer, void **buffer_userp, int *actual_memory_type,
                int64_t *actual_memory_type_id) {
-    (void)allocator, (void)name, (void)memory_type, (void)memory_type_id, (void)userp;
+    (void)allocator, (void)memory_type, (void)memory_type_id;
     *actual_memory_type = 0; /* TRITONSERVER_MEMORY_CPU */
     *actual_memory_type_id = 0;
     *buffer_userp = NULL;
+    if (userp != NULL) {
+        dt_regions *wanted = (dt_regions *)userp;
+        for (uint64_t i = 0; i < wanted->count; i++) {
+            dt_region *region = &wanted->regions[i];
+            if (strcmp(region->name, name) != 0) {
+                continue;
+            }
+            if (byte_size > region->size) {
+                char message[512];
+                snprintf(message, sizeof message,
+                         "shared memory size specified with the request for output '%s' (%llu bytes) should be at "
+                         "least %llu bytes to hold the results",
+                         name, (unsigned long long)region->size, (unsigned long long)byte_size);
+                *buffer = NULL;
+                return error_new(1 /* TRITONSERVER_ERROR_INTERNAL */, message);
+            }
+            *buffer = region->base;
+            *buffer_userp = region; /* non-NULL: not ours to free */
+            return NULL;
+        }
+    }
     if (byte_size == 0) {
         *buffer = NULL;
         return NULL;
@@ -148,9 +191,7 @@ void *dt_alloc(void *allocator, const char *name, size_t byte_size, int memory_t
     dt_header *header = malloc(sizeof(dt_header) + byte_size);
     if (header == NULL) {
         *buffer = NULL;
-        error_new_fn error_new = (error_new_fn)dlsym(RTLD_DEFAULT, "TRITONSERVER_ErrorNew");
-        return error_new ? error_new(1 /* TRITONSERVER_ERROR_INTERNAL */, "dyntriton: out of memory for an output")
-                         : NULL;
+        return error_new(1 /* TRITONSERVER_ERROR_INTERNAL */, "dyntriton: out of memory for an output");
     }
     header->magic = DT_MAGIC;
     header->refs = 1; /* Triton's, until it calls release */
@@ -162,8 +203,8 @@ void *dt_alloc(void *allocator, const char *name, size_t byte_size, int memory_t
 /* TRITONSERVER_ResponseAllocatorReleaseFn_t */
 void *dt_release(void *allocator, void *buffer, void *buffer_userp, size_t byte_size, int memory_type,
                  int64_t memory_type_id) {
-    (void)allocator, (void)buffer_userp, (void)byte_size, (void)memory_type, (void)memory_type_id;
-    if (buffer != NULL) {
+    (void)allocator, (void)byte_size, (void)memory_type, (void)memory_type_id;
+    if (buffer != NULL && buffer_userp == NULL) { /* a region's memory (buffer_userp set) is the client's */
         unref((dt_header *)buffer - 1);
     }
     return NULL;

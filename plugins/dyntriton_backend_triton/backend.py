@@ -26,6 +26,7 @@ from dyntriton_backend_triton.environment import (
 )
 from dyntriton_backend_triton.locator import TritonInstall, locate_triton
 from dyntriton_backend_triton.reaper import Reaper
+from dyntriton_backend_triton.regions import take_regions
 from dyntriton_backend_triton.server import (
     STUB_UNHEALTHY,
     ClassificationSpec,
@@ -300,7 +301,12 @@ class TritonBackend:
                 f"this worker is restarting: the python backend stub of model '{self._broken}' died",
                 status="UNAVAILABLE",
             )
+        regions = take_regions(request)  # shared memory a frontend of this host handed over by reference
         inputs = self._inputs(request, raw_inputs)
+        if regions is not None:
+            for index, view in regions.inputs.items():
+                tensor = inputs[index]
+                inputs[index] = InputTensor(tensor.name, tensor.datatype, tensor.shape, view)
         classification = self._classification(request, info)
         parameters: dict[str, Any] = {}
         priority, timeout_us, correlation, flags = 0, 0, None, 0
@@ -330,6 +336,8 @@ class TritonBackend:
             correlation_id=correlation,
             flags=flags,
             classification=classification,
+            output_regions=regions.outputs if regions is not None else (),
+            hold=regions,
         )
         try:
             async for response in stream:

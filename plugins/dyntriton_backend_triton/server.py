@@ -108,6 +108,49 @@ def _address_of(data: bytes | bytearray | memoryview) -> tuple[int | None, objec
     return view.ctypes.data, view
 
 
+class _Region(ctypes.Structure):
+    """An output asked into a shared-memory region (``dt_region`` of _completions.c)."""
+
+    _fields_ = (("name", ctypes.c_char_p), ("base", ctypes.c_void_p), ("size", ctypes.c_uint64))
+
+
+class _Regions(ctypes.Structure):
+    """The allocator's userp for a request with outputs in regions (``dt_regions`` of _completions.c)."""
+
+    _fields_ = (("count", ctypes.c_uint64), ("regions", ctypes.POINTER(_Region)))
+
+
+@dataclass(frozen=True)
+class OutputRegion:
+    """Where Triton writes output ``name``: ``size`` bytes of mapped shared memory at ``address``.
+
+    The mapping must outlive the request (``TritonServer.infer``'s ``hold``).
+    """
+
+    name: str
+    address: int
+    size: int
+
+
+def _regions_userp(regions: Sequence[OutputRegion]) -> tuple[int | None, object]:
+    """The allocator userp listing ``regions`` (None when there are none), and what keeps it alive."""
+    if not regions:
+        return None, None
+    names = [region.name.encode() for region in regions]
+    entries = (_Region * len(regions))(
+        *(_Region(name, region.address, region.size) for name, region in zip(names, regions, strict=True))
+    )
+    table = _Regions(len(regions), ctypes.cast(entries, ctypes.POINTER(_Region)))
+    return ctypes.addressof(table), (names, entries, table)
+
+
+def _region_too_small(name: str, room: int, needed: int) -> str:
+    return (
+        f"shared memory size specified with the request for output '{name}' ({room} bytes) should be at least "
+        f"{needed} bytes to hold the results"
+    )
+
+
 @dataclass(frozen=True)
 class ClassificationSpec:
     """Outputs of a request to answer as classifications (see ``classification.py``).
@@ -186,6 +229,29 @@ class _Inflight:
         self.lock = threading.Lock()
         self.released = False
         self.finished = False
+        self.hold: object = None  # shared-memory mappings and the allocator's region list, for the request's life
+
+    def done(self) -> None:
+        """Triton released the request and its last response: close what it held (unmap its regions)."""
+        hold, self.hold = self.hold, None
+        close = getattr(hold, "close", None) if hold is not None else None
+        if close is not None:
+            close()
+
+
+class _Held:
+    """What a request holds until Triton is done with it; ``close`` closes the caller's part."""
+
+    __slots__ = ("_caller", "_table")
+
+    def __init__(self, caller: object, table: object):
+        self._caller, self._table = caller, table
+
+    def close(self) -> None:
+        close = getattr(self._caller, "close", None)
+        if close is not None:
+            close()
+        self._caller = self._table = None
 
 
 class TritonServer:
@@ -437,11 +503,11 @@ class TritonServer:
     def _alloc(
         self,
         _allocator: int,
-        _name: bytes,
+        name: bytes,
         byte_size: int,
         _memory_type: int,
         _memory_type_id: int,
-        _userp: int,
+        userp: int | None,
         buffer: Any,
         buffer_userp: Any,
         actual_memory_type: Any,
@@ -451,6 +517,19 @@ class TritonServer:
             actual_memory_type[0] = capi.MEMORY_CPU
             actual_memory_type_id[0] = 0
             buffer_userp[0] = None
+            if userp:  # outputs asked into shared-memory regions: Triton writes there
+                wanted = _Regions.from_address(userp)
+                for index in range(wanted.count):
+                    region = wanted.regions[index]
+                    if region.name != name:
+                        continue
+                    if byte_size > region.size:
+                        buffer[0] = None
+                        message = _region_too_small(name.decode(), region.size, byte_size)
+                        return self.api.ErrorNew(capi.ERROR_CODE_OF_NAME["INTERNAL"], message.encode())
+                    buffer[0] = region.base
+                    buffer_userp[0] = ctypes.addressof(region)  # non-NULL: not ours to free
+                    return None
             if byte_size == 0:
                 buffer[0] = None
                 return None
@@ -476,14 +555,15 @@ class TritonServer:
             return memoryview(memory)[:size]
         return ctypes.string_at(base, size)
 
-    def _release_buffer(self, _allocator: int, buffer: int, *_rest: Any) -> int | None:
-        if buffer:
+    def _release_buffer(self, _allocator: int, buffer: int, buffer_userp: int | None, *_rest: Any) -> int | None:
+        if buffer and not buffer_userp:  # a region's memory (buffer_userp set) is the client's
             self._buffers.pop(buffer, None)
         return None
 
     def _on_release(self, request: int, flags: int, userp: int) -> None:
         try:
             inflight = self._inflight.get(userp)
+            done = False
             if inflight is not None:
                 with inflight.lock:
                     inflight.released = True
@@ -491,8 +571,11 @@ class TritonServer:
                     inflight.keepalive.clear()  # Triton no longer reads the inputs
                     if inflight.finished:
                         self._inflight.pop(userp, None)
+                        done = True
             # Outside the lock: deleting a request may run the response callback on this thread.
             self.api.InferenceRequestDelete(request)
+            if done and inflight is not None:
+                inflight.done()
         except Exception:
             log.exception("request release callback failed")
 
@@ -560,7 +643,9 @@ class TritonServer:
                 name=(name.value or b"").decode(),
                 datatype=capi.DATATYPE_NAMES[datatype.value],
                 shape=tuple(shape[i] for i in range(dims.value)),
-                data=self._output_data(base.value, size.value),
+                # A non-NULL buffer userp marks an output written into its shared-memory region: the client
+                # reads it there, the response carries its metadata and empty contents (Triton's answer).
+                data=b"" if userp.value else self._output_data(base.value, size.value),
             )
             if classes is not None and tensor.name in classes.counts:
                 try:
@@ -598,6 +683,7 @@ class TritonServer:
         self, inflight: _Inflight, response: TritonResponse, key: int | None = None, *, direct: bool = False
     ) -> None:
         """Hand ``response`` to the request's coroutine; ``direct`` when already on its loop's thread."""
+        done = False
         with inflight.lock:
             if inflight.finished:
                 return
@@ -605,6 +691,9 @@ class TritonServer:
                 inflight.finished = True
                 if inflight.released and key is not None:
                     self._inflight.pop(key, None)
+                    done = True
+        if done:
+            inflight.done()
         if direct:
             inflight.queue.put_nowait(response)
         else:
@@ -631,8 +720,14 @@ class TritonServer:
         correlation_id: int | str | None = None,
         flags: int = 0,
         classification: ClassificationSpec | None = None,
+        output_regions: Sequence[OutputRegion] = (),
+        hold: object = None,
     ) -> AsyncIterator[TritonResponse]:
         """Run one request; yield every response until the final one.
+
+        ``output_regions``: outputs Triton writes straight into shared memory (their responses carry
+        empty data for them); ``hold`` is kept alive until Triton released the request and its last
+        response (the regions' mappings).
 
         Closing the iterator early cancels the request in Triton. Errors Triton
         reports for the request are raised as TritonError; an output that cannot
@@ -647,6 +742,8 @@ class TritonServer:
         if self._completions is not None:
             self._completions.attach(loop, self._on_event)
         inflight = _Inflight(loop, keepalive, classification)
+        regions_userp, regions_table = _regions_userp(output_regions)
+        inflight.hold = _Held(hold, regions_table)
         request = ctypes.c_void_p()
         self._check(api.InferenceRequestNew(ctypes.byref(request), server, model.encode(), version))
         submitted = False
@@ -661,7 +758,9 @@ class TritonServer:
                 self._check(api.InferenceRequestSetFlags(request, flags))
             self._check(api.InferenceRequestSetReleaseCallback(request, self._callbacks[4], key))
             self._check(
-                api.InferenceRequestSetResponseCallback(request, self._allocator, None, self._callbacks[3], key)
+                api.InferenceRequestSetResponseCallback(
+                    request, self._allocator, regions_userp, self._callbacks[3], key
+                )
             )
             inflight.request = request.value
             self._inflight[key] = inflight
@@ -671,6 +770,7 @@ class TritonServer:
             if not submitted:
                 self._inflight.pop(key, None)
                 api.InferenceRequestDelete(request)
+                inflight.done()
         try:
             while True:
                 response = await inflight.queue.get()

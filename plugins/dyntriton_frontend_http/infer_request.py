@@ -32,8 +32,7 @@ __all__ = ["OutputChoice", "RestInferRequest", "parse_infer_body", "serialize_re
 _RAW_INPUT_CONTENTS = service_pb2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
 _UINT64_MAX = 2**64 - 1
 _INT64_MAX = 2**63 - 1
-_SHM = "shared memory regions are not supported by dyntriton's frontend (its workers run elsewhere)"
-_SHM_HINT = "send the tensor as JSON 'data' or with the binary tensor data extension"
+_SHM_REGION, _SHM_SIZE, _SHM_OFFSET = "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +41,12 @@ class OutputChoice:
 
     :param binary: ``binary_data`` of each output the client named.
     :param default_binary: for outputs not named: ``binary_data_output`` (or true for raw binary requests).
+    :param shared: outputs asked into a shared-memory region (answered with neither data nor binary part).
     """
 
     binary: dict[str, bool] = field(default_factory=dict)
     default_binary: bool = False
+    shared: frozenset[str] = frozenset()
 
     def is_binary(self, name: str) -> bool:
         return self.binary.get(name, self.default_binary)
@@ -144,21 +145,33 @@ def _request_parameters(head: service_pb2.ModelInferRequest, params: dict[str, A
     return binary_output
 
 
-def _outputs(head: service_pb2.ModelInferRequest, outputs: list[Any]) -> dict[str, bool]:
+def _shared_memory(target: Any, params: dict[str, Any], what: str) -> None:
+    """Copy a tensor's region parameters into ``target.parameters`` as gRPC carries them (int64 sizes)."""
+    target.parameters[_SHM_REGION].string_param = _member(params, _SHM_REGION, str, f"{what} parameters")
+    target.parameters[_SHM_SIZE].int64_param = _uint(params.get(_SHM_SIZE, 0), _SHM_SIZE, _INT64_MAX)
+    if _SHM_OFFSET in params:
+        target.parameters[_SHM_OFFSET].int64_param = _uint(params[_SHM_OFFSET], _SHM_OFFSET, _INT64_MAX)
+
+
+def _outputs(head: service_pb2.ModelInferRequest, outputs: list[Any]) -> tuple[dict[str, bool], frozenset[str]]:
     binary: dict[str, bool] = {}
+    shared: set[str] = set()
     for index, output in enumerate(outputs):
         if not isinstance(output, dict):
             raise _bad(f"output {index} of the request is not a JSON object")
         name = _member(output, "name", str, f"output {index}")
         params = _member(output, "parameters", dict, f"output '{name}'", required=False) or {}
-        if "shared_memory_region" in params:
-            raise _bad(f"output '{name}': {_SHM}", "omit 'shared_memory_region' and read the output from the body")
         requested = head.outputs.add(name=name)
+        if _SHM_REGION in params:
+            if params.get("binary_data") is True:
+                raise _bad("Output can't set both 'shared_memory_region' and 'binary_data'")
+            _shared_memory(requested, params, f"output '{name}'")
+            shared.add(name)
         if "classification" in params:
             requested.parameters["classification"].int64_param = _uint(params["classification"], "classification")
         if "binary_data" in params:
             binary[name] = _member(params, "binary_data", bool, f"output '{name}' parameters")
-    return binary
+    return binary, frozenset(shared)
 
 
 def _shape(value: Any, name: str) -> list[int]:
@@ -171,8 +184,8 @@ def _shape(value: Any, name: str) -> list[int]:
 
 def _input_data(
     entry: Any, index: int, body: memoryview, offset: int, header_given: bool, table: DTypeTable
-) -> tuple[tuple[str, str, list[int]], bytes | memoryview, int]:
-    """One input: ((name, datatype, shape), its raw bytes, the body offset after it)."""
+) -> tuple[tuple[str, str, list[int]], bytes | memoryview | dict[str, Any], int]:
+    """One input: ((name, datatype, shape), its raw bytes or its region parameters, the body offset after it)."""
     if not isinstance(entry, dict):
         raise _bad(f"input {index} of the request is not a JSON object")
     name = _member(entry, "name", str, f"input {index}")
@@ -194,8 +207,8 @@ def _input_data(
             f"Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', "
             f"'shared_memory_region' in 'parameters'. But {got} (input '{name}')"
         )
-    if "shared_memory_region" in params:
-        raise _bad(f"input '{name}': {_SHM}", _SHM_HINT)
+    if _SHM_REGION in params:
+        return (name, datatype, shape), params, offset
     if "data" in entry:
         return (name, datatype, shape), data_to_raw(name, datatype, shape, entry["data"], table), offset
     size = _uint(params["binary_data_size"], "binary_data_size")
@@ -288,16 +301,19 @@ def parse_infer_body(
         (name, datatype, shape), data, offset = _input_data(
             entry, index, view, offset, header_length is not None, table
         )
-        head.inputs.add(name=name, datatype=datatype, shape=shape)
-        tensors.append(data)
+        tensor = head.inputs.add(name=name, datatype=datatype, shape=shape)
+        if isinstance(data, dict):  # in a shared-memory region: the request pipeline reads it from there
+            _shared_memory(tensor, data, f"input '{name}'")
+        else:
+            tensors.append(data)
     if offset != len(body):
         raise _bad(
             f"unexpected additional input data for model '{model}': {len(body) - offset} byte(s) after the last "
             "binary input",
             "the body must be the JSON header followed by exactly the binary_data_size bytes of each binary input",
         )
-    binary = _outputs(head, _member(header, "outputs", list, "the request", required=False) or [])
-    return _finish(head, tensors, OutputChoice(binary, binary_output))
+    binary, shared = _outputs(head, _member(header, "outputs", list, "the request", required=False) or [])
+    return _finish(head, tensors, OutputChoice(binary, binary_output, shared))
 
 
 def _kind(value: Any) -> str:

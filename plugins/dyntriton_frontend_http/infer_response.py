@@ -84,7 +84,9 @@ def render_infer_response(data: bytes, outputs: OutputChoice, table: DTypeTable)
         item: dict[str, Any] = {"name": output.name, "datatype": output.datatype, "shape": list(output.shape)}
         if output.parameters:
             item["parameters"] = {key: parameter_value(value) for key, value in output.parameters.items()}
-        if outputs.is_binary(output.name):
+        if output.name in outputs.shared:  # written into its region: Triton sends only the metadata
+            pass
+        elif outputs.is_binary(output.name):
             item.setdefault("parameters", {})["binary_data_size"] = len(raw)
             if len(raw):
                 binary.append(raw)

@@ -36,6 +36,7 @@ from dyntriton_frontend_http.infer_request import RestInferRequest, parse_infer_
 from dyntriton_frontend_http.infer_response import render_infer_response
 from dyntriton_frontend_http.responses import dumps, error_response, json_response, message_to_json
 from dyntriton_frontend_http.settings import SettingsRoutes
+from dyntriton_frontend_http.shared_memory import add_shared_memory_routes
 
 __all__ = ["INFER_HEADER_LENGTH", "RestRoutes"]
 
@@ -95,6 +96,7 @@ class RestRoutes:
         settings = getattr(self.service, "settings", None)
         if settings is not None:  # the logging and trace extensions
             SettingsRoutes(settings, self._body).add_to(app)
+        add_shared_memory_routes(app, getattr(self.service, "shared_memory", None), self._body)
 
     # -- health, metadata, statistics -------------------------------------------------------------
     async def health(self, _request: web.Request) -> web.Response:

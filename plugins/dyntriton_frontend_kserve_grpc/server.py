@@ -45,6 +45,7 @@ from dynamo_triton.wire import field_header
 from dyntriton_frontend_kserve_grpc import drain
 from dyntriton_frontend_kserve_grpc.restricted import RestrictedProtocols
 from dyntriton_frontend_kserve_grpc.settings import settings_handlers
+from dyntriton_frontend_kserve_grpc.shared_memory import shared_memory_handlers
 
 __all__ = ["KServeGrpcFrontend", "stream_response_bytes"]
 
@@ -270,6 +271,7 @@ class KServeGrpcFrontend:
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
         }
         extensions = settings_handlers(getattr(self.service, "settings", None), unary)  # logging, trace
+        extensions.update(shared_memory_handlers(self.service))
         handlers.update(extensions)
         descriptor = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
         implemented = IMPLEMENTED | (MODEL_CONTROL if self.service.repository is not None else set()) | set(extensions)

@@ -7,6 +7,7 @@ block cannot go unchecked. Every Python block compiles and every shell block par
 repeat`` on free ports (``localhost:8000`` / ``localhost:8787`` in a block are replaced by
 its ports, the only change), from a folder laid out as a user's checkout (``.venv`` is the
 environment running the tests, ``model_repo``, ``examples``); a block must exit 0 and print no error.
+Python blocks run with the interpreter running the tests.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ RUN = {
     ("docs/rest.md", ".venv/bin/python - <<'EOF' > body.bin   # the venv's python: it has numpy"),
     ("docs/rest.md", 'curl -sN localhost:8000/v2/models/repeat/generate_stream -d \'{"id": "g1", "IN": [4, 5, 6]}\''),
     ("docs/security.md", "# the CA (keep ca.key offline once the certificates are made)"),
+    ("docs/shared-memory.md", "import numpy as np"),
 }
 
 _SKELETON = "a plugin skeleton: its names (RedisStore, QuicTransport...) are the plugin author's; it compiles"
@@ -157,8 +159,9 @@ def test_the_block_runs_as_written(key: tuple[str, str], served: tuple[Proc, Pat
     work.mkdir()
     for entry in home.iterdir():
         (work / entry.name).symlink_to(entry.resolve(), target_is_directory=True)
-    result = subprocess.run(
-        ["bash", "-e", "-o", "pipefail", "-c", text], cwd=work, capture_output=True, text=True, timeout=120
+    command = (
+        [sys.executable, "-c", text] if block.language == "python" else ["bash", "-e", "-o", "pipefail", "-c", text]
     )
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{key}\nstdout: {result.stdout}\nstderr: {result.stderr}"
     assert '"error"' not in result.stdout, f"{key}: {result.stdout}"

@@ -173,10 +173,10 @@ def test_rest_request_binary_and_json_inputs_become_raw_contents_in_order():
             "But set 'data' 'binary_data_size'",
         ),
         (
-            {"inputs": [{"name": "A", "shape": [1], "datatype": "INT32", "parameters": {"shared_memory_region": "r"}}]},
+            {"inputs": [{"name": "A", "shape": [1], "datatype": "INT32", "parameters": {"shared_memory_region": 3}}]},
             [],
             True,
-            "shared memory regions are not supported",
+            "Unable to parse 'shared_memory_region'",
         ),
         (
             {"inputs": [{"name": "A", "shape": [-1], "datatype": "INT32", "data": [1]}]},
