@@ -171,7 +171,11 @@ def test_workers_on_two_hosts_share_the_load_lose_their_link_and_come_back(lan: 
     (tmp_path / "multihost-figures.txt").write_text(figures + "\n")
 
     assert load.longest_gap < LIVENESS_BOUND, figures
-    assert moved_after < LIVENESS_BOUND, figures
+    # The longest stall's end is when traffic moved, if it stalled at all: with admission control the
+    # victim's slots fill with the requests it holds and new ones go to the survivor at once, and the
+    # longest "stall" is then a 20 ms sample of noise anywhere in the cut.
+    if stall[1] - stall[0] > 0.2:
+        assert moved_after < LIVENESS_BOUND, figures
     # Only what the victim had read when its cable went may fail: at most one request per caller.
     assert set(load.failures) <= {"UNAVAILABLE"}, figures
     assert load.hung + sum(load.failures.values()) <= CONCURRENCY, figures

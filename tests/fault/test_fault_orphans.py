@@ -65,4 +65,5 @@ def test_no_stub_or_shm_region_outlives_a_sigkilled_worker(cluster: Cluster) -> 
     assert not [stub.pid for stub in stubs if _alive(stub.pid)], f"stubs alive 5 s after SIGKILL\n{cluster.logs()}"
     assert not [str(r) for r in regions if r.exists()], f"regions left 5 s after SIGKILL\n{cluster.logs()}"
     assert worker.popen.wait(5) == -signal.SIGKILL
-    assert "killed 1 python backend stub(s)" in worker.output()
+    # The reaper writes its line after the kill: wait for it rather than read the log at once.
+    wait_until(lambda: "killed 1 python backend stub(s)" in worker.output(), 10, "the reaper's line", cluster)
