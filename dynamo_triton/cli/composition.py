@@ -37,7 +37,7 @@ __all__ = [
 COMMON = {"transport": TransportSettings, "backend": BackendSettings, "frontend": FrontendSettings}
 
 #: Core options naming a plugin, by the kind they choose from: their default is the plugin of that kind
-#: registered with the trait ``default`` (file, tcp, triton, round-robin as shipped).
+#: registered with the trait ``default`` (file, tcp, triton, least-outstanding as shipped).
 CHOICES = {"store_kv": "kv-store", "transport": "transport", "backend": "backend", "router": "router"}
 
 #: The panel of options a command declares without one.

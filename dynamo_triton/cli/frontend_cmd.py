@@ -27,6 +27,7 @@ from dynamo_triton.cli.worker_cmd import store_from, transport_settings_from
 from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import FrontendSettings
 from dynamo_triton.plugins import Plugins
+from dynamo_triton.runtime.admission import AdmissionSettings
 from dynamo_triton.runtime.launch import FrontendConfig, FrontendStack, Shutdown, start_frontend
 from dynamo_triton.settings import declared_options
 from dynamo_triton.tls import server_context
@@ -67,6 +68,7 @@ def frontend_config(plugins: Plugins, values: Mapping[str, Any], *, reuse_port: 
             raise click.UsageError(exc.message) from None
         frontends.append((name, settings))
     transports = {name: transport_settings_from(plugins, name, values) for name in plugins.names("transport")}
+    max_inflight = values["max_inflight"]
     return FrontendConfig(
         namespace=values["namespace"],
         frontends=tuple(frontends),
@@ -74,6 +76,9 @@ def frontend_config(plugins: Plugins, values: Mapping[str, Any], *, reuse_port: 
         router_settings=plugins.build_settings("router", values["router"], values),
         transport=transport_settings_from(plugins, None, values),
         transports=transports,
+        admission=AdmissionSettings(
+            max_inflight=max(max_inflight, 0), max_queue=values["max_queue"], enabled=max_inflight >= 0
+        ),
     )
 
 

@@ -250,7 +250,32 @@ frontend_options = _apply(
         _choice(
             "--router",
             envvar="DYN_ROUTER",
-            help="Router plugin choosing the instance for each request (see `dyntriton plugins list`).",
+            help="Router plugin: which live instance takes a request (see `dyntriton plugins list`; "
+            "least-outstanding: the fewest requests in flight, ties in turn; with a slow worker it keeps "
+            "throughput where round-robin and random halve it without admission control: "
+            "benchmarks/bench_routing.py).",
+        ),
+        click.option(
+            "--max-inflight",
+            envvar="DYN_MAX_INFLIGHT",
+            type=click.IntRange(min=-1),
+            default=0,
+            show_default=True,
+            show_envvar=True,
+            help="Admission control: requests one worker runs at once per model; more wait in the frontend's "
+            "queue (deadline order) or are refused at once with RESOURCE_EXHAUSTED / HTTP 503 when they could "
+            "not be served in time. 0: from the model's config (its instances, times its largest batch with "
+            "dynamic batching, plus one waiting per instance); -1: no admission control (forward everything).",
+        ),
+        click.option(
+            "--max-queue",
+            envvar="DYN_MAX_QUEUE",
+            type=click.IntRange(min=1),
+            default=10_000,
+            show_default=True,
+            show_envvar=True,
+            help="Admission control: requests of one model that may wait in the frontend's queue (Triton's "
+            "max_queue_size in the model's config, times its workers, wins).",
         ),
     ],
     "Frontend (every protocol)",

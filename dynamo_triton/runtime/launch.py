@@ -20,6 +20,7 @@ from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import Frontend, FrontendSettings
 from dynamo_triton.kv import KVStore
 from dynamo_triton.plugins import Plugins
+from dynamo_triton.runtime.admission import AdmissionSettings
 from dynamo_triton.runtime.cluster_repository import ClusterRepository
 from dynamo_triton.runtime.cluster_settings import ClusterSettings, SettingsFollower, apply_to_python_logging
 from dynamo_triton.runtime.cluster_statistics import ModelStatisticsCollector, StatisticsService, refresh_statistics
@@ -54,6 +55,7 @@ class FrontendConfig:
         ``settings`` is that plugin's settings (a :class:`FrontendSettings`, port 0: a free port).
         A frontend whose port is below 0 is not started (``--http-port -1``).
     :param router: the router plugin's name; ``router_settings`` its settings (None: its defaults).
+    :param admission: admission control (``--max-inflight``, ``--max-queue``).
     :param transport: settings for the transport clients that reach the workers (TLS, token, heartbeat);
         ``transports`` the settings built for each transport plugin by name, used when a worker's
         card names that transport (``transport`` otherwise).
@@ -61,12 +63,13 @@ class FrontendConfig:
 
     namespace: str = "dynamo"
     frontends: tuple[tuple[str, FrontendSettings], ...] = ()
-    router: str = "round-robin"
+    router: str = "least-outstanding"
     router_settings: Any = None
     transport: TransportSettings = field(default_factory=TransportSettings)
     transports: Mapping[str, TransportSettings] = field(default_factory=dict)
     #: the workers' Triton log verbosity at start (``--log-verbose``): what ``LogSettings`` answers before an update
     log_verbose: int = 0
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
     def transport_for(self, name: str) -> TransportSettings:
         """The settings for transport ``name``'s clients."""
@@ -126,6 +129,7 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
         lambda name: plugins.transport(name, config.transport_for(name)),
         metrics=metrics,
         dtypes=plugins.dtype_table(),
+        admission=config.admission,
     )
     service.repository = repository = ClusterRepository(store, config.namespace, table)
     service.unloaded = repository.unloaded  # a model unloaded on purpose is answered as such

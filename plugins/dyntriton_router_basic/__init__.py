@@ -1,4 +1,4 @@
-"""The shipped router policies: ``round-robin`` (the default), ``random`` and ``least-outstanding``."""
+"""The shipped router policies: ``least-outstanding`` (the default), ``round-robin`` and ``random``."""
 
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ def _least_outstanding(settings: Any) -> Router:
 
 @hookimpl
 def dyntriton_register_routers(register: RouterRegister) -> None:
-    register(
-        "round-robin",
-        _round_robin,
-        traits=("default",),
-        summary="each model cycles through its instances in turn (the default)",
-    )
+    register("round-robin", _round_robin, summary="each model cycles through its instances in turn")
     register("random", _random, summary="a uniformly random instance")
-    register("least-outstanding", _least_outstanding, summary="the instance with the fewest requests in flight")
+    register(
+        "least-outstanding",
+        _least_outstanding,
+        traits=("default",),
+        summary="the instance with the fewest requests in flight, ties in turn (the default)",
+    )
