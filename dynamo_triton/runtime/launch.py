@@ -147,11 +147,13 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
     try:
         for name, settings in chosen:
             made.append((name, plugins.frontend(name, settings, service)))
-        for _, frontend in made:  # every port bound before any answers: a taken one fails before any call
-            bind = getattr(frontend, "bind", None)
-            if bind is not None:
-                await bind()
-        for _, frontend in made:
+        # Every port bound before any answers, so a taken one fails before any call: first the frontends
+        # that can bind without serving (``bind()``), then those that bind and serve in one step, then the
+        # first ones serve.
+        two_step = [frontend for _, frontend in made if getattr(frontend, "bind", None) is not None]
+        for frontend in two_step:
+            await frontend.bind()  # type: ignore[attr-defined]
+        for frontend in [frontend for _, frontend in made if frontend not in two_step] + two_step:
             await frontend.start()
     except BaseException:
         await FrontendStack(table, service, made).stop()
