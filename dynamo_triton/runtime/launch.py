@@ -160,10 +160,10 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
         raise
     refresh = asyncio.create_task(refresh_statistics(service, collector), name="dyntriton-statistics")
     follower = SettingsFollower(store, config.namespace, apply_to_python_logging)
-    settings = await follower.start()
+    following = await follower.start()
     card = publish_frontend(store, config, service, table, made)  # for `dyntriton status` and `top`
     regions = asyncio.create_task(service.shared_memory.run(), name="dyntriton-shared-memory")
-    return FrontendStack(table, service, made, [refresh, settings, card, regions])
+    return FrontendStack(table, service, made, [refresh, following, card, regions])
 
 
 def _initial_log(verbose: int) -> LogSettings:
