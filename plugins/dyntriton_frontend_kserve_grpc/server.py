@@ -135,6 +135,8 @@ class KServeGrpcFrontend:
             restrictions = parse_restrictions(self.settings.restricted, grpc=True)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        # Before the server exists: a server made and never started is freed by the GC on no loop (a crash).
+        credentials = self._credentials()
         server = grpc.aio.server(
             options=options, interceptors=[RestrictedProtocols(restrictions)] if restrictions else []
         )
@@ -145,7 +147,6 @@ class KServeGrpcFrontend:
         )
         address = f"{self.settings.host}:{self.settings.port}"
         try:
-            credentials = self._credentials()
             port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         except RuntimeError as exc:  # "Failed to bind to address ...": grpc core keeps the OS's reason to itself
             port = 0
