@@ -11,6 +11,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import click
+
+from dynamo_triton.settings import setting
+
 if TYPE_CHECKING:  # the protobuf modules are heavy; only type checkers need them here
     from tritonclient.grpc import model_config_pb2, service_pb2
 
@@ -22,17 +26,31 @@ __all__ = ["Backend", "BackendFactory", "BackendSettings", "ModelInfo"]
 
 @dataclass(frozen=True)
 class BackendSettings:
-    """Options every backend receives; backend-specific ones go in ``extra``.
+    """Settings every backend receives; a backend plugin registers a class extending it with its own.
 
     :param model_repository: folder of a Triton model repository.
     :param backend_directory: where backend shared objects live (None: the backend's default).
     :param log_verbose: Triton-style verbosity, 0 = quiet.
-    :param extra: backend-specific options, e.g. ``{"triton_home": "/opt/tritonserver"}``.
+    :param extra: backend-specific options for backends registered without a settings class.
     """
 
-    model_repository: str
-    backend_directory: str | None = None
-    log_verbose: int = 0
+    __panel__ = "Backend (every backend)"
+
+    model_repository: str = setting(
+        "model_repo",
+        "--model-repository",
+        type=click.Path(file_okay=False),
+        help="Triton model repository (folders with config.pbtxt and version dirs).",
+    )
+    backend_directory: str | None = setting(
+        None, "--backend-directory", type=click.Path(file_okay=False), help="Triton backends folder."
+    )
+    log_verbose: int = setting(
+        0,
+        "--log-verbose",
+        type=click.IntRange(min=0),
+        help="Triton log verbosity (0 = quiet); above 0 gRPC's own error log is shown too.",
+    )
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -133,4 +151,4 @@ class Backend(Protocol):
 class BackendFactory(Protocol):
     """What a backend plugin registers: ``factory(settings) -> Backend`` (cheap to call)."""
 
-    def __call__(self, settings: BackendSettings) -> Backend: ...
+    def __call__(self, settings: Any, /) -> Backend: ...

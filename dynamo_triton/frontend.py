@@ -12,6 +12,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import click
+
+from dynamo_triton.errors import ConfigError
+from dynamo_triton.settings import setting
+
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2, service_pb2
 
@@ -19,7 +24,11 @@ if TYPE_CHECKING:
     from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
     from dynamo_triton.runtime.sequences import SequenceStep
 
+#: A TCP port: 0-65535, 0 meaning any free port (click says "x is not in the range 0<=x<=65535").
+PORT = click.IntRange(0, 65535)
+
 __all__ = [
+    "PORT",
     "Frontend",
     "FrontendFactory",
     "FrontendSettings",
@@ -27,21 +36,132 @@ __all__ = [
     "ModelRepository",
     "RepositoryModel",
     "ServedModel",
+    "restricted_setting",
 ]
+
+
+def _restrictions(grpc: bool) -> Any:
+    def check(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+        from dynamo_triton.runtime.restrictions import parse_restrictions
+
+        try:
+            parse_restrictions(value, grpc=grpc)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        return value
+
+    return check
+
+
+def restricted_setting(flag: str, envvar: str, *, grpc: bool) -> Any:
+    """A frontend's field of Triton's restricted protocol specs (``--grpc-restricted-protocol``,
+    ``--http-restricted-api``), checked when given (:mod:`dynamo_triton.runtime.restrictions`)."""
+    header = "triton-grpc-protocol-<key>" if grpc else "<key>"
+    refusal = "UNAVAILABLE" if grpc else "403"
+    return setting(
+        (),
+        flag,
+        envvar=envvar,
+        multiple=True,
+        callback=_restrictions(grpc),
+        metavar="GROUPS:KEY=VALUE",
+        help=f"Triton's restricted {'protocols' if grpc else 'APIs'}: calls of the comma-separated groups "
+        f"(health, metadata, inference, shared-memory, model-config, model-repository, statistics, trace, "
+        f"logging) need the header {header} with VALUE, or are refused ({refusal}) as Triton refuses them. "
+        "Repeatable; a group in one spec only (docs/security.md).",
+    )
 
 
 @dataclass(frozen=True)
 class FrontendSettings:
-    """Where and how a frontend listens.
+    """Where and how a frontend listens: the settings every protocol frontend shares.
+
+    A frontend plugin registers a settings class extending this one
+    (``register("http", factory, settings=HttpSettings)``) that declares its own ``host`` and
+    ``port`` options (``--http-host``, ``--http-port``) and whatever else it needs; the common
+    options below are declared here once and shown once (the "Frontend" panel of ``--help``).
 
     :param host: interface to bind.
-    :param port: TCP port (0 = any free port).
-    :param options: frontend-specific options (TLS files, message size limit...).
+    :param port: TCP port (0 = any free port; below 0: the frontend is not started).
+    :param server_name: the name server metadata reports.
+    :param tls_cert: PEM certificate of the frontend's TLS (with ``tls_key``); None: clear text.
+    :param tls_key: its private key.
+    :param tls_client_ca: PEM CA client certificates must be signed by (mutual TLS).
+    :param reuse_port: bind with ``SO_REUSEPORT`` (set by the command: several frontend processes).
+    :param max_connection_age: with ``reuse_port``, seconds a connection lives before its client is
+        asked to reconnect (0: off; the command sets 0 without ``reuse_port``).
+    :param options: frontend-specific options, for frontends registered without a settings class.
     """
+
+    __panel__ = "Frontend (every protocol)"
 
     host: str = "0.0.0.0"
     port: int = 0
+    server_name: str = setting(
+        "triton",
+        "--server-name",
+        envvar="DYN_SERVER_NAME",
+        help="Name ServerMetadata reports (Triton's clients expect 'triton').",
+    )
+    tls_cert: str | None = setting(
+        None,
+        "--tls-cert",
+        envvar="DYN_TLS_CERT",
+        type=click.Path(dir_okay=False),
+        help="The frontend's TLS certificate (PEM), on every frontend port: gRPC and HTTP (REST, /health, "
+        "/metrics are then HTTPS). One certificate, because clients dial one host name for every port "
+        "and asking for TLS should leave no port in clear text; --no-http-tls keeps HTTP plain. With --tls-key.",
+    )
+    tls_key: str | None = setting(
+        None,
+        "--tls-key",
+        envvar="DYN_TLS_KEY",
+        type=click.Path(dir_okay=False),
+        help="PEM private key of --tls-cert (unencrypted; readable by this user only).",
+    )
+    tls_client_ca: str | None = setting(
+        None,
+        "--tls-client-ca",
+        envvar="DYN_TLS_CLIENT_CA",
+        type=click.Path(dir_okay=False),
+        help="PEM CA client certificates must be signed by (mutual TLS): on every port, so that REST is no "
+        "way around it; clients without one are refused.",
+    )
+    max_connection_age: float = setting(
+        5.0,
+        "--max-connection-age",
+        envvar="DYN_MAX_CONNECTION_AGE",
+        type=click.FloatRange(min=0),
+        help="With shared ports (--reuse-port, several frontend processes): seconds a gRPC connection lives "
+        "before the frontend asks its client to open a new one (GOAWAY; gRPC clients do it without failing "
+        "a call), and so the longest a draining frontend waits for its clients to move to another process. "
+        "0: off (a draining frontend then cancels the calls that reach it late).",
+    )
+    reuse_port: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """TLS needs both cert and key, and a client CA needs them; raises ConfigError otherwise."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+
+    def serves_tls(self) -> bool:
+        """True when this frontend's port speaks TLS (a frontend may keep its port plain: ``--no-http-tls``)."""
+        return bool(self.tls_cert)
+
+    def describe(self) -> str:
+        """`` (TLS)``, `` (TLS, client certificates)`` or "", for the start line."""
+        if not self.serves_tls():
+            return ""
+        return " (TLS" + (", client certificates" if self.tls_client_ca else "") + ")"
+
+    def listener(self, address: str) -> str:
+        """How a client reaches this frontend at ``address`` (``host:port``), for the start line:
+        ``KServe gRPC 127.0.0.1:8787 (TLS)``. A frontend may override it (HTTP shows its URL)."""
+        label = getattr(self, "__label__", "") or "frontend"
+        return f"{label} {address}{self.describe()}"
 
 
 @dataclass(frozen=True)
@@ -177,4 +297,4 @@ class Frontend(Protocol):
 class FrontendFactory(Protocol):
     """What a frontend plugin registers."""
 
-    def __call__(self, settings: FrontendSettings, service: InferenceService) -> Frontend: ...
+    def __call__(self, settings: Any, service: InferenceService, /) -> Frontend: ...

@@ -26,10 +26,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """Options handed to a store factory.
+    """What a store factory registered *without* a settings class receives (the original form).
 
-    :param options: store-specific options; every store reads its own
-        environment variables (``DYN_FILE_KV``, ``ETCD_ENDPOINTS``...) when an option is absent.
+    A store registered with ``settings=Cls`` receives a ``Cls`` built from its CLI options instead
+    (see :mod:`dynamo_triton.settings`).
+
+    :param options: the keyword options of ``Plugins.kv_store(name, **options)``.
     """
 
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -142,4 +144,4 @@ class KVStoreFactory(Protocol):
     never blocks.
     """
 
-    def __call__(self, settings: StoreSettings) -> KVStore: ...
+    def __call__(self, settings: Any, /) -> KVStore: ...

@@ -31,6 +31,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclasses_replace
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -51,6 +52,7 @@ HOOK_KINDS = {
     "dyntriton_register_dtypes": "dtype",
     "dyntriton_register_backends": "backend",
     "dyntriton_register_frontends": "frontend",
+    "dyntriton_register_routers": "router",
     "dyntriton_register_commands": "command",
 }
 
@@ -181,21 +183,79 @@ class Plugins:
             return None
         return "; ".join(f"plugin {r.name!r} failed to load: {r.error} -> {r.hint}" for r in broken)
 
-    def kv_store(self, name: str, **options: Any) -> Any:
-        """Build the KV store ``name`` with store-specific ``options``."""
+    def settings_class(self, kind: str, name: str) -> type | None:
+        """The settings class ``name`` registered for ``kind``, or None."""
+        return self.get(kind, name).settings
+
+    def settings_classes(self, kind: str) -> list[type]:
+        """The settings classes of every plugin of ``kind`` (the options a command using that kind shows)."""
+        return [item.settings for item in self.registry.items(kind) if item.settings is not None]
+
+    def has_trait(self, kind: str, name: str, trait: str) -> bool:
+        """True when ``name`` was registered for ``kind`` with ``trait`` (e.g. ``process-local``)."""
+        return trait in self.get(kind, name).traits
+
+    def names_with_trait(self, kind: str, trait: str) -> list[str]:
+        """Names of ``kind`` registered with ``trait``, sorted (e.g. the ``default`` frontends)."""
+        return [item.name for item in self.registry.items(kind) if trait in item.traits]
+
+    def build_settings(self, kind: str, name: str, values: Mapping[str, Any], /, **overrides: Any) -> Any:
+        """The settings of ``name`` from click's ``values`` (see :func:`dynamo_triton.settings.build`), or None
+        when it registered no settings class."""
+        cls = self.settings_class(kind, name)
+        if cls is None:
+            return None
+        from dynamo_triton.settings import build
+
+        return build(cls, values, **overrides)
+
+    def _typed(self, item: Provided, options: Mapping[str, Any]) -> Any:
+        """``item``'s settings class from keyword ``options`` (field names); an unknown one is a ConfigError."""
+        import dataclasses
+
+        assert item.settings is not None
+        known = {f.name for f in dataclasses.fields(item.settings) if f.init}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(
+                f"{item.kind} {item.name!r} has no setting {', '.join(unknown)}",
+                hint=f"its settings ({item.settings.__qualname__}): {', '.join(sorted(known))}",
+            )
+        return item.settings(**options)
+
+    def kv_store(self, name: str, settings: Any = None, **options: Any) -> Any:
+        """Build the KV store ``name`` from its ``settings`` object, or from keyword ``options`` naming its
+        settings' fields (``kv_store("file", root="/tmp/kv")``).
+
+        A store registered without a settings class gets ``StoreSettings(options=options)``.
+        """
         from dynamo_triton.kv import StoreSettings
 
-        return self.get("kv-store", name).obj(StoreSettings(options=options))
+        item = self.get("kv-store", name)
+        if item.settings is None:
+            return item.obj(StoreSettings(options=options))
+        if settings is None:
+            settings = self._typed(item, options)
+        elif options:
+            settings = dataclasses_replace(settings, **options)
+        return item.obj(settings)
 
     def transport(self, name: str, settings: Any = None) -> Any:
-        """Build the transport ``name``; ``settings`` (a TransportSettings) reach a ``factory(settings)``.
+        """Build the transport ``name``; ``settings`` (a TransportSettings, or the plugin's own class extending
+        it) reach a ``factory(settings)`` as the plugin's settings class (its own fields defaulted when
+        ``settings`` is a plain TransportSettings).
 
         A factory written ``factory()`` (the original form) is called without them, unless they
         ask for TLS or a token, which it cannot provide: then ConfigError.
         """
         from dynamo_triton.transport import TransportSettings
 
-        factory = self.get("transport", name).obj
+        item = self.get("transport", name)
+        factory = item.obj
+        if item.settings is not None:
+            from dynamo_triton.settings import promote
+
+            return factory(promote(item.settings, settings or TransportSettings()))
         if _takes_an_argument(factory):
             return factory(settings or TransportSettings())
         if settings is not None and settings.secured:
@@ -206,12 +266,29 @@ class Plugins:
         return factory()
 
     def backend(self, name: str, settings: Any) -> Any:
-        """Build the backend ``name`` with ``settings`` (a BackendSettings)."""
-        return self.get("backend", name).obj(settings)
+        """Build the backend ``name`` with ``settings`` (a BackendSettings, or the plugin's own class)."""
+        item = self.get("backend", name)
+        if item.settings is not None:
+            from dynamo_triton.settings import promote
+
+            settings = promote(item.settings, settings)
+        return item.obj(settings)
 
     def frontend(self, name: str, settings: Any, service: Any) -> Any:
-        """Build the frontend ``name`` serving ``service``."""
-        return self.get("frontend", name).obj(settings, service)
+        """Build the frontend ``name`` serving ``service``; ``settings`` as for :meth:`backend`."""
+        item = self.get("frontend", name)
+        if item.settings is not None:
+            from dynamo_triton.settings import promote
+
+            settings = promote(item.settings, settings)
+        return item.obj(settings, service)
+
+    def router(self, name: str, settings: Any = None) -> Any:
+        """A fresh router ``name`` (one per frontend process); ``settings`` default to its class's defaults."""
+        item = self.get("router", name)
+        if settings is None and item.settings is not None:
+            settings = item.settings()
+        return item.obj(settings)
 
     def dtypes(self) -> list[Any]:
         """Every DType registered by plugins (the core table is in dynamo_triton.dtypes)."""
@@ -262,7 +339,7 @@ def _register_all(pm: pluggy.PluginManager, records: dict[str, PluginRecord], re
             record = records[impl.plugin_name]
             if record.status != "ok":
                 continue
-            register = Register(registry, kind, impl.plugin_name)
+            register: Register[Any] = Register(registry, kind, impl.plugin_name)
             only = pm.subset_hook_caller(hook_name, remove_plugins=[p for p in everyone if p is not impl.plugin])
             try:
                 only(register=register)

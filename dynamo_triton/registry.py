@@ -8,14 +8,41 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dynamo_triton.errors import PluginConflictError, UnknownNameError
 
-__all__ = ["KINDS", "Provided", "Register", "Registry"]
+if TYPE_CHECKING:  # named in the string forward references of the register aliases below
+    from collections.abc import Callable  # noqa: F401
+
+    import click  # noqa: F401
+
+    from dynamo_triton.backend import BackendFactory  # noqa: F401
+    from dynamo_triton.dtypes import DType  # noqa: F401
+    from dynamo_triton.frontend import FrontendFactory  # noqa: F401
+    from dynamo_triton.kv import KVStoreFactory  # noqa: F401
+    from dynamo_triton.runtime.routing import RouterFactory  # noqa: F401
+    from dynamo_triton.transport import TransportFactory  # noqa: F401
+
+__all__ = [
+    "KINDS",
+    "BackendRegister",
+    "CommandRegister",
+    "DTypeRegister",
+    "FrontendRegister",
+    "KVStoreRegister",
+    "Provided",
+    "Register",
+    "Registry",
+    "RouterRegister",
+    "TransportRegister",
+]
 
 #: Kinds of things plugins provide, as shown by ``dyntriton plugins list``.
-KINDS = ("kv-store", "transport", "dtype", "backend", "frontend", "command")
+KINDS = ("kv-store", "transport", "dtype", "backend", "frontend", "router", "command")
+
+#: What one kind's register accepts: the factory protocol of that kind (checked by mypy).
+F = TypeVar("F")
 
 
 @dataclass(frozen=True)
@@ -24,6 +51,11 @@ class Provided:
 
     :param obj: the factory (or DType, or command loader) the plugin registered.
     :param provider: the plugin's name (its entry-point name).
+    :param settings: the frozen dataclass of the plugin's settings (see :mod:`dynamo_triton.settings`),
+        whose fields become CLI options; its instance is what the factory receives. None: no settings.
+    :param traits: what the core may rely on without knowing the name, e.g. ``process-local`` (a store
+        only this process sees: serve then runs its worker in-process), ``in-process`` (a transport
+        without sockets), ``default`` (a frontend started when ``--frontend`` is not given).
     """
 
     kind: str
@@ -31,6 +63,8 @@ class Provided:
     obj: Any
     provider: str
     summary: str = ""
+    settings: type | None = None
+    traits: frozenset[str] = frozenset()
 
 
 class Registry:
@@ -73,11 +107,13 @@ class Registry:
             raise UnknownNameError(kind, name, self.names(kind), hint=hint) from None
 
 
-class Register:
-    """The callable handed to every ``dyntriton_register_*`` hook.
+class Register(Generic[F]):
+    """The callable handed to every ``dyntriton_register_*`` hook, typed by the kind's factory.
 
-    ``register(name, obj, summary="")`` records ``obj`` under ``name`` for this
-    hook's kind, attributed to the plugin whose hook is running.
+    ``register(name, factory, summary="", settings=None, traits=())`` records ``factory`` under
+    ``name`` for this hook's kind, attributed to the plugin whose hook is running. A plugin annotates
+    its hook's argument with the kind's alias (``KVStoreRegister``, ``FrontendRegister``...) so mypy
+    checks its factory against the kind's protocol.
     """
 
     def __init__(self, registry: Registry, kind: str, provider: str):
@@ -88,8 +124,30 @@ class Register:
         # pluggy's tracer prints hook arguments: this names the plugin whose hook is running.
         return f"<Register {self.kind} for plugin {self.provider!r}>"
 
-    def __call__(self, name: str, obj: Any, *, summary: str = "") -> None:
+    def __call__(
+        self,
+        name: str,
+        obj: F,
+        *,
+        summary: str = "",
+        settings: type | None = None,
+        traits: tuple[str, ...] | frozenset[str] = (),
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"{self.kind} names must be non-empty strings, got {name!r}")
-        self._registry.add(Provided(self.kind, name, obj, self.provider, summary))
+        if settings is not None:
+            from dynamo_triton.settings import declared_options
+
+            declared_options(settings)  # a TypeError now, naming the plugin, rather than at --help
+        self._registry.add(Provided(self.kind, name, obj, self.provider, summary, settings, frozenset(traits)))
         self.registered.append(name)
+
+
+#: The register each hook receives, by kind: annotate a hook's argument with one of these.
+KVStoreRegister = Register["KVStoreFactory"]
+TransportRegister = Register["TransportFactory"]
+BackendRegister = Register["BackendFactory"]
+FrontendRegister = Register["FrontendFactory"]
+RouterRegister = Register["RouterFactory"]
+DTypeRegister = Register["DType"]
+CommandRegister = Register["Callable[[], click.Command]"]

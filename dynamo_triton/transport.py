@@ -32,12 +32,18 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import click
+
+from dynamo_triton.errors import ConfigError
+from dynamo_triton.settings import setting
+
 __all__ = [
     "Chunk",
     "Handler",
     "LivenessReporting",
     "Transport",
     "TransportClient",
+    "TransportFactory",
     "TransportRequest",
     "TransportServer",
     "TransportSettings",
@@ -131,11 +137,14 @@ def _healthy(address: str) -> bool:
 
 @dataclass(frozen=True)
 class TransportSettings:
-    """Options the CLI hands to a transport factory written ``factory(settings)``.
+    """The request plane's common settings, the same on ``worker``, ``frontend`` and ``serve``.
 
-    Factories written ``factory()`` keep working and get none (asking such a transport for TLS
-    or a token is a ConfigError: see :meth:`dynamo_triton.plugins.Plugins.transport`).
-    A process uses one settings object for its server and its clients.
+    A transport plugin registers a settings class extending this one with its own fields
+    (``register("tcp", factory, settings=TcpSettings)``); its factory receives that class.
+    Factories registered without one and written ``factory()`` (the original form) keep working and
+    get none (asking such a transport for TLS or a token is a ConfigError: see
+    :meth:`dynamo_triton.plugins.Plugins.transport`). A process uses one settings object for its
+    server and its clients.
 
     :param tls_cert: PEM certificate this process presents (a worker's server certificate, a
         frontend's client certificate).
@@ -144,17 +153,77 @@ class TransportSettings:
     :param token: shared secret a client must prove it holds before a server serves it.
     :param heartbeat: seconds without a sign of life before a client reports a peer unresponsive
         (0: no heartbeats).
-    :param options: transport-specific options.
+    :param options: transport-specific options for factories without a settings class
+        (``advertise_host``: ``worker --advertise-host``).
     """
 
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_ca: str | None = None
-    token: str | None = field(default=None, repr=False)
-    heartbeat: float = 1.0
+    __panel__ = "Request plane (every transport)"
+
+    tls_cert: str | None = setting(
+        None,
+        "--transport-tls-cert",
+        envvar="DYN_TRANSPORT_TLS_CERT",
+        type=click.Path(dir_okay=False),
+        help="Request plane TLS (tcp): the PEM certificate this process presents (a worker's server "
+        "certificate, a frontend's client certificate). With --transport-tls-key and --transport-tls-ca.",
+    )
+    tls_key: str | None = setting(
+        None,
+        "--transport-tls-key",
+        envvar="DYN_TRANSPORT_TLS_KEY",
+        type=click.Path(dir_okay=False),
+        help="PEM private key of --transport-tls-cert.",
+    )
+    tls_ca: str | None = setting(
+        None,
+        "--transport-tls-ca",
+        envvar="DYN_TRANSPORT_TLS_CA",
+        type=click.Path(dir_okay=False),
+        help="PEM CA the other side's certificate must be signed by (mutual TLS: workers refuse frontends "
+        "without one, frontends check the worker's and its host name).",
+    )
+    token: str | None = field(
+        default=None,
+        repr=False,
+        metadata=setting(
+            None,
+            "--transport-token",
+            envvar="DYN_TRANSPORT_TOKEN",
+            secret=True,
+            help="Shared secret: workers serve only frontends that prove they hold it (tcp; never sent). "
+            "Prefer the environment variable: command lines are visible to other users.",
+        ).metadata,
+    )
+    heartbeat: float = setting(
+        1.0,
+        "--transport-heartbeat",
+        envvar="DYN_TRANSPORT_HEARTBEAT",
+        type=click.FloatRange(min=0),
+        help="Seconds without a sign of life before a frontend stops routing to a worker (frozen, stuck) "
+        "until it answers again; 0: no heartbeats (tcp and nats).",
+    )
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """TLS needs its three files together; raises ConfigError otherwise."""
+        given = [self.tls_cert, self.tls_key, self.tls_ca]
+        if any(given) and not all(given):
+            raise ConfigError(
+                "--transport-tls-cert, --transport-tls-key and --transport-tls-ca go together (mutual TLS): "
+                "give all three or none"
+            )
 
     @property
     def secured(self) -> bool:
         """TLS or a token is asked for."""
         return bool(self.tls_cert or self.tls_key or self.tls_ca or self.token)
+
+
+class TransportFactory(Protocol):
+    """What a transport plugin registers: ``factory(settings) -> Transport``, cheap, no I/O.
+
+    ``settings`` is an instance of the settings class registered with it (extending
+    :class:`TransportSettings`).
+    """
+
+    def __call__(self, settings: Any, /) -> Transport: ...

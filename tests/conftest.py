@@ -19,7 +19,7 @@ def triton_missing() -> str | None:
     except ImportError as exc:
         return f"the triton backend plugin is not importable: {exc}"
     try:
-        locate_triton()
+        locate_triton(os.environ.get("TRITON_HOME"))
     except Exception as exc:
         return f"no Triton installation: {exc}"
     return None

@@ -14,14 +14,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable
-from typing import cast
-
-import click
+from collections.abc import Mapping
 
 __all__ = [
+    "child_env",
     "die_with_parent",
-    "forwarded_options",
     "notify_ready",
     "own_group_dying_with_parent",
     "ready",
@@ -46,14 +43,22 @@ def own_group_dying_with_parent() -> None:
     die_with_parent()
 
 
-async def spawn(args: list[str]) -> asyncio.subprocess.Process:
-    """Start ``python -m dynamo_triton *args`` as a child that dies with this process."""
+def child_env(extra: Mapping[str, str] | None) -> dict[str, str] | None:
+    """This process's environment plus ``extra`` (secret settings), or None (inherit) without any."""
+    return {**os.environ, **extra} if extra else None
+
+
+async def spawn(args: list[str], env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
+    """Start ``python -m dynamo_triton *args`` as a child that dies with this process.
+
+    :param env: variables added to the child's environment (the secrets of :func:`dynamo_triton.settings.render_argv`).
+    """
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dynamo_triton", *args, preexec_fn=die_with_parent
+        sys.executable, "-m", "dynamo_triton", *args, preexec_fn=die_with_parent, env=child_env(env)
     )
 
 
-async def spawn_ready(args: list[str]) -> asyncio.subprocess.Process:
+async def spawn_ready(args: list[str], env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
     """Like :func:`spawn`, with ``--ready-fd`` appended; :func:`ready` waits for the child to serve."""
     read_fd, write_fd = os.pipe()
     try:
@@ -66,6 +71,7 @@ async def spawn_ready(args: list[str]) -> asyncio.subprocess.Process:
             str(write_fd),
             pass_fds=(write_fd,),
             preexec_fn=die_with_parent,
+            env=child_env(env),
         )
     except BaseException:
         os.close(read_fd)
@@ -110,31 +116,6 @@ def notify_ready(fd: int | None) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, b"ready\n")
         os.close(fd)
-
-
-def forwarded_options(ctx: click.Context, names: set[str], overrides: dict[str, object]) -> list[str]:
-    """The command line that repeats this invocation's values of the options called ``names``.
-
-    Values the user left unset are forwarded too (explicitly), so a child sees exactly what
-    this process sees even if its environment differs; ``overrides`` replace values by name.
-    """
-    argv: list[str] = []
-    for param in ctx.command.params:
-        if not isinstance(param, click.Option) or param.name not in names:
-            continue
-        value = overrides.get(param.name, ctx.params.get(param.name))
-        flag = max(param.opts, key=len)
-        if param.is_flag:
-            if value:
-                argv.append(flag)
-            elif param.secondary_opts:  # an on/off pair defaulting to on: "off" must be said
-                argv.append(max(param.secondary_opts, key=len))
-        elif param.multiple:
-            for item in cast(Iterable[object], value or ()):
-                argv += [flag, str(item)]
-        elif value is not None:
-            argv += [flag, str(value)]
-    return argv
 
 
 async def stop_children(children: list[asyncio.subprocess.Process], timeout: float = 40.0) -> None:

@@ -1,4 +1,4 @@
-"""``dyntriton frontend``: KServe gRPC + HTTP over every worker discovered in the store.
+"""``dyntriton frontend``: the frontend plugins (KServe gRPC + HTTP by default) over every worker in the store.
 
 SIGTERM drains: the ports stop accepting, requests in flight finish, then the process
 exits 0. Started with ``--reuse-port``, a frontend shares its ports (``SO_REUSEPORT``) with
@@ -12,255 +12,180 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+from collections.abc import Mapping
+from typing import Any
 
 import click
 
 from dynamo_triton.cli.addresses import dial_address
-from dynamo_triton.cli.children import forwarded_options, notify_ready, spawn, stop_children
+from dynamo_triton.cli.children import notify_ready, spawn, stop_children
+from dynamo_triton.cli.composition import PanelCommand, child_argv, plugin_settings, uses
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.exits import starting
-from dynamo_triton.cli.options import (
-    frontend_options,
-    store_options,
-    store_settings,
-    transport_options,
-    transport_settings,
-)
+from dynamo_triton.cli.options import frontend_options, store_options
+from dynamo_triton.cli.worker_cmd import store_from, transport_settings_from
+from dynamo_triton.errors import ConfigError
+from dynamo_triton.frontend import FrontendSettings
 from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.admission import AdmissionSettings
 from dynamo_triton.runtime.launch import FrontendConfig, FrontendStack, Shutdown, start_frontend
+from dynamo_triton.settings import declared_options
 from dynamo_triton.tls import server_context
 
 __all__ = [
-    "FORWARDED",
     "check_tls_files",
     "extra_frontend_argv",
     "frontend",
     "frontend_config",
+    "frontend_names",
     "listeners",
-    "share_token",
     "start_extra_frontends",
 ]
 
 log = logging.getLogger("dyntriton.frontend")
 
 
-def frontend_config(
-    *,
-    namespace: str,
-    grpc_host: str,
-    grpc_port: int,
-    http_host: str,
-    http_port: int,
-    http_max_input_size: int,
-    router: str,
-    server_name: str,
-    stream_window: int,
-    max_message_size: int,
-    tls_cert: str | None,
-    tls_key: str | None,
-    tls_client_ca: str | None,
-    http_tls: bool = True,
-    reuse_port: bool = False,
-    max_connection_age: float = 5.0,
-    transport_tls_cert: str | None = None,
-    transport_tls_key: str | None = None,
-    transport_tls_ca: str | None = None,
-    transport_token: str | None = None,
-    transport_heartbeat: float = 1.0,
-    grpc_restricted_protocol: tuple[str, ...] = (),
-    http_restricted_api: tuple[str, ...] = (),
-    max_inflight: int = 0,
-    max_queue: int = 10_000,
-) -> FrontendConfig:
-    """FrontendConfig from the shared CLI options; TLS needs both cert and key.
+def frontend_names(plugins: Plugins, given: tuple[str, ...]) -> tuple[str, ...]:
+    """``--frontend`` as given (each once, in order), else the frontends registered as defaults."""
+    names = tuple(dict.fromkeys(given)) or tuple(plugins.names_with_trait("frontend", "default"))
+    for name in names:
+        plugins.get("frontend", name)  # an unknown name: the error lists the known ones
+    return names
 
-    :param tls_cert: and ``tls_key``, ``tls_client_ca``: the frontend's TLS, for the gRPC port and,
-        unless ``http_tls`` is false, the HTTP port (the same files: one certificate for the frontend).
+
+def frontend_config(plugins: Plugins, values: Mapping[str, Any], *, reuse_port: bool = False) -> FrontendConfig:
+    """FrontendConfig from click's ``values``: each chosen frontend's settings, the router, the transports.
+
     :param reuse_port: bind with ``SO_REUSEPORT`` so several frontend processes share the ports.
-    :param max_connection_age: with ``reuse_port``: seconds a gRPC connection lives before its client is
-        asked to reconnect, the bound on how long a draining frontend waits for its clients to move on
-        (docs/operations.md); 0 turns it off.
-    :param transport_tls_cert: and the other ``transport_*``: the request plane's settings (see
-        :func:`~dynamo_triton.cli.options.transport_settings`).
+    :raises click.UsageError: TLS files that do not go together.
     """
-    transport = transport_settings(
-        transport_tls_cert, transport_tls_key, transport_tls_ca, transport_token, transport_heartbeat
-    )
-    if bool(tls_cert) != bool(tls_key):
-        raise click.UsageError("--tls-cert and --tls-key go together: give both or neither")
-    if tls_client_ca and not tls_cert:
-        raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
-    grpc_options: dict[str, object] = {
-        "max_message_bytes": max_message_size,
-        "server_name": server_name,
-        "stream_window": stream_window,
-        "reuse_port": reuse_port,
-        "max_connection_age": max_connection_age if reuse_port else 0,
-        "restricted": tuple(grpc_restricted_protocol),
-    }
-    http_options: dict[str, object] = {
-        "server_name": server_name,
-        "max_input_size": http_max_input_size,
-        "reuse_port": reuse_port,
-        "max_connection_age": max_connection_age if reuse_port else 0,
-        "restricted": tuple(http_restricted_api),
-    }
-    if tls_cert:
-        tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
-        grpc_options.update(tls)
-        if http_tls:
-            http_options.update(tls)
+    frontends = []
+    for name in frontend_names(plugins, tuple(values.get("frontends_list") or ())):
+        settings = plugin_settings(plugins, "frontend", name, values, reuse_port=reuse_port)
+        try:
+            settings.check()
+        except ConfigError as exc:
+            raise click.UsageError(exc.message) from None
+        frontends.append((name, settings))
+    transports = {name: transport_settings_from(plugins, name, values) for name in plugins.names("transport")}
+    max_inflight = values["max_inflight"]
     return FrontendConfig(
-        namespace=namespace,
-        host=grpc_host,
-        grpc_port=grpc_port,
-        http_host=http_host,
-        http_port=http_port,
-        router=router,
-        grpc_options=grpc_options,
-        http_options=http_options,
-        transport=transport,
-        admission=AdmissionSettings(max_inflight=max(max_inflight, 0), max_queue=max_queue, enabled=max_inflight >= 0),
+        namespace=values["namespace"],
+        frontends=tuple(frontends),
+        router=values["router"],
+        router_settings=plugins.build_settings("router", values["router"], values),
+        transport=transport_settings_from(plugins, None, values),
+        transports=transports,
+        admission=AdmissionSettings(
+            max_inflight=max(max_inflight, 0), max_queue=values["max_queue"], enabled=max_inflight >= 0
+        ),
     )
 
 
-def share_token(token: str | None) -> None:
-    """Hand the transport token to child processes through their environment, never their command line."""
-    if token:
-        os.environ["DYN_TRANSPORT_TOKEN"] = token
-
-
-@click.command()
+@uses("kv-store", "transport", "frontend", "router")
+@click.command(cls=PanelCommand)
 @store_options
 @frontend_options
-@transport_options
 @click.option(
     "--processes",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Frontend processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each watching the store.",
+    help="Frontend processes sharing the ports (SO_REUSEPORT), each watching the store.",
 )
 @click.option(
     "--reuse-port",
     is_flag=True,
     envvar="DYN_REUSE_PORT",
-    help="Bind the gRPC and HTTP ports with SO_REUSEPORT: a new frontend started the same way can take them "
+    help="Bind the frontends' ports with SO_REUSEPORT: a new frontend started the same way can take them "
     "over before this one drains on SIGTERM (rolling restarts). Set for --processes > 1.",
 )
 @click.option("--ready-fd", type=int, hidden=True, help="Write 'ready' to this inherited pipe once serving.")
 @click.pass_context
-def frontend(
-    ctx: click.Context,
-    store_kv: str,
-    etcd_endpoints: str | None,
-    file_kv_root: str | None,
-    processes: int,
-    reuse_port: bool,
-    ready_fd: int | None,
-    **options: object,
-) -> None:
-    """Serve KServe v2 gRPC and HTTP for every model live workers register.
+def frontend(ctx: click.Context, **values: Any) -> None:
+    """Serve the frontends (KServe v2 gRPC and HTTP by default) for every model live workers register.
 
     SIGTERM drains (stops accepting, finishes requests in flight) and exits 0; with --reuse-port a
     new frontend on the same ports takes over first. Exits 3 when it cannot start (store unreachable,
     a port taken).
     """
     plugins = plugins_from(ctx)
-    config = frontend_config(**options, reuse_port=reuse_port or processes > 1)  # type: ignore[arg-type]
-    share_token(config.transport.token)
-    extra_argv = ["frontend", *forwarded_options(ctx, FORWARDED, {}), "--reuse-port"]
-    store = store_settings(store_kv, etcd_endpoints, file_kv_root)
+    processes = values["processes"]
+    config = frontend_config(plugins, values, reuse_port=values["reuse_port"] or processes > 1)
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        run_service(_run(plugins, store_kv, store, config, processes - 1, extra_argv, ready_fd))
+        run_service(_run(plugins, ctx, values, config, processes - 1))
 
 
-#: Options an extra frontend process receives from the command that starts it (serve or frontend).
-FORWARDED = {
-    "store_kv",
-    "etcd_endpoints",
-    "file_kv_root",
-    "namespace",
-    "grpc_host",
-    "http_host",
-    "http_max_input_size",
-    "router",
-    "server_name",
-    "stream_window",
-    "max_message_size",
-    "max_connection_age",
-    "tls_cert",
-    "tls_key",
-    "tls_client_ca",
-    "http_tls",
-    "transport_tls_cert",
-    "transport_tls_key",
-    "transport_tls_ca",
-    "transport_heartbeat",
-    "grpc_restricted_protocol",
-    "http_restricted_api",
-    "max_inflight",
-    "max_queue",
-}  # the transport token goes through the environment (share_token), not the command line
+def extra_frontend_argv(ctx: click.Context, plugins: Plugins, stack: FrontendStack) -> tuple[list[str], dict[str, str]]:
+    """The ``frontend ... --reuse-port`` command line (and secret env vars) of another process on the ports
+    ``stack`` bound: this invocation's values of every option ``frontend`` has, each port option set
+    to its frontend's bound port."""
+    from dynamo_triton.cli.main import core_command
+
+    ports: dict[str, Any] = {}
+    for name, running in stack.frontends:
+        cls = plugins.settings_class("frontend", name)
+        for declared in declared_options(cls) if cls is not None else []:
+            if declared.field_name == "port":
+                ports[declared.spec.param_name] = running.port
+    env: dict[str, str] = {}
+    argv = child_argv(ctx, core_command("frontend", plugins), ports, env=env)
+    return ["frontend", *argv, "--reuse-port"], env
 
 
-def extra_frontend_argv(argv: list[str], stack: FrontendStack) -> list[str]:
-    """``argv`` (a ``frontend ... --reuse-port`` command line) on the ports ``stack`` bound."""
-    return [*argv, "--grpc-port", str(stack.grpc.port), "--http-port", str(stack.http.port if stack.http else -1)]
-
-
-async def start_extra_frontends(count: int, argv: list[str], stack: FrontendStack) -> list[asyncio.subprocess.Process]:
-    """Start ``count`` more frontend processes on the ports ``stack`` bound (with SO_REUSEPORT)."""
-    return [await spawn(extra_frontend_argv(argv, stack)) for _ in range(count)]
+async def start_extra_frontends(
+    count: int, argv: list[str], env: Mapping[str, str]
+) -> list[asyncio.subprocess.Process]:
+    """Start ``count`` more frontend processes (``argv`` from :func:`extra_frontend_argv`)."""
+    return [await spawn(argv, env=env) for _ in range(count)]
 
 
 def check_tls_files(config: FrontendConfig) -> None:
-    """Load the frontend's TLS files before any port opens; a bad one raises a ConfigError naming it.
+    """Load the frontends' TLS files before any port opens; a bad one raises a ConfigError naming it.
 
     The HTTP frontend would say so itself, but gRPC's own loader only says "Failed to bind".
     """
-    options = config.grpc_options
-    if options.get("tls_cert"):
-        server_context(options["tls_cert"], options["tls_key"], options.get("tls_client_ca"))
+    for _, settings in config.frontends:
+        if settings.tls_cert and settings.tls_key:
+            server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            return
 
 
 def listeners(config: FrontendConfig, stack: FrontendStack) -> str:
-    """Where a client reaches the frontend: ``KServe gRPC localhost:8787 (TLS), HTTP https://localhost:8000``."""
-    where = f"KServe gRPC {dial_address(config.host, stack.grpc.port)}"
-    if config.grpc_options.get("tls_cert"):
-        where += " (TLS" + (", client certificates" if config.grpc_options.get("tls_client_ca") else "") + ")"
-    if stack.http is not None:
-        scheme = "https" if config.http_options.get("tls_cert") else "http"
-        where += f", HTTP {scheme}://{dial_address(config.http_host or config.host, stack.http.port)}"
-    return where
+    """Where a client reaches the frontends: ``KServe gRPC 127.0.0.1:8787 (TLS), HTTP https://127.0.0.1:8000``."""
+    settings: dict[str, FrontendSettings] = dict(config.frontends)
+    parts = []
+    for name, running in stack.frontends:
+        own = settings[name]
+        parts.append(own.listener(dial_address(own.host, running.port)))
+    return ", ".join(parts)
 
 
 async def _run(
     plugins: Plugins,
-    store_kv: str,
-    store_options: dict[str, object],
+    ctx: click.Context,
+    values: dict[str, Any],
     config: FrontendConfig,
     extra: int,
-    extra_argv: list[str],
-    ready_fd: int | None = None,
 ) -> None:
+    store_kv = values["store_kv"]
     with starting():
         check_tls_files(config)  # first: a wrong file is found without waiting on the store
-        store = plugins.kv_store(store_kv, **store_options)
+        store = store_from(plugins, values)
     shutdown = Shutdown()
     children: list[asyncio.subprocess.Process] = []
     try:
         with starting():
             stack = await start_frontend(plugins, store, config)
-            children = await start_extra_frontends(extra, extra_argv, stack)
+            if extra:
+                argv, env = extra_frontend_argv(ctx, plugins, stack)
+                children = await start_extra_frontends(extra, argv, env)
         click.echo(
             f"frontend: {listeners(config, stack)}; store {store_kv}, namespace {config.namespace}"
             + (f", {extra + 1} processes" if extra else ""),
             err=True,
         )
-        notify_ready(ready_fd)
+        notify_ready(values.get("ready_fd"))
         shutdown.started()
         signame = await shutdown.wait()
         log.info("%s received: draining (the ports stop accepting; requests in flight finish)", signame)

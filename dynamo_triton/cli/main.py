@@ -20,7 +20,7 @@ from dynamo_triton.cli.exits import exit_code_of
 from dynamo_triton.errors import DyntritonError
 from dynamo_triton.malloc import tune_malloc
 
-__all__ = ["main"]
+__all__ = ["core_command", "main"]
 
 #: Core commands: name -> ("module:attribute", one-line summary for --help).
 CORE_COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,6 +41,13 @@ def _load(spec: str) -> click.Command:
     return getattr(importlib.import_module(module_name), attribute)
 
 
+def core_command(name: str, plugins: Any) -> click.Command:
+    """The core command ``name`` with the options of ``plugins`` (what ``dyntriton NAME`` runs)."""
+    from dynamo_triton.cli.composition import with_plugin_options
+
+    return with_plugin_options(_load(CORE_COMMANDS[name][0]), plugins)
+
+
 class LazyGroup(click.Group):
     """A group that lists commands from summaries and imports a command only when it runs."""
 
@@ -53,11 +60,16 @@ class LazyGroup(click.Group):
         if cmd_name in CORE_COMMANDS:
             spec = CORE_COMMANDS[cmd_name][0]
             try:
-                return _load(spec)
+                command = _load(spec)
             except ModuleNotFoundError as exc:
                 if not exc.name or not exc.name.startswith("dynamo_triton.cli."):
                     raise
                 return None
+            if getattr(command, "dyntriton_kinds", None) or isinstance(command, click.Group):
+                from dynamo_triton.cli.composition import with_plugin_options
+
+                return with_plugin_options(command, plugins_from(ctx))
+            return command
         for item in plugins_from(ctx).commands():
             if item.name == cmd_name:
                 return _plugin_command(item)

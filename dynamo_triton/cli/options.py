@@ -1,15 +1,16 @@
-"""Click options shared by ``serve``, ``worker`` and ``frontend``: one source of truth for names, env vars, defaults."""
+"""The core's own click options shared by ``serve``, ``worker``, ``frontend`` and ``store``.
+
+Plugin options are not here: each plugin declares its settings (:mod:`dynamo_triton.settings`)
+and :mod:`dynamo_triton.cli.composition` adds them to the commands that use that kind of plugin.
+Every option here carries the ``--help`` panel it shows in.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-
-from dynamo_triton.runtime.routing import POLICIES
-from dynamo_triton.transport import TransportSettings
 
 __all__ = [
     "PORT",
@@ -19,12 +20,10 @@ __all__ = [
     "format_ports",
     "frontend_options",
     "model_control_option",
-    "store_connection_options",
-    "store_connection_overrides",
+    "store_choice_options",
+    "store_choice_overrides",
     "store_options",
-    "store_settings",
     "transport_options",
-    "transport_settings",
     "worker_options",
 ]
 
@@ -49,35 +48,9 @@ class PortRange(click.ParamType):
             self.fail(f"{text!r} is not a port range within 1-65535 (or 0 for any free port)", param, ctx)
         return low, high
 
-
-def _restrictions(grpc: bool) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], tuple[str, ...]]:
-    def check(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
-        from dynamo_triton.runtime.restrictions import parse_restrictions
-
-        try:
-            parse_restrictions(value, grpc=grpc)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-        return value
-
-    return check
-
-
-def _restricted_option(flag: str, envvar: str, *, grpc: bool) -> Callable[[F], F]:
-    header = "triton-grpc-protocol-<key>" if grpc else "<key>"
-    refusal = "UNAVAILABLE" if grpc else "403"
-    return click.option(
-        flag,
-        envvar=envvar,
-        multiple=True,
-        show_envvar=True,
-        callback=_restrictions(grpc),
-        metavar="GROUPS:KEY=VALUE",
-        help=f"Triton's restricted {'protocols' if grpc else 'APIs'}: calls of the comma-separated groups "
-        f"(health, metadata, inference, shared-memory, model-config, model-repository, statistics, trace, "
-        f"logging) need the header {header} with VALUE, or are refused ({refusal}) as Triton refuses them. "
-        "Repeatable; a group in one spec only (docs/security.md).",
-    )
+    def format_value(self, value: tuple[int, int]) -> str:
+        """The value as this type reads it back (for a child's command line)."""
+        return format_ports(value)
 
 
 #: A TCP port: 0-65535, 0 meaning any free port (click says "x is not in the range 0<=x<=65535").
@@ -89,89 +62,52 @@ def format_ports(ports: tuple[int, int]) -> str:
     return str(ports[0]) if ports[0] == ports[1] else f"{ports[0]}-{ports[1]}"
 
 
-def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+def _apply(options: list[Callable[[F], F]], panel: str) -> Callable[[F], F]:
+    """One decorator adding ``options``, each shown in ``--help`` panel ``panel``."""
+
     def decorate(func: F) -> F:
         for option in reversed(options):
             func = option(func)
+            param = func.__click_params__[-1]  # type: ignore[attr-defined]
+            if not hasattr(param, "dyntriton_panel"):
+                param.dyntriton_panel = panel
         return func
 
     return decorate
 
 
-def _export_nats_server(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    """``--nats-server`` is the command-line spelling of ``NATS_SERVER``, which the nats store and
-    transport (and Dynamo) read: export it, so this process's plugins and its children see it."""
-    if value:
-        os.environ["NATS_SERVER"] = value
+_STORE_KV_HELP = "Key-value store for discovery (see `dyntriton plugins list`): file, etcd, mem, nats, ..."
 
 
-def _nats_server(help_text: str, *, envvar: str | None) -> Callable[[F], F]:
-    return click.option(
-        "--nats-server",
-        envvar=envvar,
-        show_envvar=envvar is not None,
-        expose_value=False,
-        is_eager=True,
-        callback=_export_nats_server,
-        help=help_text,
-    )
+def _named(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """A plugin choice must name one: with no default plugin registered for its kind, it must be given."""
+    if not value:
+        flag = max(param.opts, key=len)
+        raise click.UsageError(f"give {flag} NAME: no plugin registers itself as the default (dyntriton plugins list)")
+    return value
 
 
-def _store_connection(*, override: bool) -> list[Callable[[F], F]]:
-    """``--store-kv``, ``--etcd-endpoints``, ``--file-kv-root``, ``--nats-server``.
-
-    :param override: the sub-command flavour (no default, no env var: a value given after a
-        sub-command name overrides the group's).
-    """
-    if override:
-        note = " (may also be given before the sub-command)"
-        return [
-            click.option("--store-kv", default=None, help="Which KV store" + note + "."),
-            click.option("--etcd-endpoints", default=None, help="etcd client URLs" + note + "."),
-            click.option(
-                "--file-kv-root", default=None, type=click.Path(file_okay=False), help="File store folder" + note + "."
-            ),
-            _nats_server("NATS server URLs" + note + ".", envvar=None),
-        ]
-    return [
-        click.option(
-            "--store-kv",
-            envvar="DYN_STORE_KV",
-            default="file",
-            show_envvar=True,
-            help="Key-value store for discovery (see `dyntriton plugins list`): file, etcd, mem, ...",
-        ),
-        click.option(
-            "--etcd-endpoints",
-            envvar="ETCD_ENDPOINTS",
-            show_envvar=True,
-            help="etcd client URLs, comma-separated (--store-kv etcd). Default: http://localhost:2379.",
-        ),
-        click.option(
-            "--file-kv-root",
-            envvar="DYN_FILE_KV",
-            show_envvar=True,
-            type=click.Path(file_okay=False),
-            help="Folder of the file store (--store-kv file), shared by every process on the host. "
-            "Default: $XDG_RUNTIME_DIR/dyntriton-kv-UID.",
-        ),
-        _nats_server(
-            "NATS server URLs, comma-separated (--store-kv nats, --transport nats; also for the "
-            "processes this command starts). Default: nats://localhost:4222.",
-            envvar="NATS_SERVER",
-        ),
-    ]
+def _choice(flag: str, *, envvar: str | None = None, help: str) -> Callable[[F], F]:
+    """An option naming a plugin; its default is the plugin registered with the trait ``default`` (set per
+    invocation by :func:`dynamo_triton.cli.composition.with_plugin_options`: the core names no plugin)."""
+    return click.option(flag, envvar=envvar, show_envvar=envvar is not None, default=None, callback=_named, help=help)
 
 
-#: The store a command talks to (``dyntriton store``'s group options).
-store_connection_options = _apply(_store_connection(override=False))
+#: The store a command talks to (``dyntriton store``'s group option); the store's own options are its plugin's.
+store_choice_options = _apply(
+    [_choice("--store-kv", envvar="DYN_STORE_KV", help=_STORE_KV_HELP)],
+    "Store",
+)
 
-#: The same options on a ``store`` sub-command, overriding the group's when given.
-store_connection_overrides = _apply(_store_connection(override=True))
+#: The same option on a ``store`` sub-command, overriding the group's when given.
+store_choice_overrides = _apply(
+    [click.option("--store-kv", default=None, help="Which KV store (may also be given before the sub-command).")],
+    "Store",
+)
 
 store_options = _apply(
     [
-        *_store_connection(override=False),
+        _choice("--store-kv", envvar="DYN_STORE_KV", help=_STORE_KV_HELP),
         click.option(
             "--namespace",
             envvar="DYN_NAMESPACE",
@@ -179,23 +115,13 @@ store_options = _apply(
             show_envvar=True,
             help="Discovery namespace; frontends see only workers of the same namespace.",
         ),
-    ]
+    ],
+    "Store",
 )
-
-
-def store_settings(store_kv: str, etcd_endpoints: str | None, file_kv_root: str | None) -> dict[str, Any]:
-    """The store-specific options of ``--store-kv`` for ``Plugins.kv_store`` (only those that apply)."""
-    options: dict[str, Any] = {}
-    if store_kv == "etcd" and etcd_endpoints:
-        options["endpoints"] = etcd_endpoints
-    if store_kv == "file" and file_kv_root:
-        options["root"] = file_kv_root
-    return options
-
 
 backend_options = _apply(
     [
-        click.option("--backend", default="triton", help="Backend plugin that runs the models."),
+        _choice("--backend", help="Backend plugin that runs the models."),
         click.option(
             "--model",
             "--model-name",
@@ -203,40 +129,19 @@ backend_options = _apply(
             multiple=True,
             help="Model to load (repeatable). Default: every model in the repository.",
         ),
-        click.option(
-            "--model-repository",
-            type=click.Path(file_okay=False),
-            default="model_repo",
-            help="Triton model repository (folders with config.pbtxt and version dirs).",
-        ),
-        click.option("--backend-directory", type=click.Path(file_okay=False), help="Triton backends folder."),
-        click.option(
-            "--log-verbose",
-            type=click.IntRange(min=0),
-            default=0,
-            help="Triton log verbosity (0 = quiet); above 0 gRPC's own error log is shown too.",
-        ),
-        click.option(
-            "--model-load-retries",
-            envvar="DYN_MODEL_LOAD_RETRIES",
-            type=click.IntRange(min=0),
-            default=0,
-            show_envvar=True,
-            help="Times a model whose load failed is tried again (0: fail at the first error, with its reason).",
-        ),
-        click.option(
-            "--triton-home",
-            envvar="TRITON_HOME",
-            show_envvar=True,
-            type=click.Path(file_okay=False),
-            help="Triton installation to embed (default: /opt/tritonserver, then the nvidia-pytriton wheel).",
-        ),
-    ]
+    ],
+    "Backend (every backend)",
+)
+
+#: The request plane's choice (``worker``, ``serve``); its settings are the transport plugins' (and the
+#: common TransportSettings), on every command that has a request plane.
+transport_options = _apply(
+    [_choice("--transport", help="Request plane between frontend and workers (a transport plugin).")],
+    "Request plane (every transport)",
 )
 
 worker_options = _apply(
     [
-        click.option("--transport", default="tcp", help="Request plane between frontend and workers."),
         click.option(
             "--worker-host",
             "--host",
@@ -274,19 +179,8 @@ worker_options = _apply(
             help="Worker HTTP port for /health, /live and /metrics, 0-65535 (0 = any free port; serve gives "
             "worker i this port + i).",
         ),
-    ]
-)
-
-
-#: ``worker`` and ``serve``: Triton's model control mode.
-model_control_option = click.option(
-    "--model-control",
-    envvar="DYN_MODEL_CONTROL",
-    type=click.Choice(["none", "explicit"]),
-    default="none",
-    show_envvar=True,
-    help="Triton's model control mode. none: serve --model (default: every model) until stopped; explicit: "
-    "load only --model at start and take load/unload requests from the frontends (docs/model-control.md).",
+    ],
+    "Worker",
 )
 
 
@@ -305,66 +199,61 @@ def _advertise_host(ctx: click.Context, param: click.Parameter, value: str | Non
     return host.strip("[]")
 
 
-#: ``worker`` only (``serve``'s workers share its host): the address frontends dial.
-advertise_host_option = click.option(
-    "--advertise-host",
-    envvar="DYN_ADVERTISE_HOST",
-    show_envvar=True,
-    callback=_advertise_host,
-    help="Host name or IP address frontends on other hosts dial to reach this worker (tcp), published in "
-    "its model cards. Default: --worker-host, or this host's name resolved when that is 0.0.0.0, which "
-    "is often wrong (127.0.1.1, a container address). Across hosts, set it to this host's address on the "
-    "network the frontends share, with --worker-host 0.0.0.0 (or that address) and a fixed --worker-port.",
+#: ``worker`` and ``serve``: Triton's model control mode.
+model_control_option = _apply(
+    [
+        click.option(
+            "--model-control",
+            envvar="DYN_MODEL_CONTROL",
+            type=click.Choice(["none", "explicit"]),
+            default="none",
+            show_envvar=True,
+            help="Triton's model control mode. none: serve --model (default: every model) until stopped; "
+            "explicit: load only --model at start and take load/unload requests from the frontends "
+            "(docs/model-control.md).",
+        )
+    ],
+    "Worker",
 )
 
 
+#: ``worker`` only (``serve``'s workers share its host): the address frontends dial.
+advertise_host_option = _apply(
+    [
+        click.option(
+            "--advertise-host",
+            envvar="DYN_ADVERTISE_HOST",
+            show_envvar=True,
+            callback=_advertise_host,
+            help="Host name or IP address frontends on other hosts dial to reach this worker (tcp), published in "
+            "its model cards. Default: --worker-host, or this host's name resolved when that is 0.0.0.0, which "
+            "is often wrong (127.0.1.1, a container address). Across hosts, set it to this host's address on the "
+            "network the frontends share, with --worker-host 0.0.0.0 (or that address) and a fixed --worker-port.",
+        )
+    ],
+    "Worker",
+)
+
+
+#: Which frontends and which router; each frontend's and router's settings are its plugin's.
 frontend_options = _apply(
     [
         click.option(
-            "--grpc-host",
-            envvar="DYN_GRPC_HOST",
-            default="127.0.0.1",
+            "--frontend",
+            "frontends_list",
+            multiple=True,
+            envvar="DYN_FRONTENDS",
             show_envvar=True,
-            help="Interface the KServe gRPC port binds (0.0.0.0: every interface, for clients on other hosts).",
+            help="Frontend plugin to start (repeatable; see `dyntriton plugins list`). Default: every frontend "
+            "registered as a default one (kserve-grpc and http); when given, the whole list.",
         ),
-        click.option(
-            "--grpc-port",
-            envvar="DYN_GRPC_PORT",
-            type=PORT,
-            default=8787,
-            show_envvar=True,
-            help="KServe gRPC port, 0-65535 (0 = any free port).",
-        ),
-        click.option(
-            "--http-port",
-            envvar="DYN_HTTP_PORT",
-            type=click.IntRange(-1, 65535),
-            default=8000,
-            show_envvar=True,
-            help="HTTP port: KServe v2 REST, /health, /live, /metrics; 0-65535 (0 = any free port, -1 = no HTTP).",
-        ),
-        click.option(
-            "--http-host",
-            envvar="DYN_HTTP_HOST",
-            default="127.0.0.1",
-            show_envvar=True,
-            help="Interface the HTTP port binds (0.0.0.0: every interface).",
-        ),
-        click.option(
-            "--http-max-input-size",
-            type=click.IntRange(min=1),
-            default=64 * 1024 * 1024,
-            show_default=True,
-            help="Largest HTTP request body accepted, in bytes, after decompression (413 beyond it).",
-        ),
-        click.option(
+        _choice(
             "--router",
-            type=click.Choice(sorted(POLICIES)),
-            default="least-outstanding",
-            show_default=True,
-            help="Router policy: which live instance takes a request (least-outstanding: the fewest requests "
-            "in flight, ties in turn; with a slow worker it keeps throughput where round-robin and random halve "
-            "it without admission control: benchmarks/bench_routing.py).",
+            envvar="DYN_ROUTER",
+            help="Router plugin: which live instance takes a request (see `dyntriton plugins list`; "
+            "least-outstanding: the fewest requests in flight, ties in turn; with a slow worker it keeps "
+            "throughput where round-robin and random halve it without admission control: "
+            "benchmarks/bench_routing.py).",
         ),
         click.option(
             "--max-inflight",
@@ -388,142 +277,6 @@ frontend_options = _apply(
             help="Admission control: requests of one model that may wait in the frontend's queue (Triton's "
             "max_queue_size in the model's config, times its workers, wins).",
         ),
-        click.option(
-            "--server-name",
-            envvar="DYN_SERVER_NAME",
-            default="triton",
-            show_default=True,
-            show_envvar=True,
-            help="Name ServerMetadata reports (Triton's clients expect 'triton').",
-        ),
-        click.option(
-            "--stream-window",
-            type=click.IntRange(min=1),
-            default=1024,
-            show_default=True,
-            help="Requests one ModelStreamInfer stream may have running or unsent before the frontend stops reading.",
-        ),
-        click.option(
-            "--max-connection-age",
-            envvar="DYN_MAX_CONNECTION_AGE",
-            type=click.FloatRange(min=0),
-            default=5.0,
-            show_default=True,
-            show_envvar=True,
-            help="With shared ports (--reuse-port, several frontend processes): seconds a gRPC connection lives "
-            "before the frontend asks its client to open a new one (GOAWAY; gRPC clients do it without failing "
-            "a call), and so the longest a draining frontend waits for its clients to move to another process. "
-            "0: off (a draining frontend then cancels the calls that reach it late).",
-        ),
-        click.option(
-            "--max-message-size",
-            type=int,
-            default=256 * 1024 * 1024,
-            help="Largest gRPC message accepted or sent, in bytes.",
-        ),
-        click.option(
-            "--tls-cert",
-            envvar="DYN_TLS_CERT",
-            show_envvar=True,
-            type=click.Path(dir_okay=False),
-            help="The frontend's TLS certificate (PEM), on both KServe ports: gRPC and HTTP (REST, /health, "
-            "/metrics are then HTTPS). One certificate, because clients dial one host name for both ports "
-            "and asking for TLS should leave no port in clear text; --no-http-tls keeps HTTP plain. With --tls-key.",
-        ),
-        click.option(
-            "--tls-key",
-            envvar="DYN_TLS_KEY",
-            show_envvar=True,
-            type=click.Path(dir_okay=False),
-            help="PEM private key of --tls-cert (unencrypted; readable by this user only).",
-        ),
-        click.option(
-            "--tls-client-ca",
-            envvar="DYN_TLS_CLIENT_CA",
-            show_envvar=True,
-            type=click.Path(dir_okay=False),
-            help="PEM CA client certificates must be signed by (mutual TLS): on both ports, so that REST is no "
-            "way around it; clients without one are refused.",
-        ),
-        _restricted_option("--grpc-restricted-protocol", "DYN_GRPC_RESTRICTED_PROTOCOL", grpc=True),
-        _restricted_option("--http-restricted-api", "DYN_HTTP_RESTRICTED_API", grpc=False),
-        click.option(
-            "--http-tls/--no-http-tls",
-            envvar="DYN_HTTP_TLS",
-            default=True,
-            show_default=True,
-            show_envvar=True,
-            help="With --tls-cert, serve the HTTP port over TLS too. --no-http-tls keeps it plain, for a "
-            "TLS-terminating proxy in front of it or plain probes on 127.0.0.1.",
-        ),
-    ]
+    ],
+    "Frontend (every protocol)",
 )
-
-#: The request plane's protection and liveness, the same on ``worker``, ``frontend`` and ``serve``.
-transport_options = _apply(
-    [
-        click.option(
-            "--transport-tls-cert",
-            envvar="DYN_TRANSPORT_TLS_CERT",
-            show_envvar=True,
-            type=click.Path(dir_okay=False),
-            help="Request plane TLS (tcp): the PEM certificate this process presents (a worker's server "
-            "certificate, a frontend's client certificate). With --transport-tls-key and --transport-tls-ca.",
-        ),
-        click.option(
-            "--transport-tls-key",
-            envvar="DYN_TRANSPORT_TLS_KEY",
-            show_envvar=True,
-            type=click.Path(dir_okay=False),
-            help="PEM private key of --transport-tls-cert.",
-        ),
-        click.option(
-            "--transport-tls-ca",
-            envvar="DYN_TRANSPORT_TLS_CA",
-            show_envvar=True,
-            type=click.Path(dir_okay=False),
-            help="PEM CA the other side's certificate must be signed by (mutual TLS: workers refuse frontends "
-            "without one, frontends check the worker's and its host name).",
-        ),
-        click.option(
-            "--transport-token",
-            envvar="DYN_TRANSPORT_TOKEN",
-            show_envvar=True,
-            help="Shared secret: workers serve only frontends that prove they hold it (tcp; never sent). "
-            "Prefer the environment variable: command lines are visible to other users.",
-        ),
-        click.option(
-            "--transport-heartbeat",
-            envvar="DYN_TRANSPORT_HEARTBEAT",
-            type=click.FloatRange(min=0),
-            default=1.0,
-            show_default=True,
-            show_envvar=True,
-            help="Seconds without a sign of life before a frontend stops routing to a worker (frozen, stuck) "
-            "until it answers again; 0: no heartbeats (tcp and nats).",
-        ),
-    ]
-)
-
-
-def transport_settings(
-    transport_tls_cert: str | None,
-    transport_tls_key: str | None,
-    transport_tls_ca: str | None,
-    transport_token: str | None,
-    transport_heartbeat: float,
-) -> TransportSettings:
-    """TransportSettings from :data:`transport_options`; TLS needs its three files together."""
-    given = [transport_tls_cert, transport_tls_key, transport_tls_ca]
-    if any(given) and not all(given):
-        raise click.UsageError(
-            "--transport-tls-cert, --transport-tls-key and --transport-tls-ca go together (mutual TLS): "
-            "give all three or none"
-        )
-    return TransportSettings(
-        tls_cert=transport_tls_cert,
-        tls_key=transport_tls_key,
-        tls_ca=transport_tls_ca,
-        token=transport_token or None,
-        heartbeat=transport_heartbeat,
-    )

@@ -1,7 +1,7 @@
 """``dyntriton serve``: a frontend and its workers in one command, stopped together.
 
-With ``--store-kv mem`` (or ``--in-process``) the worker runs inside this
-process and requests skip the network (``inproc`` transport). Otherwise each of
+With a process-local store (``--store-kv mem``) or ``--in-process`` the worker runs inside
+this process and requests skip the network (an in-process transport: ``inproc``). Otherwise each of
 the ``--workers N`` workers is a ``dyntriton worker`` child process, exactly what
 you would run by hand on other hosts.
 
@@ -34,35 +34,28 @@ from typing import Any
 import click
 
 from dynamo_triton.cli.children import (
-    forwarded_options,
+    child_env,
     own_group_dying_with_parent,
     ready,
     spawn_ready,
     stop_children,
 )
+from dynamo_triton.cli.composition import PanelCommand, child_argv, plugin_settings, uses
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.exits import EXIT_START_FAILED, starting
-from dynamo_triton.cli.frontend_cmd import (
-    FORWARDED,
-    check_tls_files,
-    extra_frontend_argv,
-    frontend_config,
-    listeners,
-    share_token,
-)
+from dynamo_triton.cli.frontend_cmd import check_tls_files, extra_frontend_argv, frontend_config, listeners
 from dynamo_triton.cli.options import (
     backend_options,
     format_ports,
     frontend_options,
     model_control_option,
     store_options,
-    store_settings,
     transport_options,
     worker_options,
 )
 from dynamo_triton.cli.serve_summary import Ownership, print_summary, served_by_own
 from dynamo_triton.cli.supervisor import Child, RestartPolicy, Supervisor, exit_description
-from dynamo_triton.cli.worker_cmd import backend_settings
+from dynamo_triton.cli.worker_cmd import store_from
 from dynamo_triton.errors import DyntritonError
 from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.control_records import reports_prefix
@@ -78,7 +71,8 @@ log = logging.getLogger("dyntriton.serve")
 STARTUP_TIMEOUT = 300.0
 
 
-@click.command()
+@uses("kv-store", "transport", "backend", "frontend", "router")
+@click.command(cls=PanelCommand)
 @store_options
 @backend_options
 @worker_options
@@ -90,12 +84,13 @@ STARTUP_TIMEOUT = 300.0
     "--frontends",
     type=click.IntRange(min=1),
     default=1,
-    help="Frontend processes sharing the gRPC and HTTP ports (SO_REUSEPORT); more than 1 needs a shared store.",
+    help="Frontend processes sharing the frontends' ports (SO_REUSEPORT); more than 1 needs a shared store.",
 )
 @click.option(
     "--in-process",
     is_flag=True,
-    help="Run one worker inside this process (no sockets between frontend and worker). Implied by --store-kv mem.",
+    help="Run one worker inside this process (no sockets between frontend and worker). Implied by a "
+    "process-local store (--store-kv mem).",
 )
 @click.option(
     "--restart",
@@ -107,23 +102,20 @@ STARTUP_TIMEOUT = 300.0
     "(exit 5). With 'no', serve exits 4 once no worker is left.",
 )
 @click.pass_context
-def serve(ctx: click.Context, **options: Any) -> None:
-    """Run a KServe frontend and workers for the models of a Triton model repository.
+def serve(ctx: click.Context, **values: Any) -> None:
+    """Run the frontends (KServe gRPC and HTTP by default) and workers for the models of a Triton model repository.
 
     Exit codes: 0 stopped by SIGINT/SIGTERM; 3 could not start; 4 no worker left while serving
     (--restart no); 5 a process crash-looped. SIGHUP restarts the extra frontend processes without
     losing a request (--frontends N).
     """
+    plugins = plugins_from(ctx)
     own_namespace = ctx.get_parameter_source("namespace") is click.core.ParameterSource.DEFAULT
     if own_namespace:  # two serves on one host (one file store) must not route to each other's workers
-        options["namespace"] = serve_namespace()
-    frontend_argv = [
-        "frontend",
-        *forwarded_options(ctx, FORWARDED, {"namespace": options["namespace"]}),
-        "--reuse-port",
-    ]
+        values["namespace"] = ctx.params["namespace"] = serve_namespace()
+    plan = ServePlan.of(ctx, plugins, values, own_namespace=own_namespace)
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        run_service(_serve(plugins_from(ctx), ServeOptions(**options), frontend_argv, own_namespace=own_namespace))
+        run_service(_serve(plugins, ctx, plan))
 
 
 def serve_namespace() -> str:
@@ -136,203 +128,126 @@ def serve_namespace() -> str:
 
 
 @dataclass(frozen=True)
-class ServeOptions:
-    """Every option of ``serve``, typed (the click options are the source of names and defaults)."""
+class ServePlan:
+    """What ``serve`` decided from its options before starting anything.
 
-    store_kv: str
-    etcd_endpoints: str | None
-    file_kv_root: str | None
-    namespace: str
-    backend: str
-    models: tuple[str, ...]
-    model_repository: str
-    backend_directory: str | None
-    log_verbose: int
-    model_load_retries: int
-    triton_home: str | None
-    transport: str
-    worker_host: str
-    worker_port: tuple[int, int]
-    lease_ttl: float
-    system_host: str
-    system_port: int
-    grpc_host: str
-    grpc_port: int
-    http_host: str
-    http_port: int
-    http_max_input_size: int
-    router: str
-    server_name: str
-    stream_window: int
-    max_message_size: int
-    max_connection_age: float
-    tls_cert: str | None
-    tls_key: str | None
-    tls_client_ca: str | None
-    http_tls: bool
-    workers: int
-    frontends: int
+    :param values: click's values of every option (the core's and the plugins').
+    :param in_process: one worker in this process (``--in-process``, or a process-local store).
+    :param transport: the transport the workers serve on (an in-process one for an in-process worker,
+        unless ``--transport`` was given).
+    :param own_namespace: the namespace is this serve's own (none was given): forgotten when it stops.
+    """
+
+    values: dict[str, Any]
     in_process: bool
-    restart: str
-    transport_tls_cert: str | None = None
-    transport_tls_key: str | None = None
-    transport_tls_ca: str | None = None
-    transport_token: str | None = None
-    transport_heartbeat: float = 1.0
-    grpc_restricted_protocol: tuple[str, ...] = ()
-    http_restricted_api: tuple[str, ...] = ()
-    model_control: str = "none"
-    max_inflight: int = 0
-    max_queue: int = 10_000
+    transport: str
+    own_namespace: bool = False
 
-    def worker_argv(self, index: int) -> list[str]:
-        """The ``dyntriton worker`` command line for child ``index``."""
-        argv = [sys.executable, "-m", "dynamo_triton", "worker", "--store-kv", self.store_kv]
-        if self.etcd_endpoints:
-            argv += ["--etcd-endpoints", self.etcd_endpoints]
-        if self.file_kv_root:
-            argv += ["--file-kv-root", self.file_kv_root]
-        argv += ["--namespace", self.namespace, "--backend", self.backend]
-        argv += ["--model-repository", self.model_repository]
-        for model in self.models:
-            argv += ["--model", model]
-        if self.backend_directory:
-            argv += ["--backend-directory", self.backend_directory]
-        if self.triton_home:
-            argv += ["--triton-home", self.triton_home]
-        argv += ["--log-verbose", str(self.log_verbose), "--model-load-retries", str(self.model_load_retries)]
-        argv += ["--transport", self.transport, "--lease-ttl", str(self.lease_ttl)]
-        argv += ["--worker-host", self.worker_host, "--worker-port", format_ports(self.worker_port)]
-        argv += ["--system-host", self.system_host]
-        argv += ["--system-port", str(self.system_port + index if self.system_port else 0)]
-        argv += ["--model-control", self.model_control]
-        for flag, path in (
-            ("--transport-tls-cert", self.transport_tls_cert),
-            ("--transport-tls-key", self.transport_tls_key),
-            ("--transport-tls-ca", self.transport_tls_ca),
-        ):
-            if path:
-                argv += [flag, path]
-        return argv  # the transport token reaches the workers through their environment (share_token)
-
-    def check(self) -> None:
-        """Reject combinations that cannot work, as usage errors."""
-        in_process = self.in_process or self.store_kv == "mem"
-        if in_process and self.workers > 1:
+    @classmethod
+    def of(
+        cls, ctx: click.Context, plugins: Plugins, values: dict[str, Any], *, own_namespace: bool = False
+    ) -> ServePlan:
+        """The plan for this invocation; combinations that cannot work are usage errors."""
+        in_process = values["in_process"] or plugins.has_trait("kv-store", values["store_kv"], "process-local")
+        transport = values["transport"]
+        given = ctx.get_parameter_source("transport") not in (None, click.core.ParameterSource.DEFAULT)
+        if in_process and not given:
+            transport = next(iter(plugins.names_with_trait("transport", "in-process")), transport)
+        workers, frontends = values["workers"], values["frontends"]
+        if in_process and workers > 1:
             raise click.UsageError("--workers > 1 needs separate processes: use a shared store (file or etcd)")
-        if in_process and self.frontends > 1:
+        if in_process and frontends > 1:
             raise click.UsageError(
                 "--frontends > 1 needs separate processes that share a store: use --store-kv file or etcd"
             )
-        if self.system_port and self.system_port + self.workers - 1 > 65535:
+        system_port = values["system_port"]
+        if system_port and system_port + workers - 1 > 65535:
             raise click.UsageError(
-                f"--system-port {self.system_port} gives worker i port {self.system_port} + i, past 65535 for "
-                f"{self.workers} workers: pick a lower port, or 0 for any free port"
+                f"--system-port {system_port} gives worker i port {system_port} + i, past 65535 for "
+                f"{workers} workers: pick a lower port, or 0 for any free port"
             )
-        first, last = self.worker_port
-        if first and last - first + 1 < self.workers:
+        first, last = values["worker_port"]
+        if first and last - first + 1 < workers:
             raise click.UsageError(
-                f"--worker-port {format_ports(self.worker_port)} has fewer ports than --workers {self.workers}: "
+                f"--worker-port {format_ports(values['worker_port'])} has fewer ports than --workers {workers}: "
                 "give a range with a port per worker (e.g. 9000-9007), or 0 for any free port"
             )
+        return cls(values, in_process, transport, own_namespace)
+
+    def worker_argv(self, ctx: click.Context, plugins: Plugins, index: int, env: dict[str, str]) -> list[str]:
+        """The ``dyntriton worker`` command line of child ``index``: this invocation's values of every option
+        ``worker`` has (the plugins' included), with worker ``index``'s system port."""
+        from dynamo_triton.cli.main import core_command
+
+        system_port = self.values["system_port"]
+        overrides = {"system_port": system_port + index if system_port else 0}
+        argv = child_argv(ctx, core_command("worker", plugins), overrides, env=env)
+        return [sys.executable, "-m", "dynamo_triton", "worker", *argv]
 
 
-async def _serve(
-    plugins: Plugins, opts: ServeOptions, frontend_argv: list[str], *, own_namespace: bool = False
-) -> None:
-    opts.check()
-    in_process = opts.in_process or opts.store_kv == "mem"
-    config = frontend_config(
-        namespace=opts.namespace,
-        grpc_host=opts.grpc_host,
-        grpc_port=opts.grpc_port,
-        http_host=opts.http_host,
-        http_port=opts.http_port,
-        http_max_input_size=opts.http_max_input_size,
-        router=opts.router,
-        server_name=opts.server_name,
-        stream_window=opts.stream_window,
-        max_message_size=opts.max_message_size,
-        tls_cert=opts.tls_cert,
-        tls_key=opts.tls_key,
-        tls_client_ca=opts.tls_client_ca,
-        http_tls=opts.http_tls,
-        reuse_port=opts.frontends > 1,
-        max_connection_age=opts.max_connection_age,
-        transport_tls_cert=opts.transport_tls_cert,
-        transport_tls_key=opts.transport_tls_key,
-        transport_tls_ca=opts.transport_tls_ca,
-        transport_token=opts.transport_token,
-        transport_heartbeat=opts.transport_heartbeat,
-        grpc_restricted_protocol=opts.grpc_restricted_protocol,
-        http_restricted_api=opts.http_restricted_api,
-        max_inflight=opts.max_inflight,
-        max_queue=opts.max_queue,
-    )
-    config = replace(config, log_verbose=opts.log_verbose)  # what LogSettings answers before an update
+async def _serve(plugins: Plugins, ctx: click.Context, plan: ServePlan) -> None:
+    values, in_process = plan.values, plan.in_process
+    config = frontend_config(plugins, values, reuse_port=values["frontends"] > 1)
+    config = replace(config, log_verbose=values["log_verbose"])  # what LogSettings answers before an update
     if in_process:  # no request plane on the network: nothing for TLS or a token to protect
-        config = replace(config, transport=TransportSettings(heartbeat=opts.transport_heartbeat))
-    share_token(opts.transport_token)
+        plain = TransportSettings(heartbeat=values["transport_heartbeat"])
+        config = replace(config, transport=plain, transports={})
     with starting():
         check_tls_files(config)  # first: a wrong file is found before any store, port or worker
-        store = plugins.kv_store(opts.store_kv, **store_settings(opts.store_kv, opts.etcd_endpoints, opts.file_kv_root))
+        store = store_from(plugins, values)
     shutdown = Shutdown()
     workers: list[Child] = []
     frontends: list[Child] = []
     frontend: FrontendStack | None = None
     local: WorkerStack | None = None
+    secrets: dict[str, str] = {}
     try:
         with starting():
             frontend = await start_frontend(plugins, store, config)
-            argv = extra_frontend_argv(frontend_argv, frontend)
-            for index in range(1, opts.frontends):
-                frontends.append(Child(f"frontend {index}", partial(spawn_ready, argv)))
+            argv, env = extra_frontend_argv(ctx, plugins, frontend)
+            for index in range(1, values["frontends"]):
+                frontends.append(Child(f"frontend {index}", partial(spawn_ready, argv, env=env)))
                 await frontends[-1].start()
             if in_process:
                 local = await start_worker(
                     plugins,
                     store,
-                    backend=opts.backend,
-                    backend_settings=backend_settings(
-                        opts.model_repository,
-                        opts.backend_directory,
-                        opts.log_verbose,
-                        opts.triton_home,
-                        opts.model_load_retries,
-                    ),
-                    transport="inproc" if opts.transport == "tcp" else opts.transport,
+                    backend=values["backend"],
+                    backend_settings=plugin_settings(plugins, "backend", values["backend"], values),
+                    transport=plan.transport,
                     settings=WorkerSettings(
-                        namespace=opts.namespace,
-                        models=opts.models,
-                        lease_ttl=opts.lease_ttl,
-                        model_control=opts.model_control,
+                        namespace=values["namespace"],
+                        models=values["models"],
+                        lease_ttl=values["lease_ttl"],
+                        model_control=values["model_control"],
                     ),
-                    system_host=opts.system_host,
-                    system_port=opts.system_port,
+                    system_host=values["system_host"],
+                    system_port=values["system_port"],
                 )
                 owner = Ownership(frozenset({os.getpid()}))
             else:
-                for index in range(opts.workers):
-                    workers.append(Child(f"worker {index}", partial(_spawn_worker, opts.worker_argv(index)), True))
+                for index in range(values["workers"]):
+                    argv = plan.worker_argv(ctx, plugins, index, secrets)
+                    workers.append(Child(f"worker {index}", partial(_spawn_worker, argv, secrets), True))
                     await workers[-1].start()
             processes = [child.process for child in workers if child.process is not None]
             if not in_process:
                 owner = Ownership(frozenset(process.pid for process in processes))
-            workers_count = 1 if in_process else opts.workers
-            if opts.model_control == "explicit" and not opts.models:  # nothing to serve yet: wait for reports
-                await _wait_until_reported(store, opts.namespace, processes, workers_count)
+            count = 1 if in_process else values["workers"]
+            if values["model_control"] == "explicit" and not values["models"]:  # nothing to serve yet: wait for reports
+                await _wait_until_reported(store, values["namespace"], processes, count)
                 own = {}
             else:
-                own = await _wait_until_served(frontend, owner, processes, workers_count, opts.models)
-        mode = "in-process worker" if in_process else f"{opts.workers} worker process(es)"
-        if opts.model_control == "explicit":
+                own = await _wait_until_served(frontend, owner, processes, count, values["models"])
+        mode = "in-process worker" if in_process else f"{values['workers']} worker process(es)"
+        if values["model_control"] == "explicit":
             mode += "; model control explicit (dyntriton model load NAME / unload NAME)"
-        where = f"store {opts.store_kv} (namespace {opts.namespace})"
+        where = f"store {values['store_kv']} (namespace {values['namespace']})"
         footer = f"{listeners(config, frontend)}; {where}; {mode}; pid {os.getpid()}. Ctrl-C stops."
         print_summary(frontend.service.models(), own, footer)
         shutdown.started()
         supervisor = Supervisor(
-            [*workers, *frontends], RestartPolicy(restart=opts.restart), on_restart=_Comeback(frontend).watch
+            [*workers, *frontends], RestartPolicy(restart=values["restart"]), on_restart=_Comeback(frontend).watch
         )
         await _supervise(supervisor, shutdown, frontends)
     finally:
@@ -345,8 +260,8 @@ async def _serve(
             await local.stop()
         if frontend is not None:
             await frontend.stop()
-        if own_namespace:  # nobody else uses it: leave no control or settings records behind
-            await _forget_namespace(store, opts.namespace)
+        if plan.own_namespace:  # nobody else uses it: leave no control or settings records behind
+            await _forget_namespace(store, values["namespace"])
         await store.close()
 
 
@@ -426,9 +341,9 @@ async def _wait_until_reported(
         await asyncio.sleep(0.1)  # polling the store: a report carries no pid to wait on
 
 
-async def _spawn_worker(argv: list[str]) -> asyncio.subprocess.Process:
+async def _spawn_worker(argv: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
     """A worker child in its own process group (killed whole, stubs included) that dies with serve."""
-    return await asyncio.create_subprocess_exec(*argv, preexec_fn=own_group_dying_with_parent)
+    return await asyncio.create_subprocess_exec(*argv, preexec_fn=own_group_dying_with_parent, env=child_env(env))
 
 
 async def _supervise(supervisor: Supervisor, shutdown: Shutdown, frontends: list[Child]) -> None:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import click
 from rich.console import Console
 
+from dynamo_triton.cli.composition import PanelCommand, plugin_settings, uses
 from dynamo_triton.cli.context import plugins_from
-from dynamo_triton.cli.options import store_options, store_settings
+from dynamo_triton.cli.options import store_options
 from dynamo_triton.cli.status_view import render_status
 from dynamo_triton.errors import ConfigError
 from dynamo_triton.kv import KVStore
@@ -27,14 +29,18 @@ from dynamo_triton.runtime.cluster_status import PROBE_TIMEOUT, ClusterStatus, c
 __all__ = ["chosen_namespace", "open_store", "status", "timeout_option"]
 
 
-def open_store(ctx: click.Context, store_kv: str, etcd_endpoints: str | None, file_kv_root: str | None) -> KVStore:
-    """The configured store; the ``mem`` store is refused (it lives inside one process: nothing to see)."""
-    if store_kv == "mem":
+def open_store(ctx: click.Context, values: Mapping[str, Any]) -> KVStore:
+    """The configured store (built from its plugin's options in ``values``); a process-local store
+    (``mem``) is refused: it lives inside one process, so there is nothing to see from outside."""
+    plugins = plugins_from(ctx)
+    name = values["store_kv"]
+    if plugins.has_trait("kv-store", name, "process-local"):
         raise ConfigError(
-            "the mem store lives inside one process: another command cannot see its cards",
+            f"the {name} store lives inside one process: another command cannot see its cards",
             hint="run the cluster on a shared store (--store-kv file, etcd or nats) to look at it from outside",
         )
-    return plugins_from(ctx).kv_store(store_kv, **store_settings(store_kv, etcd_endpoints, file_kv_root))
+    settings = plugin_settings(plugins, "kv-store", name, values)
+    return plugins.kv_store(name) if settings is None else plugins.kv_store(name, settings)
 
 
 def chosen_namespace(ctx: click.Context, namespace: str) -> str | None:
@@ -60,7 +66,8 @@ async def _collect(store: KVStore, namespace: str | None, models: tuple[str, ...
         await store.close()
 
 
-@click.command()
+@uses("kv-store")
+@click.command(cls=PanelCommand)
 @store_options
 @click.option("--model", "models", multiple=True, help="Show only this model (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON document (docs/status.md).")
@@ -69,12 +76,11 @@ async def _collect(store: KVStore, namespace: str | None, models: tuple[str, ...
 def status(
     ctx: click.Context,
     store_kv: str,
-    etcd_endpoints: str | None,
-    file_kv_root: str | None,
     namespace: str,
     models: tuple[str, ...],
     as_json: bool,
     timeout: float,
+    **values: Any,
 ) -> None:
     """Show every model, the workers serving it (state, load over the last minute) and the frontends.
 
@@ -83,7 +89,7 @@ def status(
     Exit codes: 0 when the store was read; 1 when --model matches no served model or the store
     cannot be read.
     """
-    store = open_store(ctx, store_kv, etcd_endpoints, file_kv_root)
+    store = open_store(ctx, {**values, "store_kv": store_kv})
     only = chosen_namespace(ctx, namespace)
     result = asyncio.run(_collect(store, only, models, timeout))
     document: dict[str, Any] = result.to_dict()

@@ -10,8 +10,9 @@ from typing import Any
 
 import click
 
+from dynamo_triton.cli.composition import PanelCommand, PanelGroup, plugin_settings, uses
 from dynamo_triton.cli.context import plugins_from
-from dynamo_triton.cli.options import store_connection_options, store_connection_overrides, store_settings
+from dynamo_triton.cli.options import store_choice_options, store_choice_overrides
 from dynamo_triton.kv import KVEntry, KVStore
 
 __all__ = ["store"]
@@ -29,24 +30,37 @@ def _entry_json(entry: KVEntry) -> dict[str, Any]:
     return {"key": entry.key, "value": _show(entry.value), "revision": entry.revision, "lease": entry.lease}
 
 
-@click.group()
-@store_connection_options
+@uses("kv-store")
+@click.group(cls=PanelGroup)
+@store_choice_options
 @click.pass_context
-def store(ctx: click.Context, store_kv: str, etcd_endpoints: str | None, file_kv_root: str | None) -> None:
+def store(ctx: click.Context, **values: Any) -> None:
     """Inspect and watch a KV store (store options go before or after the sub-command)."""
-    ctx.obj = {"store_kv": store_kv, "etcd_endpoints": etcd_endpoints, "file_kv_root": file_kv_root}
+    ctx.obj = values
 
 
-def _chosen(ctx: click.Context, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The store name and its options: the sub-command's values where given, else the group's."""
+def _chosen(ctx: click.Context, overrides: dict[str, Any]) -> tuple[str, Any]:
+    """The store name and its settings: the sub-command's values where given, else the group's."""
     chosen = dict(ctx.obj)
-    chosen.update({name: value for name, value in overrides.items() if value is not None})
-    return chosen["store_kv"], store_settings(chosen["store_kv"], chosen["etcd_endpoints"], chosen["file_kv_root"])
+    chosen.update({name: value for name, value in overrides.items() if value not in (None, ())})
+    name = chosen["store_kv"]
+    return name, plugin_settings(plugins_from(ctx), "kv-store", name, chosen)
 
 
 def _open(ctx: click.Context, overrides: dict[str, Any]) -> KVStore:
-    name, options = _chosen(ctx, overrides)
-    return plugins_from(ctx).kv_store(name, **options)
+    name, settings = _chosen(ctx, overrides)
+    plugins = plugins_from(ctx)
+    return plugins.kv_store(name) if settings is None else plugins.kv_store(name, settings)
+
+
+def _where(settings: Any) -> str:
+    """`` at <first setting>`` (the folder, the endpoints: what says where the store is) for messages, or ""."""
+    import dataclasses
+
+    if settings is None or not dataclasses.is_dataclass(settings) or not dataclasses.fields(settings):
+        return ""
+    first = getattr(settings, dataclasses.fields(settings)[0].name)
+    return f" at {first}" if first else ""
 
 
 async def _with_store(ctx: click.Context, overrides: dict[str, Any], work: Any) -> Any:
@@ -57,18 +71,19 @@ async def _with_store(ctx: click.Context, overrides: dict[str, Any], work: Any) 
         await kv.close()
 
 
-@store.command("ls")
+@uses("kv-store", override=True)
+@store.command(cls=PanelCommand, name="ls")
 @click.argument("prefix", default="")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--values", is_flag=True, help="Print values too.")
-@store_connection_overrides
+@store_choice_overrides
 @click.pass_context
 def ls(ctx: click.Context, prefix: str, as_json: bool, values: bool, **overrides: Any) -> None:
     """List keys under PREFIX (all keys when omitted); says so on stderr when there are none."""
     entries: list[KVEntry] = asyncio.run(_with_store(ctx, overrides, lambda kv: kv.list(prefix)))
     if not entries:
-        name, options = _chosen(ctx, overrides)
-        where = f" at {next(iter(options.values()))}" if options else ""
+        name, settings = _chosen(ctx, overrides)
+        where = _where(settings)
         under = f" under {prefix!r}" if prefix else ""
         click.echo(f"no keys{under} in the {name} store{where}", err=True)
     for entry in entries:
@@ -80,9 +95,10 @@ def ls(ctx: click.Context, prefix: str, as_json: bool, values: bool, **overrides
             click.echo(entry.key)
 
 
-@store.command("get")
+@uses("kv-store", override=True)
+@store.command(cls=PanelCommand, name="get")
 @click.argument("key")
-@store_connection_overrides
+@store_choice_overrides
 @click.pass_context
 def get(ctx: click.Context, key: str, **overrides: Any) -> None:
     """Print the value at KEY (exit code 1 if absent)."""
@@ -93,11 +109,12 @@ def get(ctx: click.Context, key: str, **overrides: Any) -> None:
     click.echo(_show(entry.value))
 
 
-@store.command("watch")
+@uses("kv-store", override=True)
+@store.command(cls=PanelCommand, name="watch")
 @click.argument("prefix", default="")
 @click.option("--count", type=int, help="Stop after this many events.")
 @click.option("--timeout", type=float, help="Stop after this many seconds.")
-@store_connection_overrides
+@store_choice_overrides
 @click.pass_context
 def watch(ctx: click.Context, prefix: str, count: int | None, timeout: float | None, **overrides: Any) -> None:
     """Print the keys under PREFIX, then every put and delete as JSON lines, until Ctrl-C."""

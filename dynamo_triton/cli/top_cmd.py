@@ -17,6 +17,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import aiohttp
 import click
@@ -25,6 +26,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from dynamo_triton.cli.composition import PanelCommand, uses
 from dynamo_triton.cli.options import store_options
 from dynamo_triton.cli.status_cmd import chosen_namespace, open_store, timeout_option
 from dynamo_triton.cli.status_view import (
@@ -236,7 +238,8 @@ async def _run(
         await store.close()
 
 
-@click.command()
+@uses("kv-store")
+@click.command(cls=PanelCommand)
 @store_options
 @click.option("--model", "models", multiple=True, help="Show only this model (repeatable).")
 @click.option(
@@ -247,12 +250,11 @@ async def _run(
 def top(
     ctx: click.Context,
     store_kv: str,
-    etcd_endpoints: str | None,
-    file_kv_root: str | None,
     namespace: str,
     models: tuple[str, ...],
     interval: float,
     timeout: float,
+    **values: Any,
 ) -> None:
     """Show the cluster live: per model its workers by load, rates, latency; q or Ctrl-C quits.
 
@@ -263,5 +265,5 @@ def top(
         raise click.ClickException(
             "top draws on a terminal and its output is not one: use `dyntriton status` (or `status --json`) in scripts"
         )
-    store = open_store(ctx, store_kv, etcd_endpoints, file_kv_root)
+    store = open_store(ctx, {**values, "store_kv": store_kv})
     asyncio.run(_run(store, chosen_namespace(ctx, namespace), models, timeout, interval, console))

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from dataclasses import replace
+from collections.abc import Mapping
+from typing import Any
 
 import click
 
-from dynamo_triton.backend import BackendSettings
 from dynamo_triton.cli.addresses import dial_address
+from dynamo_triton.cli.composition import PanelCommand, plugin_settings, uses
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.exits import starting
 from dynamo_triton.cli.options import (
@@ -19,40 +20,44 @@ from dynamo_triton.cli.options import (
     backend_options,
     model_control_option,
     store_options,
-    store_settings,
     transport_options,
-    transport_settings,
     worker_options,
 )
+from dynamo_triton.errors import ConfigError
 from dynamo_triton.plugins import Plugins
 from dynamo_triton.runtime.launch import Shutdown, start_worker
 from dynamo_triton.runtime.worker import WorkerSettings
+from dynamo_triton.settings import build
+from dynamo_triton.transport import TransportSettings
 
-__all__ = ["backend_settings", "worker"]
+__all__ = ["store_from", "transport_settings_from", "worker"]
 
 log = logging.getLogger("dyntriton.worker")
 
 
-def backend_settings(
-    model_repository: str,
-    backend_directory: str | None,
-    log_verbose: int,
-    triton_home: str | None,
-    model_load_retries: int = 0,
-) -> BackendSettings:
-    """BackendSettings from the shared CLI options (backend-specific ones in ``extra``)."""
-    extra: dict[str, object] = {"model_load_retries": model_load_retries}
-    if triton_home:
-        extra["triton_home"] = triton_home
-    return BackendSettings(
-        model_repository=model_repository,
-        backend_directory=backend_directory,
-        log_verbose=log_verbose,
-        extra=extra,
-    )
+def store_from(plugins: Plugins, values: Mapping[str, Any]) -> Any:
+    """The KV store ``--store-kv`` names, built from its plugin's settings in click's ``values``."""
+    name = values["store_kv"]
+    settings = plugin_settings(plugins, "kv-store", name, values)
+    return plugins.kv_store(name) if settings is None else plugins.kv_store(name, settings)
 
 
-@click.command()
+def transport_settings_from(plugins: Plugins, name: str | None, values: Mapping[str, Any], **overrides: Any) -> Any:
+    """The settings of transport ``name`` (None: the common settings only) from click's ``values``; TLS files
+    go together (a usage error)."""
+    if name is None:
+        settings = build(TransportSettings, values, **overrides)
+    else:
+        settings = plugin_settings(plugins, "transport", name, values, **overrides)
+    try:
+        settings.check()
+    except ConfigError as exc:
+        raise click.UsageError(exc.message) from None
+    return settings
+
+
+@uses("kv-store", "transport", "backend")
+@click.command(cls=PanelCommand)
 @store_options
 @backend_options
 @worker_options
@@ -60,7 +65,7 @@ def backend_settings(
 @transport_options
 @model_control_option
 @click.pass_context
-def worker(ctx: click.Context, **options: object) -> None:
+def worker(ctx: click.Context, **options: Any) -> None:
     """Run a worker: load models, publish their cards under a lease, serve requests, drain on SIGTERM.
 
     Exits 3 when it cannot start (store, ports, backend, a model that does not load).
@@ -69,7 +74,7 @@ def worker(ctx: click.Context, **options: object) -> None:
     # The default system port taken (a second worker on this host): any free port, said in the start line.
     fallback = ctx.get_parameter_source("system_port") is click.core.ParameterSource.DEFAULT
     with contextlib.suppress(asyncio.CancelledError):  # a signal during start-up
-        run_service(_run(plugins, **options, system_port_fallback=fallback))  # type: ignore[arg-type]
+        run_service(_run(plugins, options, system_port_fallback=fallback))
 
 
 _LOOPBACK = ("127.", "::1", "localhost")
@@ -87,71 +92,41 @@ def _check_reachable(worker_host: str, advertise_host: str) -> None:
         )
 
 
-async def _run(
-    plugins: Plugins,
-    *,
-    store_kv: str,
-    etcd_endpoints: str | None,
-    file_kv_root: str | None,
-    namespace: str,
-    backend: str,
-    models: tuple[str, ...],
-    model_repository: str,
-    backend_directory: str | None,
-    log_verbose: int,
-    model_load_retries: int,
-    triton_home: str | None,
-    transport: str,
-    worker_host: str,
-    worker_port: tuple[int, int],
-    lease_ttl: float,
-    system_host: str,
-    system_port: int,
-    transport_tls_cert: str | None = None,
-    transport_tls_key: str | None = None,
-    transport_tls_ca: str | None = None,
-    transport_token: str | None = None,
-    transport_heartbeat: float = 1.0,
-    model_control: str = "none",
-    advertise_host: str | None = None,
-    system_port_fallback: bool = False,
-) -> None:
-    protection = transport_settings(
-        transport_tls_cert, transport_tls_key, transport_tls_ca, transport_token, transport_heartbeat
-    )
+async def _run(plugins: Plugins, values: dict[str, Any], *, system_port_fallback: bool = False) -> None:
+    worker_host, advertise_host = values["worker_host"], values.get("advertise_host")
+    transport, namespace, store_kv = values["transport"], values["namespace"], values["store_kv"]
+    options = {"advertise_host": advertise_host} if advertise_host else {}
     if advertise_host:
         _check_reachable(worker_host, advertise_host)
-        # A transport option (the tcp transport reads it): the card then names this host.
-        protection = replace(protection, options={**protection.options, "advertise_host": advertise_host})
+    # the transport's settings: the card then names --advertise-host (a transport option, the tcp transport reads it)
+    protection = transport_settings_from(plugins, transport, values, options=options)
     os.environ.pop("DYN_TRANSPORT_TOKEN", None)  # read: Triton's stubs (and model code) need not see it
     with starting():
-        store = plugins.kv_store(store_kv, **store_settings(store_kv, etcd_endpoints, file_kv_root))
+        store = store_from(plugins, values)
     shutdown = Shutdown()
     try:
         with starting():
             stack = await start_worker(
                 plugins,
                 store,
-                backend=backend,
-                backend_settings=backend_settings(
-                    model_repository, backend_directory, log_verbose, triton_home, model_load_retries
-                ),
+                backend=values["backend"],
+                backend_settings=plugin_settings(plugins, "backend", values["backend"], values),
                 transport=transport,
                 settings=WorkerSettings(
                     namespace=namespace,
-                    models=models,
+                    models=values["models"],
                     host=worker_host,
-                    port=worker_port[0],
-                    port_last=worker_port[1],
-                    lease_ttl=lease_ttl,
-                    model_control=model_control,
+                    port=values["worker_port"][0],
+                    port_last=values["worker_port"][1],
+                    lease_ttl=values["lease_ttl"],
+                    model_control=values["model_control"],
                 ),
-                system_host=system_host,
-                system_port=system_port,
+                system_host=values["system_host"],
+                system_port=values["system_port"],
                 transport_settings=protection,
                 system_port_fallback=system_port_fallback,
             )
-        system = f"http://{dial_address(system_host, stack.system.port)}/metrics" if stack.system else "-"
+        system = f"http://{dial_address(values['system_host'], stack.system.port)}/metrics" if stack.system else "-"
         click.echo(
             f"worker {stack.worker.instance_id} serving {', '.join(sorted(stack.worker.models)) or 'no model yet'} "
             f"at {stack.worker.address} (store {store_kv}, namespace {namespace}, system {system})",

@@ -79,8 +79,9 @@ def frontend_card_key(namespace: str, frontend_id: str) -> str:
 class FrontendCard:
     """One frontend process's announcement of itself.
 
-    :param grpc: ``host:port`` of its KServe gRPC port.
-    :param http: ``host:port`` of its HTTP port, "" when it serves none.
+    :param grpc: ``host:port`` of its KServe gRPC port (the ``kserve-grpc`` frontend), "" when it serves none.
+    :param http: ``host:port`` of its HTTP port (the ``http`` frontend), "" when it serves none.
+    :param listeners: ``host:port`` of every frontend it runs, by frontend plugin name (``--frontend``).
     :param updated: wall-clock time of this put; a card older than a few ``interval`` is stale.
     :param models: per model, its load as :class:`~dynamo_triton.runtime.metrics_window.ModelLoad` fields.
     :param instances: worker instances in its routing table.
@@ -98,6 +99,7 @@ class FrontendCard:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     instances: int = 0
     unresponsive: list[str] = field(default_factory=list)
+    listeners: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         """Serialize with the schema tag, keys sorted, UTF-8."""
@@ -126,6 +128,7 @@ class FrontendCard:
                 models={str(k): dict(v) for k, v in dict(body.get("models", {})).items()},
                 instances=int(body.get("instances", 0)),
                 unresponsive=[str(i) for i in body.get("unresponsive", [])],
+                listeners={str(k): str(v) for k, v in dict(body.get("listeners", {})).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"frontend card is missing or has a bad field: {exc}") from exc
@@ -135,6 +138,7 @@ class FrontendPublisher:
     """Keeps one frontend's card in the store while :meth:`run` runs; deletes it when cancelled.
 
     :param grpc: ``host:port`` of the gRPC port; ``http``: of the HTTP port, or "".
+    :param listeners: ``host:port`` of every frontend, by frontend plugin name.
     """
 
     def __init__(
@@ -146,10 +150,12 @@ class FrontendPublisher:
         *,
         grpc: str,
         http: str,
+        listeners: dict[str, str] | None = None,
         interval: float = INTERVAL,
         lease_ttl: float = LEASE_TTL,
     ):
         self._store, self._service, self._table = store, service, table
+        self._listeners = dict(listeners or {})
         self._grpc, self._http, self.interval, self._ttl = grpc, http, interval, lease_ttl
         self.frontend_id = uuid.uuid4().hex[:16]
         self.key = frontend_card_key(namespace, self.frontend_id)
@@ -175,6 +181,7 @@ class FrontendPublisher:
             models={model: asdict(load) for model, load in self._window.summary().items()},
             instances=len(self._table.all_instances()),
             unresponsive=self.unresponsive(),
+            listeners=self._listeners,
         )
 
     async def _put(self) -> None:
@@ -228,12 +235,18 @@ def publish_frontend(
     config: FrontendConfig,
     service: RoutingService,
     table: ModelTable,
-    grpc: Frontend,
-    http: Frontend | None,
+    frontends: list[tuple[str, Frontend]],
 ) -> asyncio.Task[None]:
-    """Start publishing a started frontend's card; cancel the task to withdraw it."""
+    """Start publishing a started frontend process's card; cancel the task to withdraw it.
+
+    :param frontends: ``(name, frontend)`` of every running frontend (``FrontendStack.frontends``).
+    """
     fallback = socket.gethostname()
-    grpc_at = f"{published_host(config.host, fallback)}:{grpc.port}"
-    http_at = f"{published_host(config.http_host or config.host, fallback)}:{http.port}" if http else ""
-    publisher = FrontendPublisher(store, config.namespace, service, table, grpc=grpc_at, http=http_at)
+    hosts = {name: settings.host for name, settings in config.frontends}
+    listeners = {name: f"{published_host(hosts.get(name, ''), fallback)}:{f.port}" for name, f in frontends}
+    # The v1 schema's two fields, kept for its readers: `listeners` has every frontend, whatever its name.
+    grpc_at, http_at = listeners.get("kserve-grpc", ""), listeners.get("http", "")
+    publisher = FrontendPublisher(
+        store, config.namespace, service, table, grpc=grpc_at, http=http_at, listeners=listeners
+    )
     return asyncio.create_task(publisher.run(), name="dyntriton-frontend-card")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -27,7 +28,6 @@ from dynamo_triton.runtime.discovery import ModelTable
 from dynamo_triton.runtime.frontend_card import publish_frontend
 from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.model_control import ModelController
-from dynamo_triton.runtime.routing import make_policy
 from dynamo_triton.runtime.server_settings import LogSettings
 from dynamo_triton.runtime.service import RoutingService
 from dynamo_triton.runtime.shared_memory import SharedMemoryRegistry
@@ -49,24 +49,31 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FrontendConfig:
-    """Everything a frontend stack needs; ports 0 pick free ports, ``http_port`` -1 serves no HTTP.
+    """Everything a frontend stack needs.
 
-    :param host: interface the gRPC port binds (and the HTTP port, unless ``http_host`` is given).
-    :param transport: settings for the transport clients that reach the workers (TLS, token, heartbeat).
+    :param frontends: ``(name, settings)`` of every frontend plugin to start, in order; each
+        ``settings`` is that plugin's settings (a :class:`FrontendSettings`, port 0: a free port).
+        A frontend whose port is below 0 is not started (``--http-port -1``).
+    :param router: the router plugin's name; ``router_settings`` its settings (None: its defaults).
+    :param admission: admission control (``--max-inflight``, ``--max-queue``).
+    :param transport: settings for the transport clients that reach the workers (TLS, token, heartbeat);
+        ``transports`` the settings built for each transport plugin by name, used when a worker's
+        card names that transport (``transport`` otherwise).
     """
 
     namespace: str = "dynamo"
-    host: str = "127.0.0.1"
-    grpc_port: int = 8787
-    http_port: int = 8000
-    http_host: str | None = None
+    frontends: tuple[tuple[str, FrontendSettings], ...] = ()
     router: str = "least-outstanding"
-    grpc_options: dict[str, Any] = field(default_factory=dict)
-    http_options: dict[str, Any] = field(default_factory=dict)
+    router_settings: Any = None
     transport: TransportSettings = field(default_factory=TransportSettings)
+    transports: Mapping[str, TransportSettings] = field(default_factory=dict)
     #: the workers' Triton log verbosity at start (``--log-verbose``): what ``LogSettings`` answers before an update
     log_verbose: int = 0
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+
+    def transport_for(self, name: str) -> TransportSettings:
+        """The settings for transport ``name``'s clients."""
+        return self.transports.get(name, self.transport)
 
 
 @dataclass
@@ -75,37 +82,51 @@ class FrontendStack:
 
     table: ModelTable
     service: RoutingService
-    grpc: Frontend
-    http: Frontend | None
+    frontends: list[tuple[str, Frontend]]
     background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def frontend(self, name: str) -> Frontend:
+        """The running frontend ``name``; KeyError names the ones running."""
+        for running, frontend in self.frontends:
+            if running == name:
+                return frontend
+        raise KeyError(f"frontend {name!r} is not running (running: {', '.join(n for n, _ in self.frontends)})")
 
     async def stop(self) -> None:
         """Stop the background refresh, drain the frontends, then stop discovery and transport clients.
 
-        Both frontends stop together: neither port accepts while the other drains its requests in flight.
+        Every frontend stops at once: no port accepts while another drains its requests in flight.
         """
         for task in self.background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        frontends = [frontend.stop() for frontend in (self.grpc, self.http) if frontend is not None]
-        await asyncio.gather(*frontends, return_exceptions=True)
+        await asyncio.gather(*(frontend.stop() for _, frontend in self.frontends), return_exceptions=True)
         await self.table.stop()
         await self.service.close()
 
 
 async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfig) -> FrontendStack:
-    """Start discovery and the KServe gRPC and HTTP frontends over ``store``.
+    """Start discovery and the frontends of ``config`` over ``store``.
 
     The frontends' ``/metrics`` carry per-model queue and compute time summed over the workers
     (``dyntriton_model_*``), refreshed every few seconds; ModelStatistics never decreases.
+    :raises ConfigError: no frontend to start.
     """
+    chosen = [(name, settings) for name, settings in config.frontends if settings.port >= 0]
+    for name, settings in config.frontends:
+        if settings.port < 0:
+            log.info("frontend %s not started: its port is %d", name, settings.port)
+    if not chosen:
+        raise ConfigError(
+            "no frontend to start", hint="name one with --frontend (see `dyntriton plugins list`) on a port >= 0"
+        )
     table = ModelTable(store, config.namespace)
     metrics = FrontendMetrics()
     service = StatisticsService(
         table,
-        make_policy(config.router),
-        lambda name: plugins.transport(name, config.transport),
+        plugins.router(config.router, config.router_settings),
+        lambda name: plugins.transport(name, config.transport_for(name)),
         metrics=metrics,
         dtypes=plugins.dtype_table(),
         admission=config.admission,
@@ -122,30 +143,27 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
     collector = ModelStatisticsCollector()
     metrics.registry.register(collector)
     await table.start()
-    grpc = plugins.frontend(
-        "kserve-grpc", FrontendSettings(host=config.host, port=config.grpc_port, options=config.grpc_options), service
-    )
-    http = None
+    made: list[tuple[str, Frontend]] = []
     try:
-        if config.http_port >= 0:
-            http_host = config.http_host or config.host
-            http_settings = FrontendSettings(host=http_host, port=config.http_port, options=config.http_options)
-            http = plugins.frontend("http", http_settings, service)
-            bind = getattr(http, "bind", None)
-            if bind is not None:  # every port bound before either answers: a taken one fails before any call
-                await bind()
-        await grpc.start()
-        if http is not None:
-            await http.start()
+        for name, settings in chosen:
+            made.append((name, plugins.frontend(name, settings, service)))
+        # Every port bound before any answers, so a taken one fails before any call: first the frontends
+        # that can bind without serving (``bind()``), then those that bind and serve in one step, then the
+        # first ones serve.
+        two_step = [frontend for _, frontend in made if getattr(frontend, "bind", None) is not None]
+        for frontend in two_step:
+            await frontend.bind()  # type: ignore[attr-defined]
+        for frontend in [frontend for _, frontend in made if frontend not in two_step] + two_step:
+            await frontend.start()
     except BaseException:
-        await FrontendStack(table, service, grpc, http).stop()
+        await FrontendStack(table, service, made).stop()
         raise
     refresh = asyncio.create_task(refresh_statistics(service, collector), name="dyntriton-statistics")
     follower = SettingsFollower(store, config.namespace, apply_to_python_logging)
-    settings = await follower.start()
-    card = publish_frontend(store, config, service, table, grpc, http)  # for `dyntriton status` and `top`
+    following = await follower.start()
+    card = publish_frontend(store, config, service, table, made)  # for `dyntriton status` and `top`
     regions = asyncio.create_task(service.shared_memory.run(), name="dyntriton-shared-memory")
-    return FrontendStack(table, service, grpc, http, [refresh, settings, card, regions])
+    return FrontendStack(table, service, made, [refresh, following, card, regions])
 
 
 def _initial_log(verbose: int) -> LogSettings:

@@ -1,67 +1,36 @@
-"""Router policies: pick one live instance of a model for a request."""
+"""The router interface: pick one live instance of a model for a request.
+
+Routers are plugins (``dyntriton_register_routers``), chosen with ``--router NAME``; the
+shipped ones (round-robin, random, least-outstanding) live in the ``dyntriton_router_basic``
+plugin. The core keeps the protocol and the routing table's types (:class:`Instance`).
+"""
 
 from __future__ import annotations
 
-import itertools
-import random
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from dynamo_triton.errors import UnknownNameError
 from dynamo_triton.runtime.discovery import Instance
 
-__all__ = ["POLICIES", "Policy", "make_policy"]
+__all__ = ["Instance", "Policy", "Router", "RouterFactory"]
 
 
-class Policy(Protocol):
-    """Chooses among candidates (never empty; all live instances of one model)."""
+class Router(Protocol):
+    """Chooses among candidates: never empty, all live instances of one model.
+
+    ``pick`` runs on the event loop for every request: it must not block. ``Instance.outstanding``
+    is the number of this frontend's requests in flight on that instance.
+    """
 
     def pick(self, model: str, candidates: Sequence[Instance]) -> Instance: ...
 
 
-class RoundRobin:
-    """Each model cycles through its instances in turn."""
-
-    def __init__(self) -> None:
-        self._counters: dict[str, itertools.count[int]] = {}
-
-    def pick(self, model: str, candidates: Sequence[Instance]) -> Instance:
-        counter = self._counters.setdefault(model, itertools.count())
-        ordered = sorted(candidates, key=lambda inst: inst.instance_id)
-        return ordered[next(counter) % len(ordered)]
+#: The former name of :class:`Router`.
+Policy = Router
 
 
-class Random:
-    """Uniformly random instance."""
+class RouterFactory(Protocol):
+    """What a router plugin registers: ``factory(settings) -> Router``; ``settings`` is an instance of the
+    settings class registered with it, or None without one. One router serves one frontend process."""
 
-    def __init__(self) -> None:
-        self._random = random.Random()
-
-    def pick(self, model: str, candidates: Sequence[Instance]) -> Instance:
-        return self._random.choice(list(candidates))
-
-
-class LeastOutstanding:
-    """The instance with the fewest requests in flight; ties broken round-robin."""
-
-    def __init__(self) -> None:
-        self._tiebreak = RoundRobin()
-
-    def pick(self, model: str, candidates: Sequence[Instance]) -> Instance:
-        fewest = min(inst.outstanding for inst in candidates)
-        return self._tiebreak.pick(model, [inst for inst in candidates if inst.outstanding == fewest])
-
-
-POLICIES: dict[str, Callable[[], Policy]] = {
-    "round-robin": RoundRobin,
-    "random": Random,
-    "least-outstanding": LeastOutstanding,
-}
-
-
-def make_policy(name: str) -> Policy:
-    """A fresh policy by name; unknown names list the known ones."""
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise UnknownNameError("router policy", name, POLICIES) from None
+    def __call__(self, settings: Any, /) -> Router: ...

@@ -33,16 +33,17 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from dynamo_triton.errors import DyntritonError
+from dynamo_triton.limits import DEFAULT_STREAM_MAX_PENDING_BYTES, DEFAULT_STREAM_WINDOW
 from dynamo_triton.runtime.pipeline import PreparedRequest, RequestPipeline
 
 __all__ = ["DEFAULT_MAX_PENDING_BYTES", "DEFAULT_WINDOW", "StreamFormat", "run_stream"]
 
 log = logging.getLogger(__name__)
 
-#: Requests of one stream in flight or waiting to be written.
-DEFAULT_WINDOW = 1024
+#: Requests of one stream in flight or waiting to be written (see dynamo_triton.limits).
+DEFAULT_WINDOW = DEFAULT_STREAM_WINDOW
 #: Bytes of requests in flight and produced answers one stream may hold before it stops reading and pulling.
-DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_PENDING_BYTES = DEFAULT_STREAM_MAX_PENDING_BYTES
 
 
 class StreamFormat:

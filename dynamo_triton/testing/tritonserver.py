@@ -56,7 +56,7 @@ def _binary_and_environment() -> tuple[list[str], dict[str, str]]:
         from dyntriton_backend_triton.environment import backends_directory, stub_environment
         from dyntriton_backend_triton.locator import locate_triton
 
-        install = locate_triton()
+        install = locate_triton(os.environ.get("TRITON_HOME"))
         backends = backends_directory(install)
     except Exception as exc:
         raise TritonNotInstalled(

@@ -6,13 +6,16 @@ the ``doctor`` command import the heavy modules when used.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynamo_triton import hookimpl
-from dynamo_triton.registry import Register
+from dyntriton_backend_triton.options import TritonSettings
+
+if TYPE_CHECKING:
+    from dynamo_triton.registry import BackendRegister, CommandRegister
 
 
-def _backend(settings: Any) -> Any:
+def _backend(settings: TritonSettings) -> Any:
     from dyntriton_backend_triton.backend import TritonBackend
 
     return TritonBackend(settings)
@@ -25,10 +28,16 @@ def _doctor() -> Any:
 
 
 @hookimpl
-def dyntriton_register_backends(register: Register) -> None:
-    register("triton", _backend, summary="Triton Inference Server in-process (C API); python, onnx, ... backends")
+def dyntriton_register_backends(register: BackendRegister) -> None:
+    register(
+        "triton",
+        _backend,
+        settings=TritonSettings,
+        traits=("default",),
+        summary="Triton Inference Server in-process (C API); python, onnx, ... backends",
+    )
 
 
 @hookimpl
-def dyntriton_register_commands(register: Register) -> None:
+def dyntriton_register_commands(register: CommandRegister) -> None:
     register("doctor", _doctor, summary="Check the Triton installation the triton backend would embed.")

@@ -15,6 +15,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 from dynamo_triton.backend import BackendSettings, ModelInfo
 from dynamo_triton.cli.exits import EXIT_BACKEND_BROKEN
 from dynamo_triton.errors import BackendError, InvalidRequestError, ModelNotFoundError, TritonError
+from dynamo_triton.settings import promote
 from dynamo_triton.tensors import Raw, contents_to_raw
 from dynamo_triton.wire import field_header
 from dyntriton_backend_triton.classification import class_count
@@ -25,6 +26,7 @@ from dyntriton_backend_triton.environment import (
     shm_regions,
 )
 from dyntriton_backend_triton.locator import TritonInstall, locate_triton
+from dyntriton_backend_triton.options import TritonSettings
 from dyntriton_backend_triton.reaper import Reaper
 from dyntriton_backend_triton.regions import take_regions
 from dyntriton_backend_triton.server import (
@@ -87,11 +89,19 @@ def _override_parse_error(config: str) -> str | None:
     return None
 
 
+def _legacy_extra(settings: BackendSettings) -> dict[str, object]:
+    """Triton's fields given the old way, in ``BackendSettings.extra``."""
+    names = ("triton_home", "model_load_retries", "c_callbacks")
+    return {name: settings.extra[name] for name in names if name in settings.extra}
+
+
 class TritonBackend:
     """Runs models of a Triton model repository in this process (see dynamo_triton.backend.Backend)."""
 
     def __init__(self, settings: BackendSettings, install: TritonInstall | None = None):
-        self.settings = settings
+        if not isinstance(settings, TritonSettings):  # the common settings only: Triton's own take defaults
+            settings = promote(TritonSettings, settings, **_legacy_extra(settings))
+        self.settings: TritonSettings = settings
         self.repository = Path(settings.model_repository).resolve()
         self._install = install
         self._server: TritonServer | None = None
@@ -114,7 +124,7 @@ class TritonBackend:
                 f"model repository {self.repository} does not exist",
                 hint="pass --model-repository pointing at a folder of <model>/config.pbtxt",
             )
-        install = self._install or locate_triton(self.settings.extra.get("triton_home"))
+        install = self._install or locate_triton(self.settings.triton_home)
         prepare_stub_environment(install)
         clean_stale_shm()
         self._shm_before = shm_regions()
@@ -122,8 +132,8 @@ class TritonBackend:
             model_repository=self.repository,
             backend_directory=backends_directory(install, self.settings.backend_directory),
             log_verbose=self.settings.log_verbose,
-            model_load_retries=int(self.settings.extra.get("model_load_retries", 0)),
-            c_callbacks=bool(self.settings.extra.get("c_callbacks", True)),
+            model_load_retries=self.settings.model_load_retries,
+            c_callbacks=self.settings.c_callbacks,
         )
         server = TritonServer(install, options)
         # Before any stub exists: whatever kills this process, its stubs die within a second.

@@ -84,13 +84,13 @@ def _from_wheel() -> TritonInstall | None:
 
 
 def locate_triton(triton_home: str | os.PathLike[str] | None = None) -> TritonInstall:
-    """The Triton to embed, in this order: ``triton_home``, ``TRITON_HOME``, /opt/tritonserver, the wheel.
+    """The Triton to embed, in this order: ``triton_home`` (``--triton-home`` / ``TRITON_HOME``, read by the
+    CLI), /opt/tritonserver, the wheel.
 
     Raises ConfigError listing every place searched and how to get Triton.
     """
-    explicit = triton_home or os.environ.get("TRITON_HOME")
-    if explicit:
-        return _from_home(Path(explicit), "--triton-home" if triton_home else "TRITON_HOME")
+    if triton_home:
+        return _from_home(Path(triton_home), "--triton-home (TRITON_HOME)")
     if (NGC_HOME / "lib" / "libtritonserver.so").exists():
         return _from_home(NGC_HOME, str(NGC_HOME))
     wheel = _from_wheel()

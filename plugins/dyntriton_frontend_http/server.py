@@ -5,12 +5,12 @@ Routes (see :mod:`.routes`): ``/health``, ``/live``, ``/metrics`` (Prometheus); 
 ``/v2/models/{name}[/versions/{v}]``: metadata, ``ready``, ``config``, ``stats``, ``infer``
 (JSON and binary tensors), ``generate`` and ``generate_stream`` (server-sent events).
 
-Options (``FrontendSettings.options``): ``max_input_size`` (bytes, default 64 MiB like
-Triton's ``--http-max-input-size``), ``server_name`` (what ``/v2`` reports), ``tls_cert`` and
-``tls_key`` (PEM paths: HTTPS on the port, every route included, ``/health`` and ``/metrics``
-too) and ``tls_client_ca`` (PEM: clients must present a certificate it signed), the same keys
-and files as the gRPC frontend's. The files are loaded before the port opens: a bad one is a
-ConfigError naming it (:func:`dynamo_triton.tls.server_context`).
+Settings (:class:`~dyntriton_frontend_http.options.HttpSettings`): ``max_input_size`` (bytes,
+default 64 MiB like Triton's ``--http-max-input-size``), ``server_name`` (what ``/v2`` reports),
+``tls_cert`` and ``tls_key`` (PEM paths: HTTPS on the port, every route included, ``/health`` and
+``/metrics`` too, unless ``http_tls`` is off) and ``tls_client_ca`` (PEM: clients must present a
+certificate it signed), the same files as the gRPC frontend's. The files are loaded before the
+port opens: a bad one is a ConfigError naming it (:func:`dynamo_triton.tls.server_context`).
 
 With ``reuse_port`` and ``max_connection_age`` (seconds; several frontend processes on the
 port), :meth:`HttpFrontend.stop` drains first: it stops listening (new connections go to the
@@ -36,14 +36,15 @@ from aiohttp import web
 from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import FrontendSettings, InferenceService
 from dynamo_triton.runtime.restrictions import parse_restrictions
+from dynamo_triton.settings import promote
 from dynamo_triton.tls import server_context
+from dyntriton_frontend_http.options import DEFAULT_MAX_INPUT_SIZE, HttpSettings
 from dyntriton_frontend_http.restricted import restricted_apis
 from dyntriton_frontend_http.routes import RestRoutes, not_found_body
 
 __all__ = ["DEFAULT_MAX_INPUT_SIZE", "HttpFrontend"]
 
 #: Triton's default ``--http-max-input-size``.
-DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -66,33 +67,36 @@ class HttpFrontend:
     """The Frontend protocol (dynamo_triton.frontend) for HTTP."""
 
     def __init__(self, settings: FrontendSettings, service: InferenceService):
-        self.settings, self.service = settings, service
+        own: HttpSettings = (
+            settings if isinstance(settings, HttpSettings) else promote(HttpSettings, settings)
+        )  # the common settings only: HTTP's own take defaults
+        settings = self.settings = own
+        self.service = service
         self.metrics = service.metrics
-        options = settings.options
-        max_input_size = int(options.get("max_input_size") or DEFAULT_MAX_INPUT_SIZE)
+        max_input_size = settings.max_input_size
         if max_input_size <= 0:
             raise ConfigError(f"the HTTP max input size must be a positive number of bytes, got {max_input_size}")
-        self.routes = RestRoutes(service, max_input_size=max_input_size, server_name=options.get("server_name") or None)
+        self.routes = RestRoutes(service, max_input_size=max_input_size, server_name=settings.server_name or None)
         self._runner: web.AppRunner | None = None
         self._port = settings.port
-        self._reuse_port = bool(options.get("reuse_port"))
-        self._max_connection_age = float(options.get("max_connection_age") or 0)
+        self._reuse_port = settings.reuse_port
+        self._max_connection_age = settings.max_connection_age if settings.reuse_port else 0.0
         self._draining = False
         self._socket: socket.socket | None = None
         self._tls: ssl.SSLContext | None = None
         try:  # Triton's --http-restricted-api specs
-            self._restrictions = parse_restrictions(options.get("restricted") or (), grpc=False)
+            self._restrictions = parse_restrictions(settings.restricted, grpc=False)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
     def tls(self) -> ssl.SSLContext | None:
-        """The TLS context the port serves with, or None for plain HTTP (no ``tls_cert`` option)."""
-        options = self.settings.options
-        if not options.get("tls_cert"):
+        """The TLS context the port serves with, or None for plain HTTP (no ``tls_cert``, or ``http_tls`` off)."""
+        settings = self.settings
+        if not settings.tls_cert or not settings.http_tls:
             return None
-        if not options.get("tls_key"):
+        if not settings.tls_key:
             raise ConfigError("HTTPS needs a key with its certificate", hint="give --tls-key with --tls-cert")
-        context = server_context(options["tls_cert"], options["tls_key"], options.get("tls_client_ca") or None)
+        context = server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca or None)
         context.set_alpn_protocols(["http/1.1"])  # aiohttp speaks HTTP/1.1 only
         return context
 

@@ -40,9 +40,11 @@ from dynamo_triton.frontend import FrontendSettings, InferenceService
 from dynamo_triton.runtime.identity import server_identity
 from dynamo_triton.runtime.pipeline import PreparedRequest, RequestPipeline
 from dynamo_triton.runtime.restrictions import parse_restrictions
-from dynamo_triton.runtime.streams import DEFAULT_MAX_PENDING_BYTES, DEFAULT_WINDOW, StreamFormat, run_stream
+from dynamo_triton.runtime.streams import StreamFormat, run_stream
+from dynamo_triton.settings import promote
 from dynamo_triton.wire import field_header
 from dyntriton_frontend_kserve_grpc import drain
+from dyntriton_frontend_kserve_grpc.options import GrpcSettings
 from dyntriton_frontend_kserve_grpc.restricted import RestrictedProtocols
 from dyntriton_frontend_kserve_grpc.settings import settings_handlers
 from dyntriton_frontend_kserve_grpc.shared_memory import shared_memory_handlers
@@ -52,9 +54,6 @@ __all__ = ["KServeGrpcFrontend", "stream_response_bytes"]
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
-DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024
-#: Seconds a draining frontend waits for its clients to leave before it ends what is left.
-DEFAULT_DRAIN_TIMEOUT = 30.0
 IMPLEMENTED = {
     "ServerLive",
     "ServerReady",
@@ -98,20 +97,23 @@ class KServeGrpcFrontend:
     """The Frontend protocol (dynamo_triton.frontend) for KServe v2 gRPC."""
 
     def __init__(self, settings: FrontendSettings, service: InferenceService):
-        self.settings, self.service = settings, service
+        own: GrpcSettings = (
+            settings if isinstance(settings, GrpcSettings) else promote(GrpcSettings, settings)
+        )  # the common settings only: gRPC's own take defaults
+        settings = self.settings = own
+        self.service = service
         self.metrics = service.metrics
         self.pipeline = RequestPipeline(service, "grpc")
         self.stream_pipeline = RequestPipeline(service, "grpc-stream")
-        options = settings.options
-        self._stream_window = int(options.get("stream_window") or DEFAULT_WINDOW)
-        self._stream_max_pending_bytes = int(options.get("stream_max_pending_bytes") or DEFAULT_MAX_PENDING_BYTES)
-        self._server_name = options.get("server_name") or None
+        self._stream_window = settings.stream_window
+        self._stream_max_pending_bytes = settings.stream_max_pending_bytes
+        self._server_name = settings.server_name or None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
         self._port = settings.port
-        self._max_connection_age = float(options.get("max_connection_age") or 0)
-        self._drain_timeout = float(options.get("drain_timeout") or DEFAULT_DRAIN_TIMEOUT)
+        self._max_connection_age = settings.max_connection_age if settings.reuse_port else 0.0
+        self._drain_timeout = settings.drain_timeout
         self._streams: dict[asyncio.Task[Any], _Reading] = {}  # reader task -> its stream's requests
 
     @property
@@ -120,19 +122,21 @@ class KServeGrpcFrontend:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        max_message = int(self.settings.options.get("max_message_bytes") or DEFAULT_MAX_MESSAGE)
+        max_message = self.settings.max_message_size
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_message),
             ("grpc.max_receive_message_length", max_message),
             # Off unless asked: with it on, a second server on a taken port would start silently.
-            ("grpc.so_reuseport", 1 if self.settings.options.get("reuse_port") else 0),
+            ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
         ]
         if self._max_connection_age > 0:  # no grace: a long stream is ended by the drain, not by its age
             options.append(("grpc.max_connection_age_ms", max(1, round(self._max_connection_age * 1000))))
         try:  # Triton's --grpc-restricted-protocol specs
-            restrictions = parse_restrictions(self.settings.options.get("restricted") or (), grpc=True)
+            restrictions = parse_restrictions(self.settings.restricted, grpc=True)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        # Before the server exists: a server made and never started is freed by the GC on no loop (a crash).
+        credentials = self._credentials()
         server = grpc.aio.server(
             options=options, interceptors=[RestrictedProtocols(restrictions)] if restrictions else []
         )
@@ -143,7 +147,6 @@ class KServeGrpcFrontend:
         )
         address = f"{self.settings.host}:{self.settings.port}"
         try:
-            credentials = self._credentials()
             port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         except RuntimeError as exc:  # "Failed to bind to address ...": grpc core keeps the OS's reason to itself
             port = 0
@@ -161,13 +164,15 @@ class KServeGrpcFrontend:
         self._health_task = asyncio.create_task(self._follow_health(), name="dyntriton-grpc-health")
 
     def _credentials(self) -> grpc.ServerCredentials | None:
-        options = self.settings.options
-        if not options.get("tls_cert"):
+        settings = self.settings
+        if not settings.tls_cert:
             return None
+        if not settings.tls_key:
+            raise ConfigError("gRPC TLS needs a key with its certificate", hint="give --tls-key with --tls-cert")
         try:
-            cert = Path(options["tls_cert"]).read_bytes()
-            key = Path(options["tls_key"]).read_bytes()
-            client_ca = Path(options["tls_client_ca"]).read_bytes() if options.get("tls_client_ca") else None
+            cert = Path(settings.tls_cert).read_bytes()
+            key = Path(settings.tls_key).read_bytes()
+            client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
         except OSError as exc:
             raise ConfigError(f"cannot read a TLS file for the gRPC frontend: {exc}") from exc
         return grpc.ssl_server_credentials(
@@ -192,7 +197,7 @@ class KServeGrpcFrontend:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         if self._server is not None:
-            if self._max_connection_age > 0 and self.settings.options.get("reuse_port"):
+            if self._max_connection_age > 0 and self.settings.reuse_port:
                 await self._drain()
             await self._server.stop(grace)
             self._server = None

@@ -1,6 +1,6 @@
 """KVStore over etcd v3 with etcd3aio.
 
-Endpoints come from ``ETCD_ENDPOINTS`` (comma-separated, default
+Endpoints come from ``--etcd-endpoints`` / ``ETCD_ENDPOINTS`` (comma-separated, default
 ``http://localhost:2379``). ``https://`` endpoints or a CA file turn TLS on;
 a client certificate and key enable mutual TLS; a user and password enable
 etcd authentication (the token is refreshed in the background). Every call
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from dynamo_triton.errors import ConfigError, LeaseExpiredError, StoreError, Sto
 from dynamo_triton.kv import EventKind, KVEntry, WatchEvent
 from dynamo_triton.plugins import import_optional
 from dynamo_triton.watch import QueueWatch
+from dyntriton_kv_etcd.options import DEFAULT_ENDPOINTS
 
 __all__ = ["EtcdSettings", "EtcdStore"]
 
@@ -52,24 +52,22 @@ class EtcdSettings:
     timeout: float = 5.0
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> EtcdSettings:
-        """Options win over the environment (ETCD_ENDPOINTS, ETCD_CACERT, ETCD_CERT, ETCD_KEY,
-        ETCD_USERNAME, ETCD_PASSWORD)."""
-        env = os.environ if env is None else env
-        raw = options.get("endpoints") or env.get("ETCD_ENDPOINTS") or "http://localhost:2379"
+    def from_options(cls, options: Mapping[str, Any]) -> EtcdSettings:
+        """Settings from ``options`` (the fields of :class:`~dyntriton_kv_etcd.options.EtcdOptions`)."""
+        raw = options.get("endpoints") or DEFAULT_ENDPOINTS
         urls = [part.strip() for part in str(raw).split(",") if part.strip()]
         tls = any(url.startswith("https://") for url in urls)
         hosts = tuple(url.split("://", 1)[-1].rstrip("/") for url in urls)
-        ca_file = options.get("ca_file") or env.get("ETCD_CACERT")
+        ca_file = options.get("ca_file")
         return cls(
             endpoints=hosts,
             tls=tls or bool(ca_file),
             ca_file=ca_file,
-            cert_file=options.get("cert_file") or env.get("ETCD_CERT"),
-            key_file=options.get("key_file") or env.get("ETCD_KEY"),
-            user=options.get("user") or env.get("ETCD_USERNAME"),
-            password=options.get("password") or env.get("ETCD_PASSWORD"),
-            timeout=float(options.get("timeout", 5.0)),
+            cert_file=options.get("cert_file"),
+            key_file=options.get("key_file"),
+            user=options.get("user"),
+            password=options.get("password"),
+            timeout=float(options.get("timeout") or 5.0),
         )
 
     def describe(self) -> str:

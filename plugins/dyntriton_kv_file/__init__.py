@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynamo_triton import hookimpl
-from dynamo_triton.registry import Register
+from dyntriton_kv_file.options import FileSettings
+
+if TYPE_CHECKING:
+    from dynamo_triton.registry import KVStoreRegister
 
 
-def _factory(settings: Any) -> Any:
-    from dyntriton_kv_file.store import FileStore, default_root, default_watch_mode
+def _factory(settings: FileSettings) -> Any:
+    from dyntriton_kv_file.store import FileStore, default_root
 
-    options = settings.options
-    return FileStore(options.get("root") or default_root(), watch=options.get("watch") or default_watch_mode())
+    return FileStore(settings.root or default_root(), watch=settings.watch)
 
 
 @hookimpl
-def dyntriton_register_kv_stores(register: Register) -> None:
-    register("file", _factory, summary="a folder on this host (DYN_FILE_KV); atomic writes, leases, inotify watch")
+def dyntriton_register_kv_stores(register: KVStoreRegister) -> None:
+    register(
+        "file",
+        _factory,
+        settings=FileSettings,
+        traits=("default",),
+        summary="a folder on this host (--file-kv-root); atomic writes, leases, inotify watch",
+    )

@@ -35,7 +35,7 @@ from dynamo_triton.errors import ConfigError, LeaseExpiredError, StoreError
 from dynamo_triton.kv import KVEntry
 from dynamo_triton.watch import QueueWatch
 
-__all__ = ["WATCH_MODES", "FileStore", "default_root", "default_watch_mode"]
+__all__ = ["WATCH_MODES", "FileStore", "default_root"]
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,9 @@ _UNREADABLE: _Stamp = (0, 0, 0)  # the file exists but could not be read (warned
 
 
 def default_root() -> Path:
-    """``DYN_FILE_KV`` if set, else a per-user folder under the runtime or temp dir."""
-    configured = os.environ.get("DYN_FILE_KV")
-    if configured:
-        return Path(configured)
+    """The folder when none is given: a per-user one under the runtime or temp dir."""
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return Path(base) / f"dyntriton-kv-{os.getuid()}"
-
-
-def default_watch_mode() -> str:
-    """``DYN_FILE_KV_WATCH`` if set (``auto`` or ``poll``), else ``auto``."""
-    return os.environ.get("DYN_FILE_KV_WATCH") or "auto"
 
 
 def _encode_key(key: str) -> str:

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from dynamo_triton import hookimpl
-from dynamo_triton.registry import Register
+
+if TYPE_CHECKING:
+    from dynamo_triton.registry import KVStoreRegister
 
 
-def _factory(settings: Any) -> Any:
+@dataclass(frozen=True)
+class MemSettings:
+    """:param space: stores made with the same space in one process share their data (tests use fresh ones)."""
+
+    space: str = "default"
+
+
+def _factory(settings: MemSettings) -> Any:
     from dyntriton_kv_mem.store import MemStore
 
-    return MemStore(space=str(settings.options.get("space", "default")))
+    return MemStore(space=str(settings.space))
 
 
 @hookimpl
-def dyntriton_register_kv_stores(register: Register) -> None:
-    register("mem", _factory, summary="in-process store; frontend and workers in one process")
+def dyntriton_register_kv_stores(register: KVStoreRegister) -> None:
+    register(
+        "mem",
+        _factory,
+        settings=MemSettings,
+        traits=("process-local",),
+        summary="in-process store; frontend and workers in one process",
+    )

@@ -1,6 +1,6 @@
 """KVStore on a NATS JetStream key-value bucket (nats-py).
 
-The bucket (``dyntriton`` unless the ``bucket`` option or ``DYN_NATS_KV_BUCKET`` says otherwise)
+The bucket (``dyntriton`` unless ``--nats-kv-bucket`` / ``DYN_NATS_KV_BUCKET`` says otherwise)
 is an ordinary JetStream KV bucket with history 1, created on first use: ``nats kv ls dyntriton``
 shows its keys (see :mod:`dyntriton_kv_nats.keys` for how they are spelled). Revisions are the
 bucket stream's sequence numbers. Leases are described in :mod:`dyntriton_kv_nats.leases`.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import secrets
 from collections.abc import Awaitable, Mapping
@@ -54,18 +53,17 @@ class NatsKVSettings:
     replicas: int = 1
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> NatsKVSettings:
-        """Options (``servers``, TLS and credential options of NatsSettings, ``bucket``, ``storage``,
-        ``replicas``) win over the environment (the NATS variables, ``DYN_NATS_KV_BUCKET``)."""
-        env = os.environ if env is None else env
-        bucket = str(options.get("bucket") or env.get("DYN_NATS_KV_BUCKET") or "dyntriton")
+    def from_options(cls, options: Mapping[str, Any]) -> NatsKVSettings:
+        """Settings from ``options``: ``servers``, the TLS and credential options of NatsSettings,
+        ``bucket``, ``storage``, ``replicas`` (see :class:`~dyntriton_kv_nats.options.NatsKVOptions`)."""
+        bucket = str(options.get("bucket") or "dyntriton")
         if not _BUCKET.fullmatch(bucket):
             raise ConfigError(f"bad NATS KV bucket name {bucket!r}; use letters, digits, - and _")
         storage = str(options.get("storage") or "file")
         if storage not in ("file", "memory"):
             raise ConfigError(f"bad NATS KV storage {storage!r}; expected 'file' or 'memory'")
         return cls(
-            nats=NatsSettings.from_options(options, env),
+            nats=NatsSettings.from_options(options),
             bucket=bucket,
             storage=storage,
             replicas=int(options.get("replicas") or 1),

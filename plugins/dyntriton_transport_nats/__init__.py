@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynamo_triton import hookimpl
-from dynamo_triton.registry import Register
+from dyntriton_transport_nats.options import NatsTransportSettings
+
+if TYPE_CHECKING:
+    from dynamo_triton.registry import TransportRegister
 
 
-def _factory(settings: Any = None) -> Any:
-    """The transport from the environment; the CLI's TransportSettings (TLS files, token) win over it."""
+def _factory(settings: NatsTransportSettings) -> Any:
+    """The transport ``settings`` describe (see :meth:`NatsTransport.from_settings`)."""
     from dynamo_triton.plugins import import_optional
 
     import_optional("nats", extra="nats", purpose="the nats transport")  # the pip hint now, not at first call
@@ -19,5 +22,10 @@ def _factory(settings: Any = None) -> Any:
 
 
 @hookimpl
-def dyntriton_register_transports(register: Register) -> None:
-    register("nats", _factory, summary="NATS subjects (NATS_SERVER); chunks past max_payload; TLS and credentials")
+def dyntriton_register_transports(register: TransportRegister) -> None:
+    register(
+        "nats",
+        _factory,
+        settings=NatsTransportSettings,
+        summary="NATS subjects (--nats-server); chunks past max_payload; TLS and credentials",
+    )

@@ -1,9 +1,10 @@
 """NATS connection settings and a bounded connect, shared by the nats transport and the nats KV store.
 
-Where each setting comes from (an explicit option wins over the environment):
+The options (the CLI's ``--nats-*`` options and their env vars, declared in
+:mod:`dyntriton_transport_nats.options`, reach :meth:`NatsSettings.from_options` by these names):
 
 =============  ===================  ==================================================
-option         environment          meaning
+option         env var of the CLI   meaning
 =============  ===================  ==================================================
 servers        ``NATS_SERVER``      comma-separated URLs (default ``nats://localhost:4222``);
                                     ``tls://`` turns TLS on
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -33,12 +33,11 @@ from typing import Any
 
 from dynamo_triton.errors import ConfigError, DyntritonError
 from dynamo_triton.plugins import import_optional
+from dyntriton_transport_nats.options import DEFAULT_SERVER
 
 __all__ = ["DEFAULT_SERVER", "NatsSettings", "connect", "start_hint"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SERVER = "nats://localhost:4222"
 
 
 def start_hint(settings: NatsSettings) -> str:
@@ -64,13 +63,12 @@ class NatsSettings:
     timeout: float = 5.0
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> NatsSettings:
-        """Settings from explicit ``options`` (see the module docstring), else the environment."""
-        env = os.environ if env is None else env
+    def from_options(cls, options: Mapping[str, Any]) -> NatsSettings:
+        """Settings from ``options`` (see the module docstring); absent ones keep their defaults."""
 
         def pick(option: str, variable: str) -> str | None:
             value = options.get(option)
-            return str(value) if value else (env.get(variable) or None)
+            return str(value) if value else None
 
         raw = pick("servers", "NATS_SERVER") or DEFAULT_SERVER
         servers = tuple(part.strip() for part in raw.split(",") if part.strip())

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from dyntriton_transport_nats.client import NatsClient
 from dyntriton_transport_nats.connection import NatsSettings
+from dyntriton_transport_nats.options import NatsTransportSettings
 from dyntriton_transport_nats.server import NatsServer
 
 __all__ = ["NatsTransport"]
@@ -34,44 +31,25 @@ class NatsTransport:
     name: str = "nats"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> NatsTransport:
-        """Settings from the environment: the NATS variables of
-        :mod:`dyntriton_transport_nats.connection` (``NATS_SERVER``, ``NATS_CA``, ``NATS_CREDS``...),
-        ``DYNTRITON_NATS_SUBJECT_PREFIX`` and ``DYN_TRANSPORT_HEARTBEAT`` (seconds, the CLI's
-        ``--transport-heartbeat``); unset ones keep their defaults.
+    def from_settings(cls, settings: NatsTransportSettings) -> NatsTransport:
+        """The transport ``settings`` describe: the NATS connection, the subject prefix, the heartbeat.
+
+        With NATS the request plane is secured at the NATS server: the common ``tls_ca``/``tls_cert``/
+        ``tls_key`` (``--transport-tls-*``) become this process's TLS to NATS when given (over
+        ``--nats-ca``/``--nats-cert``/``--nats-key``), and ``token`` its NATS authorization token; who may
+        publish to workers' subjects is the NATS server's permissions. ``heartbeat`` is the clients'
+        liveness limit.
         """
-        env = os.environ if env is None else env
+        options = settings.connection_options()
+        options.update(
+            ca_file=settings.tls_ca or options["ca_file"],
+            cert_file=settings.tls_cert or options["cert_file"],
+            key_file=settings.tls_key or options["key_file"],
+            token=settings.token or options["token"],
+        )
         return cls(
-            settings=NatsSettings.from_options({}, env),
-            subject_prefix=env.get("DYNTRITON_NATS_SUBJECT_PREFIX") or "dyntriton.worker",
-            heartbeat=float(env.get("DYN_TRANSPORT_HEARTBEAT") or 1.0),
-        )
-
-    @classmethod
-    def from_settings(cls, settings: Any = None, env: Mapping[str, str] | None = None) -> NatsTransport:
-        """:meth:`from_env`, then what a :class:`~dynamo_triton.transport.TransportSettings` asks for.
-
-        With NATS the request plane is secured at the NATS server: ``tls_ca``/``tls_cert``/``tls_key``
-        become this process's TLS to NATS (``NATS_CA``/``NATS_CERT``/``NATS_KEY``) and ``token`` its
-        NATS authorization token (``NATS_TOKEN``); who may publish to workers' subjects is the NATS
-        server's permissions. ``heartbeat`` is the clients' liveness limit. ``options`` may set
-        ``subject_prefix``.
-        """
-        transport = cls.from_env(env)
-        if settings is None:
-            return transport
-        nats = dataclasses.replace(
-            transport.settings,
-            ca_file=settings.tls_ca or transport.settings.ca_file,
-            cert_file=settings.tls_cert or transport.settings.cert_file,
-            key_file=settings.tls_key or transport.settings.key_file,
-            token=settings.token or transport.settings.token,
-        )
-        options = dict(settings.options)
-        return dataclasses.replace(
-            transport,
-            settings=nats,
-            subject_prefix=str(options.get("subject_prefix") or transport.subject_prefix),
+            settings=NatsSettings.from_options(options),
+            subject_prefix=str(settings.options.get("subject_prefix") or settings.subject_prefix),
             heartbeat=settings.heartbeat,
         )
 

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dynamo_triton import hookimpl
-from dynamo_triton.registry import Register
-from dynamo_triton.transport import TransportSettings
+from dyntriton_transport_tcp.options import TcpSettings
 
-
-def _factory(settings: TransportSettings | None = None) -> Any:
+if TYPE_CHECKING:
+    from dynamo_triton.registry import TransportRegister
     from dyntriton_transport_tcp.transport import TcpTransport
 
-    transport = TcpTransport.from_env()
-    return transport if settings is None else transport.with_settings(settings)
+
+def _factory(settings: TcpSettings) -> TcpTransport:
+    from dyntriton_transport_tcp.transport import TcpTransport
+
+    return TcpTransport.from_settings(settings)
 
 
 @hookimpl
-def dyntriton_register_transports(register: Register) -> None:
+def dyntriton_register_transports(register: TransportRegister) -> None:
     register(
         "tcp",
         _factory,
+        settings=TcpSettings,
+        traits=("default",),
         summary="asyncio tcp, length-prefixed frames, many requests per connection, heartbeats, TLS (default)",
     )

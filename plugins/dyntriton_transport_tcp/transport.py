@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 from dataclasses import dataclass, field, replace
 
@@ -10,6 +9,7 @@ from dynamo_triton.errors import ConfigError
 from dynamo_triton.transport import TransportSettings
 from dyntriton_transport_tcp.client import TcpClient
 from dyntriton_transport_tcp.frames import DEFAULT_MAX_FRAME
+from dyntriton_transport_tcp.options import TcpSettings
 from dyntriton_transport_tcp.security import client_context, server_context
 from dyntriton_transport_tcp.server import TcpServer
 
@@ -52,24 +52,25 @@ class TcpTransport:
         self._contexts: dict[bool, ssl.SSLContext] = {}
 
     @classmethod
-    def from_env(cls) -> TcpTransport:
-        """Settings from the environment.
+    def from_settings(cls, settings: TcpSettings) -> TcpTransport:
+        """The transport the settings describe (the CLI's, or ``TcpSettings()`` for the defaults).
 
-        ``DYNTRITON_TCP_ADVERTISE_HOST``, ``DYNTRITON_TCP_MAX_FRAME`` (bytes) and
-        ``DYNTRITON_TCP_CONNECT_TIMEOUT`` (seconds); unset ones keep their defaults.
+        ``settings.options["advertise_host"]`` (``worker --advertise-host``), when given, replaces
+        ``settings.advertise_host``.
         """
         return cls(
-            advertise_host=os.environ.get("DYNTRITON_TCP_ADVERTISE_HOST") or None,
-            max_frame_size=int(os.environ.get("DYNTRITON_TCP_MAX_FRAME", DEFAULT_MAX_FRAME)),
-            connect_timeout=float(os.environ.get("DYNTRITON_TCP_CONNECT_TIMEOUT", 3.0)),
+            advertise_host=settings.options.get("advertise_host") or settings.advertise_host,
+            max_frame_size=settings.max_frame_size,
+            connect_timeout=settings.connect_timeout,
+            heartbeat=settings.heartbeat,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+            tls_ca=settings.tls_ca,
+            token=settings.token,
         )
 
     def with_settings(self, settings: TransportSettings) -> TcpTransport:
-        """This transport with the CLI's TLS files, token and heartbeat.
-
-        ``settings.options["advertise_host"]`` (``worker --advertise-host``), when given, replaces
-        ``DYNTRITON_TCP_ADVERTISE_HOST``.
-        """
+        """This transport with the common settings' TLS files, token and heartbeat (and advertised host)."""
         return replace(
             self,
             advertise_host=settings.options.get("advertise_host") or self.advertise_host,

@@ -53,6 +53,18 @@ def test_ports_handed_out_in_one_process_are_all_different() -> None:
     assert len(set(ports)) == len(ports)
 
 
+def _config(*, grpc_port: int, http_port: int) -> FrontendConfig:
+    """Both shipped frontends on 127.0.0.1, HTTP listed first (the order must not matter)."""
+    from dyntriton_frontend_http.options import HttpSettings
+    from dyntriton_frontend_kserve_grpc.options import GrpcSettings
+
+    frontends = (
+        ("http", HttpSettings(host="127.0.0.1", port=http_port)),
+        ("kserve-grpc", GrpcSettings(host="127.0.0.1", port=grpc_port)),
+    )
+    return FrontendConfig(frontends=frontends)
+
+
 async def test_a_taken_http_port_fails_before_grpc_answers_anything(monkeypatch: pytest.MonkeyPatch) -> None:
     from dyntriton_frontend_kserve_grpc.server import KServeGrpcFrontend
 
@@ -71,7 +83,7 @@ async def test_a_taken_http_port_fails_before_grpc_answers_anything(monkeypatch:
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
-            config = FrontendConfig(grpc_port=grpc_port, http_port=taken.getsockname()[1])
+            config = _config(grpc_port=grpc_port, http_port=taken.getsockname()[1])
             with pytest.raises(ConfigError, match="cannot listen for HTTP"):
                 await start_frontend(plugins, store, config)
     finally:
@@ -98,7 +110,7 @@ async def test_a_taken_grpc_port_fails_before_http_answers_anything(monkeypatch:
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
-            config = FrontendConfig(grpc_port=taken.getsockname()[1], http_port=http_port)
+            config = _config(grpc_port=taken.getsockname()[1], http_port=http_port)
             with pytest.raises(ConfigError, match="address already in use"):
                 await start_frontend(plugins, store, config)
     finally:

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from dyntriton_frontend_kserve_grpc import drain
+from dyntriton_frontend_kserve_grpc.options import GrpcSettings
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from dynamo_triton.frontend import FrontendSettings
@@ -54,8 +55,8 @@ async def test_a_stream_open_at_the_drain_timeout_answers_what_it_read_then_ends
     from dyntriton_frontend_kserve_grpc.server import KServeGrpcFrontend
 
     monkeypatch.setattr(drain, "others_listen", lambda port: True)  # as if a new frontend shared the port
-    options = {"reuse_port": True, "max_connection_age": 60, "drain_timeout": 0.3}
-    frontend = KServeGrpcFrontend(FrontendSettings(host="127.0.0.1", port=0, options=options), service)
+    settings = GrpcSettings(host="127.0.0.1", port=0, reuse_port=True, max_connection_age=60, drain_timeout=0.3)
+    frontend = KServeGrpcFrontend(settings, service)
     await frontend.start()
     stopping = None
     try:
@@ -86,8 +87,8 @@ async def test_a_stream_open_at_the_drain_timeout_answers_what_it_read_then_ends
 async def test_a_draining_http_frontend_answers_with_connection_close_and_waits_for_its_clients(service):
     from dyntriton_frontend_http.server import HttpFrontend
 
-    options = {"reuse_port": True, "max_connection_age": 30}
-    frontend = HttpFrontend(FrontendSettings(host="127.0.0.1", port=0, options=options), service)
+    settings = FrontendSettings(host="127.0.0.1", port=0, reuse_port=True, max_connection_age=30)
+    frontend = HttpFrontend(settings, service)
     await frontend.start()
     body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "INT32", "data": [5]}]})
 

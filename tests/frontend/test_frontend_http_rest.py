@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
+from dyntriton_frontend_http.options import HttpSettings
 from dyntriton_frontend_http.server import HttpFrontend
-
-from dynamo_triton.frontend import FrontendSettings
 
 
 def _base(frontend) -> str:
@@ -126,7 +125,7 @@ async def test_frontend_http_unknown_content_encoding_is_415_listing_the_support
 
 
 async def test_frontend_http_body_limit_is_413_before_and_after_decompression(service):
-    frontend = HttpFrontend(FrontendSettings(host="127.0.0.1", port=0, options={"max_input_size": 1024}), service)
+    frontend = HttpFrontend(HttpSettings(host="127.0.0.1", port=0, max_input_size=1024), service)
     await frontend.start()
     try:
         url = _base(frontend) + "/v2/models/identity/infer"

@@ -8,9 +8,8 @@ import time
 import grpc
 import numpy as np
 import pytest
+from dyntriton_frontend_kserve_grpc.options import GrpcSettings
 from tritonclient.grpc import service_pb2
-
-from dynamo_triton.frontend import FrontendSettings
 
 
 def _request(
@@ -67,9 +66,7 @@ async def narrow_frontend(service):
     """A gRPC frontend whose streams hold at most 8 requests and 1 MiB of unsent answers."""
     from dyntriton_frontend_kserve_grpc.server import KServeGrpcFrontend
 
-    settings = FrontendSettings(
-        host="127.0.0.1", port=0, options={"stream_window": 8, "stream_max_pending_bytes": 1 << 20}
-    )
+    settings = GrpcSettings(host="127.0.0.1", port=0, stream_window=8, stream_max_pending_bytes=1 << 20)
     frontend = KServeGrpcFrontend(settings, service)
     await frontend.start()
     try:

@@ -48,7 +48,7 @@ async def _live(port: int, credentials: grpc.ChannelCredentials) -> bool:
 async def test_frontend_tls_requires_client_cert_when_client_ca_given(certs: TestCerts, service):
     from dyntriton_frontend_kserve_grpc.server import KServeGrpcFrontend
 
-    settings = FrontendSettings(host="127.0.0.1", port=0, options=_tls(certs, client_ca=True))
+    settings = FrontendSettings(host="127.0.0.1", port=0, **_tls(certs, client_ca=True))
     frontend = KServeGrpcFrontend(settings, service)
     await frontend.start()
     try:
@@ -68,7 +68,7 @@ async def test_frontend_tls_missing_file_is_a_config_error(tmp_path: Path, servi
     from dyntriton_frontend_kserve_grpc.server import KServeGrpcFrontend
 
     options = {"tls_cert": str(tmp_path / "absent.pem"), "tls_key": str(tmp_path / "absent.key")}
-    frontend = KServeGrpcFrontend(FrontendSettings(host="127.0.0.1", port=0, options=options), service)
+    frontend = KServeGrpcFrontend(FrontendSettings(host="127.0.0.1", port=0, **options), service)
     with pytest.raises(ConfigError, match="cannot read a TLS file"):
         await frontend.start()
 
@@ -77,7 +77,7 @@ async def test_frontend_tls_missing_file_is_a_config_error(tmp_path: Path, servi
 async def _http_frontend(service, options: dict[str, str]):
     from dyntriton_frontend_http.server import HttpFrontend
 
-    frontend = HttpFrontend(FrontendSettings(host="127.0.0.1", port=0, options=options), service)
+    frontend = HttpFrontend(FrontendSettings(host="127.0.0.1", port=0, **options), service)
     await frontend.start()
     return frontend
 
@@ -165,7 +165,7 @@ async def test_http_with_a_bad_tls_file_fails_before_its_port_opens(certs: TestC
     from dyntriton_frontend_http.server import HttpFrontend
 
     options = {"tls_cert": certs.server_cert, "tls_key": certs.client_key}  # another certificate's key
-    frontend = HttpFrontend(FrontendSettings(host="127.0.0.1", port=0, options=options), service)
+    frontend = HttpFrontend(FrontendSettings(host="127.0.0.1", port=0, **options), service)
     with pytest.raises(ConfigError, match="does not belong to the certificate"):
         await frontend.start()
     assert frontend._runner is None
@@ -244,47 +244,46 @@ def test_frontend_with_a_bad_tls_file_exits_3_naming_it(certs: TestCerts, tmp_pa
 
 
 # -- the options ------------------------------------------------------------------------------------
+def _parsed(command: str, args: list[str]):
+    """The plugins and the click context of ``dyntriton COMMAND ARGS`` (parsed, not run)."""
+    from dynamo_triton.cli.main import core_command
+    from dynamo_triton.plugins import make_plugin_manager
+
+    plugins = make_plugin_manager()
+    return plugins, core_command(command, plugins).make_context(command, list(args))
+
+
 def test_one_certificate_serves_both_ports_unless_http_tls_is_off(certs: TestCerts):
     from dynamo_triton.cli.frontend_cmd import frontend_config
 
-    common = dict(
-        namespace="ns",
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        http_host="127.0.0.1",
-        http_port=0,
-        http_max_input_size=1024,
-        router="round-robin",
-        server_name="triton",
-        stream_window=8,
-        max_message_size=1024,
-        tls_cert=certs.server_cert,
-        tls_key=certs.server_key,
-        tls_client_ca=certs.ca,
-    )
-    both = frontend_config(**common)  # type: ignore[arg-type]
-    for options in (both.grpc_options, both.http_options):
-        assert (options["tls_cert"], options["tls_key"], options["tls_client_ca"]) == (
+    tls = ["--tls-cert", certs.server_cert, "--tls-key", certs.server_key, "--tls-client-ca", certs.ca]
+    plugins, ctx = _parsed("frontend", tls)
+    both = dict(frontend_config(plugins, ctx.params).frontends)
+    assert set(both) == {"kserve-grpc", "http"}, "the default frontends"
+    for settings in both.values():
+        assert (settings.tls_cert, settings.tls_key, settings.tls_client_ca) == (
             certs.server_cert,
             certs.server_key,
             certs.ca,
         )
-    grpc_only = frontend_config(**common, http_tls=False)  # type: ignore[arg-type]
-    assert grpc_only.grpc_options["tls_cert"] == certs.server_cert
-    assert "tls_cert" not in grpc_only.http_options
+        assert settings.serves_tls()
+    plugins, ctx = _parsed("frontend", [*tls, "--no-http-tls"])
+    grpc_only = dict(frontend_config(plugins, ctx.params).frontends)
+    assert grpc_only["kserve-grpc"].serves_tls()
+    assert not grpc_only["http"].serves_tls()
 
 
 def test_serve_hands_its_frontend_processes_the_tls_options():
-    import click
-
-    from dynamo_triton.cli.children import forwarded_options
-    from dynamo_triton.cli.frontend_cmd import FORWARDED
-    from dynamo_triton.cli.serve_cmd import serve
+    from dynamo_triton.cli.composition import child_argv
+    from dynamo_triton.cli.main import core_command
 
     args = ["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem", "--no-http-tls"]
-    with click.Context(serve) as ctx:
-        serve.parse_args(ctx, args)
-        argv = forwarded_options(ctx, FORWARDED, {})
+    plugins, ctx = _parsed("serve", [*args, "--transport-token", "s3cret", "--etcd-endpoints", "http://e:1"])
+    env: dict[str, str] = {}
+    argv = child_argv(ctx, core_command("frontend", plugins), env=env)
     for flag, value in zip(args[:-1:2], args[1:-1:2], strict=True):
         assert argv[argv.index(flag) + 1] == value
     assert "--no-http-tls" in argv  # "off" is said, or the child would fall back to the default (on)
+    assert argv[argv.index("--etcd-endpoints") + 1] == "http://e:1", "a plugin's option, forwarded generically"
+    assert "s3cret" not in argv and env == {"DYN_TRANSPORT_TOKEN": "s3cret"}, "secrets go by environment"
+    assert "--workers" not in argv, "only the options the child command has"

@@ -183,9 +183,15 @@ async def test_data_folder_moved_away_and_another_moved_in(
 async def test_poll_knob_forces_the_fallback_and_says_so_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from dynamo_triton.cli.composition import plugin_settings
+    from dynamo_triton.cli.main import core_command
+
     monkeypatch.setenv("DYN_FILE_KV_WATCH", "poll")
-    store = file_store(tmp_path / "kv")
-    assert store.watch_mode == "poll"
+    plugins = make_plugin_manager()
+    ctx = core_command("store", plugins).make_context("store", ["--file-kv-root", str(tmp_path / "kv"), "ls"])
+    store = plugins.kv_store("file", plugin_settings(plugins, "kv-store", "file", ctx.params))
+    assert isinstance(store, FileStore)
+    assert store.watch_mode == "poll", "the CLI reads DYN_FILE_KV_WATCH into the file store's settings"
     try:
         with caplog.at_level(logging.INFO, logger="dyntriton_kv_file"):
             async with store.watch("k/") as first, store.watch("j/"):

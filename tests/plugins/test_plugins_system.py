@@ -220,6 +220,7 @@ def test_the_wheel_holds_only_our_packages_and_the_entry_points(tmp_path: Path) 
                 "frontend_kserve_grpc",
                 "frontend_http",
                 "backend_triton",
+                "router_basic",
             )
         ),
     }

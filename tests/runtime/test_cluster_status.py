@@ -44,7 +44,6 @@ from dynamo_triton.runtime.frontend_card import (
     FrontendPublisher,
     frontend_card_key,
 )
-from dynamo_triton.runtime.routing import make_policy
 from dynamo_triton.runtime.service import RoutingService
 from dynamo_triton.runtime.system_server import SystemServer
 from dynamo_triton.runtime.worker import Worker, WorkerSettings
@@ -366,7 +365,7 @@ async def test_a_frontend_card_is_put_with_its_load_and_withdrawn_when_its_task_
     table = ModelTable(store, NS)
     await table.start()
     plugins = make_plugin_manager()
-    service = RoutingService(table, make_policy("round-robin"), plugins.transport)
+    service = RoutingService(table, plugins.router("round-robin"), plugins.transport)
     publisher = FrontendPublisher(store, NS, service, table, grpc="127.0.0.1:8787", http="", interval=0.2)
     service.metrics.requests.labels("identity", "grpc").inc()
     task = asyncio.create_task(publisher.run())

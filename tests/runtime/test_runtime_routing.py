@@ -16,10 +16,22 @@ from dynamo_triton.errors import DeadlineExceededError, NoInstanceError, Unknown
 from dynamo_triton.plugins import make_plugin_manager
 from dynamo_triton.runtime.cards import ModelCard, card_key
 from dynamo_triton.runtime.discovery import Instance, ModelTable
-from dynamo_triton.runtime.routing import POLICIES, make_policy
 from dynamo_triton.runtime.sequences import SequenceStep
 from dynamo_triton.runtime.service import RoutingService
 from dynamo_triton.transport import TransportRequest, TransportSettings
+
+SHIPPED_ROUTERS = ("least-outstanding", "random", "round-robin")
+
+
+def make_policy(name: str) -> Any:
+    """A fresh router of the shipped plugin, by name, as ``--router NAME`` builds it."""
+    return make_plugin_manager().router(name)
+
+
+def test_the_shipped_routers_are_registered_by_their_plugin() -> None:
+    plugins = make_plugin_manager()
+    assert tuple(plugins.names("router")) == SHIPPED_ROUTERS
+    assert {plugins.get("router", name).provider for name in SHIPPED_ROUTERS} == {"router-basic"}
 
 
 def instance(instance_id: str, outstanding: int = 0) -> Instance:
@@ -146,7 +158,7 @@ async def workers() -> AsyncIterator[Workers]:
         await w.close()
 
 
-@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("policy", SHIPPED_ROUTERS)
 async def test_every_policy_routes_around_a_frozen_worker_and_back(workers: Workers, policy: str) -> None:
     await workers.add("a")
     await workers.add("b")

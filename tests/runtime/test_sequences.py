@@ -21,7 +21,6 @@ from dynamo_triton.errors import DyntritonError, InvalidRequestError, NoInstance
 from dynamo_triton.plugins import make_plugin_manager
 from dynamo_triton.runtime.cards import ModelCard, card_key
 from dynamo_triton.runtime.discovery import Instance, ModelTable
-from dynamo_triton.runtime.routing import make_policy
 from dynamo_triton.runtime.sequences import (
     DEFAULT_IDLE_SECONDS,
     PinTable,
@@ -142,7 +141,7 @@ class Cluster:
     async def frontend(self) -> RoutingService:
         table = ModelTable(self.plugins.kv_store("mem", space=self.space), "dynamo")
         await table.start()
-        service = RoutingService(table, make_policy("round-robin"), self.plugins.transport)
+        service = RoutingService(table, self.plugins.router("round-robin"), self.plugins.transport)
         self.frontends.append((table, service))
         await until(lambda: len(table.instances(MODEL)) == len(self.workers), "the frontend to see every worker")
         return service

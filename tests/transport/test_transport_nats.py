@@ -77,11 +77,19 @@ async def test_one_mib_either_side_of_max_payload(nats_server: str) -> None:
         assert await round_trip(nats, echo, payload) == [payload]
 
 
-async def test_plugin_reads_nats_server_from_the_environment(nats_server: str, monkeypatch) -> None:
+async def test_the_cli_reads_nats_server_from_the_environment_into_the_plugins_settings(
+    nats_server: str, monkeypatch
+) -> None:
+    from dynamo_triton.cli.composition import plugin_settings
+    from dynamo_triton.cli.main import core_command
+
     monkeypatch.setenv("NATS_SERVER", nats_server)
     monkeypatch.setenv("DYNTRITON_NATS_SUBJECT_PREFIX", f"env.{uuid.uuid4().hex[:8]}")
-    nats = make_plugin_manager().transport("nats")
+    plugins = make_plugin_manager()
+    ctx = core_command("worker", plugins).make_context("worker", ["--transport", "nats"])
+    nats = plugins.transport("nats", plugin_settings(plugins, "transport", "nats", ctx.params))
     assert nats.name == "nats" and nats.settings.servers == (nats_server,)
+    assert nats.subject_prefix.startswith("env.")
     assert await round_trip(nats, echo, b"hello") == [b"hello"]
 
 
@@ -89,7 +97,7 @@ async def test_cli_transport_settings_become_the_nats_connections_tls_and_token(
     from dynamo_triton.transport import TransportSettings
 
     with run_nats(tmp_path, extra_args=["--auth", "t0ken"]) as server:
-        settings = TransportSettings(token="t0ken", options={"subject_prefix": "tok"})
+        settings = TransportSettings(token="t0ken", options={"subject_prefix": "tok"})  # options win
         nats = make_plugin_manager().transport("nats", settings)
         assert nats.subject_prefix == "tok"
         nats.settings = NatsSettings(servers=(server.url,), token=nats.settings.token)
