@@ -28,6 +28,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2
 
 from dynamo_triton.backend import Backend, ModelInfo
+from dynamo_triton.backoff import Backoff
 from dynamo_triton.dtypes import DTypeTable, default_table
 from dynamo_triton.errors import ConfigError, DyntritonError, InvalidRequestError, NoInstanceError
 from dynamo_triton.kv import KVStore
@@ -161,7 +162,7 @@ class Worker:
         self._reregister = asyncio.get_running_loop().create_task(self._register_again())
 
     async def _register_again(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5)
         while not self._draining:
             try:
                 if self._lease is not None:
@@ -170,9 +171,8 @@ class Worker:
                 log.info("worker %s registered again", self.instance_id)
                 return
             except DyntritonError as exc:
-                log.warning("registering again failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("registering again failed (%s); retrying in %.1f s", exc, backoff.delay)
+                await backoff.wait()
 
     async def stop(self) -> None:
         """Drain and stop: deregister, finish in-flight requests, stop the backend, revoke the lease."""
