@@ -17,6 +17,7 @@ from dynamo_triton.errors import BackendError, InvalidRequestError, ModelNotFoun
 from dynamo_triton.settings import promote
 from dynamo_triton.tensors import Raw, contents_to_raw
 from dynamo_triton.wire import field_header
+from dyntriton_backend_triton import capi
 from dyntriton_backend_triton.classification import class_count
 from dyntriton_backend_triton.environment import (
     backends_directory,
@@ -341,9 +342,9 @@ class TritonBackend:
             elif key == "sequence_id":
                 correlation = value
             elif key == "sequence_start":
-                flags |= 1 if value else 0
+                flags |= capi.REQUEST_FLAG_SEQUENCE_START if value else 0
             elif key == "sequence_end":
-                flags |= 2 if value else 0
+                flags |= capi.REQUEST_FLAG_SEQUENCE_END if value else 0
             elif key not in _SPECIAL_PARAMETERS and value is not None:
                 parameters[key] = value
         stream = self.server.infer(
