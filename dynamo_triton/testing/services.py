@@ -28,18 +28,20 @@ from dynamo_triton.plugins import Plugins, make_plugin_manager
 from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.sequences import SequenceStep
 
-__all__ = ["ContractService", "local_worker_service"]
+__all__ = ["ContractService", "local_worker_service", "served_model"]
 
 
-def _model(name: str, *, decoupled: bool = False) -> ServedModel:
-    config = model_config_pb2.ModelConfig(name=name, max_batch_size=8)
+def served_model(name: str, *, decoupled: bool = False, max_batch_size: int = 8) -> ServedModel:
+    """A model as workers would publish it: INT32 ``INPUT0`` -> ``OUTPUT0``, variable length."""
+    config = model_config_pb2.ModelConfig(name=name, max_batch_size=max_batch_size)
     config.input.add(name="INPUT0", data_type=model_config_pb2.TYPE_INT32, dims=[-1])
     config.output.add(name="OUTPUT0", data_type=model_config_pb2.TYPE_INT32, dims=[-1])
     config.model_transaction_policy.decoupled = decoupled
-    metadata = service_pb2.ModelMetadataResponse(name=name, versions=["1"], platform="contract")
-    metadata.inputs.add(name="INPUT0", datatype="INT32", shape=[-1, -1])
-    metadata.outputs.add(name="OUTPUT0", datatype="INT32", shape=[-1, -1])
-    return ServedModel(name, "1", config, metadata, decoupled, 1, server_version="contract")
+    shape = [-1, -1] if max_batch_size else [-1]
+    metadata = service_pb2.ModelMetadataResponse(name=name, versions=["1"], platform="test")
+    metadata.inputs.add(name="INPUT0", datatype="INT32", shape=shape)
+    metadata.outputs.add(name="OUTPUT0", datatype="INT32", shape=shape)
+    return ServedModel(name, "1", config, metadata, decoupled, 1)
 
 
 class ContractService:
@@ -53,8 +55,8 @@ class ContractService:
     REPEATS = 3
 
     def __init__(self) -> None:
-        self._models = {m.name: m for m in (_model("identity"), _model("repeat", decoupled=True), _model("gated"))}
-        self._models["dead"] = _model("dead")
+        models = (served_model("identity"), served_model("repeat", decoupled=True), served_model("gated"))
+        self._models = {m.name: m for m in (*models, served_model("dead"))}
         self.gates: dict[str, asyncio.Event] = {}
         self.calls = 0
         self.ready_flag = True
