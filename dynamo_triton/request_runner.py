@@ -38,8 +38,9 @@ Key = TypeVar("Key", contravariant=True)
 class Replier(Protocol[Key]):
     """How one transport answers a request, addressed by ``key`` (a request id, a reply subject...).
 
-    ``key`` lets one object (a connection, a server) answer all its requests: the runner allocates
-    nothing per chunk beyond what :meth:`data` does.
+    ``key`` lets one object (a connection, a server) answer all its requests, and :meth:`data` and
+    :meth:`end` may answer without a coroutine when nothing needs to wait (an in-process queue): the
+    runner allocates nothing per chunk or per request beyond what they do.
     """
 
     #: Exceptions that, raised while answering, mean the peer is gone (e.g. ``(ConnectionError, OSError)``).
@@ -56,8 +57,8 @@ class Replier(Protocol[Key]):
         alone), DyntritonError for one it cannot send (e.g. too large).
         """
 
-    async def end(self, key: Key) -> None:
-        """Send the end of the response stream (the success answer)."""
+    def end(self, key: Key) -> Awaitable[None] | None:
+        """Send the end of the response stream (the success answer); an awaitable when sending waits."""
 
     async def error(self, key: Key, status: str, message: str) -> None:
         """Send an error answer; never raises for a peer that is gone."""
@@ -90,7 +91,9 @@ async def run_request(handler: Handler, request: TransportRequest, key: Key, rep
             raise DeadlineExceededError(
                 f"deadline of {request.timeout} s exceeded on the server for endpoint {request.endpoint!r}"
             ) from exc
-        await replier.end(key)
+        ending = replier.end(key)
+        if ending is not None:
+            await ending
     except asyncio.CancelledError:
         if replier.stopping:
             await replier.gone(key)

@@ -73,7 +73,7 @@ class InprocServer:
     def data(self, queue: asyncio.Queue, chunk: Chunk) -> None:
         queue.put_nowait(_payload(chunk))
 
-    async def end(self, queue: asyncio.Queue) -> None:
+    def end(self, queue: asyncio.Queue) -> None:
         queue.put_nowait(_END)
 
     async def error(self, queue: asyncio.Queue, status: str, message: str) -> None:
