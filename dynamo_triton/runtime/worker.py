@@ -24,6 +24,7 @@ table does not know is rejected here with the known names, not passed on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -62,7 +63,8 @@ BROKEN_DRAIN_TIMEOUT = 5.0
 def _exit_process(code: int) -> None:
     """End the process now with ``code``: no interpreter shutdown, which a broken engine may hang."""
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        with contextlib.suppress(Exception):  # a closed or missing stream must not keep the process alive
+            stream.flush()
     os._exit(code)
 
 
