@@ -181,3 +181,21 @@ async def test_a_second_report_changes_nothing(harness: Harness) -> None:
     await asyncio.wait_for(in_flight, WAIT)
     await asyncio.wait_for(endings[0], WAIT)
     assert harness.exits == [6]
+
+
+def test_no_shipped_plugin_ends_the_process_itself() -> None:
+    """``os._exit`` (or ``os.abort``) under plugins/ would skip the worker's withdrawal and drain."""
+    import ast
+    from pathlib import Path
+
+    offenders = []
+    for path in (Path(__file__).resolve().parents[2] / "plugins").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in {"_exit", "abort"}
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "os"
+            ):
+                offenders.append(f"{path.name}:{node.lineno} os.{node.attr}")
+    assert offenders == []
