@@ -6,8 +6,9 @@ of the Frontend contract observable: ``identity`` (as model_repo/'s: INT32 ``INP
 ``max_batch_size`` 8), ``repeat`` (decoupled: three identity answers), ``gated`` (answers once the
 test opens ``gates[request_id]``) and ``dead`` (no live instance: UNAVAILABLE).
 
-:func:`local_worker_service` is the real thing: a worker running a backend plugin in this process
-(``mem`` store, ``inproc`` transport) and the routing core a frontend process runs over it.
+:func:`routing_service` is the real thing: the routing core a frontend process runs, over the
+workers registered in a store (e.g. ``dyntriton worker`` processes); :func:`local_worker_service`
+runs such a worker in this process too.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from dynamo_triton.backend import BackendSettings
 from dynamo_triton.dtypes import default_table
 from dynamo_triton.errors import ModelNotFoundError, NoInstanceError
 from dynamo_triton.frontend import InferenceService, ModelRepository, ServedModel
+from dynamo_triton.kv import KVStore
 from dynamo_triton.plugins import Plugins, make_plugin_manager
 from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
 from dynamo_triton.runtime.sequences import SequenceStep
 
-__all__ = ["ContractService", "local_worker_service", "served_model"]
+__all__ = ["ContractService", "local_worker_service", "routing_service", "served_model"]
 
 
 def served_model(name: str, *, decoupled: bool = False, max_batch_size: int = 8) -> ServedModel:
@@ -85,7 +87,14 @@ class ContractService:
         return response.SerializeToString()
 
     async def infer(
-        self, name: str, payload: bytes, *, timeout: float | None = None, sequence: SequenceStep | None = None
+        self,
+        name: str,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        sequence: SequenceStep | None = None,
+        queue_timeout: float | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[bytes]:
         self.calls += 1
         if name == "dead":
@@ -105,6 +114,39 @@ class ContractService:
 
 
 @contextlib.asynccontextmanager
+async def routing_service(
+    store: KVStore,
+    models: Sequence[str] = ("identity",),
+    *,
+    namespace: str = "dynamo",
+    plugins: Plugins | None = None,
+    timeout: float = 60.0,
+) -> AsyncIterator[InferenceService]:
+    """The routing core a frontend process runs, over the workers registered in ``store``.
+
+    Yields once every one of ``models`` is routable (failing after ``timeout`` s); stops the table after.
+    """
+    from dynamo_triton.runtime.discovery import ModelTable
+    from dynamo_triton.runtime.routing import make_policy
+    from dynamo_triton.runtime.service import RoutingService
+    from dynamo_triton.testing.wait import until
+
+    plugins = plugins or make_plugin_manager()
+    table = ModelTable(store, namespace)
+    service: Any = RoutingService(
+        table, make_policy("round-robin"), lambda name: plugins.transport(name), dtypes=plugins.dtype_table()
+    )
+    service.repository = None  # model control is the cluster's (tests/runtime/test_model_control.py)
+    try:
+        await table.start()
+        wanted = set(models)
+        await until(lambda: {m.name for m in service.models()} >= wanted, timeout, f"{', '.join(models)} routable")
+        yield service
+    finally:
+        await table.stop()
+
+
+@contextlib.asynccontextmanager
 async def local_worker_service(
     model_repository: str,
     models: Sequence[str] = ("identity",),
@@ -112,32 +154,19 @@ async def local_worker_service(
     backend: str = "triton",
     plugins: Plugins | None = None,
 ) -> AsyncIterator[InferenceService]:
-    """A worker serving ``models`` with the ``backend`` plugin in this process, and the routing core over it.
-
-    Yields once every model is routable; stops the worker (drained) and the routing table after.
-    """
-    from dynamo_triton.runtime.discovery import ModelTable
-    from dynamo_triton.runtime.routing import make_policy
-    from dynamo_triton.runtime.service import RoutingService
+    """A worker serving ``models`` with the ``backend`` plugin in this process (``mem`` store, ``inproc``
+    transport) and :func:`routing_service` over it. Stops the worker (drained) after."""
     from dynamo_triton.runtime.worker import Worker, WorkerSettings
-    from dynamo_triton.testing.wait import until
 
     plugins = plugins or make_plugin_manager()
     store = plugins.kv_store("mem", space=f"local-worker-{uuid.uuid4().hex}")
-    transport = plugins.transport("inproc")
     engine = plugins.backend(backend, BackendSettings(model_repository=model_repository))
-    worker = Worker(engine, store, transport, WorkerSettings(models=tuple(models)), dtypes=plugins.dtype_table())
-    table = ModelTable(store, "dynamo")
-    service: Any = RoutingService(
-        table, make_policy("round-robin"), lambda name: plugins.transport(name), dtypes=plugins.dtype_table()
-    )
-    service.repository = None  # model control is the cluster's (tests/runtime/test_model_control.py)
+    settings = WorkerSettings(models=tuple(models))
+    worker = Worker(engine, store, plugins.transport("inproc"), settings, dtypes=plugins.dtype_table())
     try:
         await worker.start()
-        await table.start()
-        await until(lambda: {m.name for m in service.models()} >= set(models), 30, f"{', '.join(models)} routable")
-        yield service
+        async with routing_service(store, models, plugins=plugins) as service:
+            yield service
     finally:
-        await table.stop()
         await worker.stop()
         await store.close()

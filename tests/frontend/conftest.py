@@ -29,7 +29,14 @@ class EchoService(ContractService):
         self.sequences: list[SequenceStep | None] = []
 
     async def infer(
-        self, name: str, payload: bytes, *, timeout: float | None = None, sequence: SequenceStep | None = None
+        self,
+        name: str,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        sequence: SequenceStep | None = None,
+        queue_timeout: float | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[bytes]:
         self.timeouts.append(timeout)
         self.sequences.append(sequence)

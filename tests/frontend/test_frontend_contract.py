@@ -1,21 +1,21 @@
 """The shipped frontends (``kserve-grpc``, ``http``) pass the Frontend contract, over the contract's service
-double and, once each, over a real worker (the embedded Triton backend on model_repo/'s identity)."""
+double and, once each, over a real worker: one ``dyntriton worker`` process for the module (the embedded
+Triton backend on model_repo/'s identity, the file store, the tcp transport) and the routing core over it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from dynamo_triton.frontend import Frontend, FrontendSettings, InferenceService
 from dynamo_triton.plugins import make_plugin_manager
+from dynamo_triton.testing.cluster import START_TIMEOUT, Cluster
 from dynamo_triton.testing.frontend_contract import Capability, FrontendContract
 from dynamo_triton.testing.frontend_protocols import KServeGrpcClient, KServeRestClient
-from dynamo_triton.testing.services import local_worker_service
-
-MODEL_REPO = Path(__file__).resolve().parents[2] / "model_repo"
+from dynamo_triton.testing.services import routing_service
 
 Factory = Callable[[FrontendSettings, InferenceService], Frontend]
 
@@ -51,10 +51,29 @@ class TestHttp(FrontendContract):
         return KServeRestClient
 
 
+@pytest.fixture(scope="module")
+def worker_store(tmp_path_factory: pytest.TempPathFactory, require_triton: None) -> Iterator[str]:
+    """A ``dyntriton worker`` serving identity for the whole module; yields its file store's root."""
+    tmp = tmp_path_factory.mktemp("contract-worker")
+    env = {**os.environ, "DYN_FILE_KV": str(tmp / "kv")}
+    env.pop("DYN_STORE_KV", None)
+    cluster = Cluster(tmp, env=env)
+    try:
+        cluster.worker("identity")
+        yield str(tmp / "kv")
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
-async def real_service(require_triton: None) -> AsyncIterator[InferenceService]:
-    async with local_worker_service(str(MODEL_REPO), ("identity",)) as service:
-        yield service
+async def real_service(worker_store: str) -> AsyncIterator[InferenceService]:
+    plugins = make_plugin_manager()
+    store = plugins.kv_store("file", root=worker_store)
+    try:
+        async with routing_service(store, ("identity",), plugins=plugins, timeout=START_TIMEOUT) as service:
+            yield service
+    finally:
+        await store.close()
 
 
 class TestKServeGrpcOverARealWorker(TestKServeGrpc):
