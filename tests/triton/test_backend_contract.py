@@ -31,3 +31,21 @@ async def backend(require_triton: None) -> AsyncIterator[Any]:
 
 class TestTritonBackend(BackendContract):
     """Every part applies: model_repo/ has identity, repeat (decoupled, with DELAY_MS)."""
+
+
+async def test_local_worker_service_routes_to_an_in_process_worker(require_triton: None) -> None:
+    """dynamo_triton.testing.services.local_worker_service: a real worker stack in this process."""
+    import numpy as np
+    from tritonclient.grpc import service_pb2
+
+    from dynamo_triton.testing.backend_contract import infer_request
+    from dynamo_triton.testing.services import local_worker_service
+
+    data = np.arange(-3, 5, dtype=np.int32).reshape(1, 8)
+    async with local_worker_service(str(MODEL_REPO), ("identity",)) as service:
+        assert [model.name for model in service.models()] == ["identity"]
+        payload = infer_request("identity", {"INPUT0": ("INT32", data)}).SerializeToString()
+        [answer] = [
+            service_pb2.ModelInferResponse.FromString(chunk) async for chunk in service.infer("identity", payload)
+        ]
+    assert bytes(answer.raw_output_contents[0]) == data.tobytes()
