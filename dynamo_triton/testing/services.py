@@ -127,14 +127,13 @@ async def routing_service(
     Yields once every one of ``models`` is routable (failing after ``timeout`` s); stops the table after.
     """
     from dynamo_triton.runtime.discovery import ModelTable
-    from dynamo_triton.runtime.routing import make_policy
     from dynamo_triton.runtime.service import RoutingService
     from dynamo_triton.testing.wait import until
 
     plugins = plugins or make_plugin_manager()
     table = ModelTable(store, namespace)
     service: Any = RoutingService(
-        table, make_policy("round-robin"), lambda name: plugins.transport(name), dtypes=plugins.dtype_table()
+        table, plugins.router("round-robin"), lambda name: plugins.transport(name), dtypes=plugins.dtype_table()
     )
     service.repository = None  # model control is the cluster's (tests/runtime/test_model_control.py)
     try:

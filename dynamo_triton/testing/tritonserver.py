@@ -62,6 +62,8 @@ def _binary_and_environment(model_repository: Path) -> tuple[list[str], dict[str
         common = BackendSettings(model_repository=str(model_repository))
         # The triton backend's own settings, with TRITON_HOME read as its --triton-home option reads it.
         own = plugins.get("backend", "triton").settings
+        if own is None:
+            raise TypeError("the 'triton' backend registers no settings class")
         settings = promote(own, common, triton_home=os.environ.get("TRITON_HOME"))
         backend = plugins.backend("triton", settings)
         if not isinstance(backend, StandaloneServer):
