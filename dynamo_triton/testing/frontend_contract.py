@@ -283,6 +283,10 @@ class FrontendContract:
                     await asyncio.wait_for(late.infer("identity", self.data()), STEP)
                 except (ProtocolError, OSError):
                     return True
+                except TimeoutError:
+                    pytest.fail(
+                        f"a request sent to the stopping frontend was neither refused nor answered in {STEP:g} s"
+                    )
                 return False
 
             await until(refuses, STEP, "the stopping frontend to take no new request")
