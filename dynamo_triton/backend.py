@@ -7,7 +7,7 @@ received and sends back the responses it yields, without touching tensor data.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the protobuf modules are heavy; only type checkers need the
     from dynamo_triton.tensors import Raw
     from dynamo_triton.transport import Chunk
 
-__all__ = ["Backend", "BackendFactory", "BackendSettings", "ModelInfo"]
+__all__ = ["Backend", "BackendFactory", "BackendSettings", "FatalReporting", "ModelInfo", "StandaloneServer"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,37 @@ class Backend(Protocol):
 
     async def statistics(self, name: str = "") -> Any:
         """``service_pb2.ModelStatisticsResponse`` for one model, or all when ``name`` is empty."""
+
+
+@runtime_checkable
+class StandaloneServer(Protocol):
+    """What a backend that embeds a server with a standalone form of its own adds (optional).
+
+    Tests compare dyntriton's answers with that server's (``dynamo_triton.testing.tritonserver``
+    runs Triton's ``tritonserver`` this way); nothing needs to be started to ask.
+    """
+
+    def standalone_server(self) -> tuple[list[str], dict[str, str]]:
+        """``(argv, environment)`` that run the engine this backend embeds as its own server, with the
+        same engine libraries and backends (protocol ports and the repository are the caller's to add).
+
+        Raises :class:`~dynamo_triton.errors.BackendError` saying how to install one when there is none.
+        """
+
+
+@runtime_checkable
+class FatalReporting(Protocol):
+    """What a backend that can break beyond repair in-process adds (optional).
+
+    The worker registers a callback at start. A backend that broke that way (the Triton backend:
+    a python backend stub died, which Triton cannot restart) keeps answering requests for the
+    broken model with UNAVAILABLE and calls the callback once, with the reason; it never ends
+    the process itself. The worker then withdraws its model cards, drains, and its command exits
+    with ``EXIT_BACKEND_BROKEN`` (6) so that its supervisor starts a new one.
+    """
+
+    def on_fatal(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` (on the event loop, at most once) when the engine broke beyond repair."""
 
 
 class BackendFactory(Protocol):

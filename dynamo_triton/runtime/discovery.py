@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
+from dynamo_triton.backoff import Backoff
 from dynamo_triton.errors import ConfigError, DyntritonError
 from dynamo_triton.kv import EventKind, KVEntry, KVStore
 from dynamo_triton.runtime.cards import ModelCard, models_prefix, parse_card_key
@@ -236,13 +237,13 @@ class ModelTable:
             )
 
     async def _follow(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2)
         while True:
             try:
                 async with self._store.watch(self._prefix) as watch:
                     self._reset(watch.snapshot, resync=self._synced.is_set())
                     self._synced.set()
-                    delay = 0.2
+                    backoff.reset()
                     async for event in watch:
                         if event.kind is EventKind.PUT and event.value is not None:
                             self._apply_put(event.key, event.value)
@@ -253,11 +254,10 @@ class ModelTable:
             except DyntritonError as exc:
                 if not self._synced.is_set():
                     raise
-                log.warning("watch on %s ended (%s); re-listing in %.1f s", self._prefix, exc, delay)
+                log.warning("watch on %s ended (%s); re-listing in %.1f s", self._prefix, exc, backoff.delay)
             except Exception:
-                log.exception("watch on %s failed; retrying in %.1f s", self._prefix, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                log.exception("watch on %s failed; retrying in %.1f s", self._prefix, backoff.delay)
+            await backoff.wait()
 
     async def stop(self) -> None:
         """Stop watching."""

@@ -25,6 +25,7 @@ import logging
 import socket
 from dataclasses import replace
 
+from dynamo_triton.backoff import Backoff
 from dynamo_triton.errors import DyntritonError, ModelNotFoundError
 from dynamo_triton.kv import EventKind
 from dynamo_triton.leases import LeaseKeeper
@@ -99,15 +100,16 @@ class ModelController:
             self._tasks.append(asyncio.get_running_loop().create_task(self._grant_again()))
 
     async def _grant_again(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5)
         while not self._stopping:
             try:
                 await self._grant()
                 return
             except DyntritonError as exc:
-                log.warning("publishing the repository report again failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning(
+                    "publishing the repository report again failed (%s); retrying in %.1f s", exc, backoff.delay
+                )
+                await backoff.wait()
 
     # -- the report ------------------------------------------------------------------------------
     def report(self) -> RepositoryReport:
@@ -147,25 +149,25 @@ class ModelController:
 
     # -- following control records ---------------------------------------------------------------
     async def _follow(self) -> None:
-        delay, first = 0.2, True
+        backoff, first = Backoff(0.2), True
         prefix = control_prefix(self.namespace)
         while True:
             try:
                 async with self.store.watch(prefix) as watch:
                     for entry in watch.snapshot:
                         self._received(entry.value, catching_up=first)
-                    first, delay = False, 0.2
+                    first = False
+                    backoff.reset()
                     async for event in watch:
                         if event.kind is EventKind.PUT and event.value is not None:
                             self._received(event.value, catching_up=False)
             except asyncio.CancelledError:
                 raise
             except DyntritonError as exc:
-                log.warning("watch on %s failed (%s); retrying in %.1f s", prefix, exc, delay)
+                log.warning("watch on %s failed (%s); retrying in %.1f s", prefix, exc, backoff.delay)
             except Exception:
-                log.exception("watch on %s failed; retrying in %.1f s", prefix, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                log.exception("watch on %s failed; retrying in %.1f s", prefix, backoff.delay)
+            await backoff.wait()
 
     def _received(self, raw: bytes, *, catching_up: bool) -> None:
         try:

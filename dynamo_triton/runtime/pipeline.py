@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["PreparedRequest", "RequestPipeline", "parse_infer_request", "queue_parameters"]
 
 UNKNOWN_MODEL = "unknown"
-_RAW_INPUT_CONTENTS = 7  # field number in KServe's ModelInferRequest
 
 
 #: Requests at least this big are read without copying their tensors (wire.split_field);
@@ -56,7 +55,7 @@ def parse_infer_request(raw: Raw) -> tuple[service_pb2.ModelInferRequest, list[m
     try:
         if len(raw) < SPLIT_ABOVE:
             return service_pb2.ModelInferRequest.FromString(raw), None
-        header, views = split_field(raw, _RAW_INPUT_CONTENTS)
+        header, views = split_field(raw, service_pb2.ModelInferRequest.RAW_INPUT_CONTENTS_FIELD_NUMBER)
         return service_pb2.ModelInferRequest.FromString(header), views
     except Exception as exc:  # protobuf's DecodeError and WireError derive from Exception only
         raise InvalidRequestError(

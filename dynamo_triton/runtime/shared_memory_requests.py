@@ -56,8 +56,6 @@ LOCAL_KEY = "dyntriton_shm_key"
 LOCAL_OFFSET = "dyntriton_shm_offset"
 LOCAL_SIZE = "dyntriton_shm_byte_size"
 LOCAL_HOST = "dyntriton_shm_host"
-_RAW_INPUT_CONTENTS = 7  # ModelInferRequest field number
-_RAW_OUTPUT_CONTENTS = 6  # ModelInferResponse field number
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +140,9 @@ class OutputPlan:
             return response
         from tritonclient.grpc import service_pb2
 
+        raw_output_contents = service_pb2.ModelInferResponse.RAW_OUTPUT_CONTENTS_FIELD_NUMBER
         try:
-            header_bytes, raws = split_field(response, _RAW_OUTPUT_CONTENTS)
+            header_bytes, raws = split_field(response, raw_output_contents)
         except WireError as exc:
             raise DyntritonError(f"a worker sent a malformed ModelInferResponse: {exc}") from exc
         header = service_pb2.ModelInferResponse.FromString(header_bytes)
@@ -158,7 +157,7 @@ class OutputPlan:
             if planned is not None:
                 mapped, reference = planned
                 if not len(raw) and self.in_place:
-                    parts += (field_header(_RAW_OUTPUT_CONTENTS, 0), raw)
+                    parts += (field_header(raw_output_contents, 0), raw)
                     continue  # the worker wrote it into the region
                 if len(raw) > reference.byte_size:
                     raise DyntritonError(
@@ -167,7 +166,7 @@ class OutputPlan:
                     )
                 mapped.write(reference.offset, raw)
                 raw = memoryview(b"")
-            parts += (field_header(_RAW_OUTPUT_CONTENTS, len(raw)), raw)
+            parts += (field_header(raw_output_contents, len(raw)), raw)
         return b"".join(parts)
 
 
@@ -281,10 +280,11 @@ def _serialize(
     head: service_pb2.ModelInferRequest, tensors: list[bytes | memoryview]
 ) -> tuple[bytes, list[memoryview]]:
     parts: list[bytes | memoryview] = [head.SerializeToString()]
+    raw_input_contents = head.RAW_INPUT_CONTENTS_FIELD_NUMBER
     spans = []
     position = len(parts[0])
     for data in tensors:
-        header = field_header(_RAW_INPUT_CONTENTS, len(data))
+        header = field_header(raw_input_contents, len(data))
         parts += (header, data)
         position += len(header)
         spans.append((position, position + len(data)))

@@ -6,6 +6,14 @@ transport server and registers the cards; ``stop()`` drains: deregisters first
 backend and revokes the lease. If the lease is lost (store outage, long pause)
 the worker grants a new one and registers again.
 
+A backend that breaks beyond repair (:class:`~dynamo_triton.backend.FatalReporting`: a dead
+Triton python stub) never ends the process itself: it reports, and the worker decides. It
+withdraws its cards and stops taking requests, gives those in flight up to
+:data:`BROKEN_DRAIN_TIMEOUT` s, then ends the process with ``EXIT_BACKEND_BROKEN`` (6) without
+stopping the backend (a broken engine may hang on its way down; the backend's own process-exit
+safeguards, such as the Triton backend's stub reaper, clean up) so that its supervisor starts a
+new worker.
+
 Datatypes: the worker reads requests with the process's dtype table
 (``Plugins.dtype_table()``). A plugin datatype with a carrier (``FP8E4M3`` carried
 as ``UINT8``) is relabelled to its carrier before the backend sees the request,
@@ -16,18 +24,22 @@ table does not know is rejected here with the known names, not passed on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2
 
-from dynamo_triton.backend import Backend, ModelInfo
+from dynamo_triton.backend import Backend, FatalReporting, ModelInfo
+from dynamo_triton.backoff import Backoff
+from dynamo_triton.cli.exits import EXIT_BACKEND_BROKEN
 from dynamo_triton.dtypes import DTypeTable, default_table
 from dynamo_triton.errors import ConfigError, DyntritonError, InvalidRequestError, NoInstanceError
 from dynamo_triton.kv import KVStore
@@ -40,9 +52,20 @@ from dynamo_triton.runtime.worker_card import WorkerCard, published_host, worker
 from dynamo_triton.runtime.worker_metrics import WorkerMetrics
 from dynamo_triton.transport import Chunk, Transport, TransportRequest, TransportServer
 
-__all__ = ["Worker", "WorkerSettings"]
+__all__ = ["BROKEN_DRAIN_TIMEOUT", "Worker", "WorkerSettings"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds a worker whose backend broke gives its requests in flight (and the store) before it exits.
+BROKEN_DRAIN_TIMEOUT = 5.0
+
+
+def _exit_process(code: int) -> None:
+    """End the process now with ``code``: no interpreter shutdown, which a broken engine may hang."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or missing stream must not keep the process alive
+            stream.flush()
+    os._exit(code)
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,7 @@ class Worker:
 
     :param dtypes: the table requests are read with (default: the core table); pass
         ``Plugins.dtype_table()`` so plugin datatypes reach the backend as their carriers.
+    :param exit_process: how the worker ends the process when its backend broke (tests pass their own).
     """
 
     def __init__(
@@ -87,6 +111,7 @@ class Worker:
         *,
         metrics: WorkerMetrics | None = None,
         dtypes: DTypeTable | None = None,
+        exit_process: Callable[[int], None] = _exit_process,
     ):
         self.backend, self.store, self.transport, self.settings = backend, store, transport, settings
         self.metrics = metrics or WorkerMetrics()
@@ -104,11 +129,17 @@ class Worker:
         #: ``(host, port)`` its system port listens on, set by whoever runs one (for its worker card).
         self.system: tuple[str, int] | None = None
         self._started = time.time()
+        self._exit_process = exit_process
+        #: Why the backend broke beyond repair (then the worker is on its way out), or None.
+        self.broken: str | None = None
+        self._ending: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the backend, load models, serve, register. Raises the backend's errors as they are."""
         await self.backend.start()
+        if isinstance(self.backend, FatalReporting):
+            self.backend.on_fatal(self._on_fatal)
         explicit = self.settings.model_control == "explicit"
         names = list(self.settings.models) or ([] if explicit else await self.backend.repository_index())
         if not names and not explicit:
@@ -161,7 +192,7 @@ class Worker:
         self._reregister = asyncio.get_running_loop().create_task(self._register_again())
 
     async def _register_again(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5)
         while not self._draining:
             try:
                 if self._lease is not None:
@@ -170,12 +201,17 @@ class Worker:
                 log.info("worker %s registered again", self.instance_id)
                 return
             except DyntritonError as exc:
-                log.warning("registering again failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("registering again failed (%s); retrying in %.1f s", exc, backoff.delay)
+                await backoff.wait()
 
     async def stop(self) -> None:
         """Drain and stop: deregister, finish in-flight requests, stop the backend, revoke the lease."""
+        await self._drain(self.settings.drain_timeout)
+        await self.backend.stop()
+        await self._revoke()
+
+    async def _drain(self, grace: float) -> None:
+        """Deregister (frontends stop routing here), then give requests in flight up to ``grace`` s."""
         self._draining = True
         if self._reregister is not None:
             self._reregister.cancel()
@@ -191,13 +227,36 @@ class Worker:
             except DyntritonError as exc:
                 log.debug("could not mark the worker card draining: %s", exc)
         if self._server is not None:
-            await self._server.stop(grace=self.settings.drain_timeout)
-        await self.backend.stop()
+            await self._server.stop(grace=grace)
+
+    async def _revoke(self) -> None:
         if self._lease is not None:
             try:
                 await self._lease.close(revoke=True)
             except DyntritonError as exc:
                 log.warning("could not revoke the lease (it will expire): %s", exc)
+
+    def _on_fatal(self, reason: str) -> None:
+        """The backend broke beyond repair: withdraw, drain, and end the process (see the module docstring)."""
+        if self.broken is not None:
+            return
+        self.broken = reason
+        log.error(
+            "worker %s: %s; the backend cannot recover in-process: withdrawing this worker's cards, draining "
+            "(up to %g s), then exiting with code %d so that its supervisor starts a new one",
+            *(self.instance_id, reason, BROKEN_DRAIN_TIMEOUT, EXIT_BACKEND_BROKEN),
+        )
+        self._ending = asyncio.get_running_loop().create_task(self._end_broken(), name="dyntriton-worker-broken")
+
+    async def _end_broken(self) -> None:
+        try:
+            async with asyncio.timeout(BROKEN_DRAIN_TIMEOUT):
+                await self._drain(BROKEN_DRAIN_TIMEOUT / 2)
+                await self._revoke()
+        except Exception as exc:  # whatever went wrong, the process must still end
+            log.warning("worker %s: draining after the backend broke: %s", self.instance_id, exc)
+        finally:
+            self._exit_process(EXIT_BACKEND_BROKEN)
 
     async def publish(self, info: ModelInfo) -> None:
         """Serve ``info``, a model the backend has just (re)loaded: its card is put now and on re-registration."""

@@ -11,15 +11,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamo_triton.testing.ports import free_port
 from dynamo_triton.testing.processes import stop_process
+from dynamo_triton.testing.wait import wait_until
 
 __all__ = [
     "Cluster",
@@ -134,17 +134,6 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.log.name} ---\n{p.output()[-4000:]}" for p in self.procs)
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, cluster: Cluster | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.1)
-    logs = cluster.logs() if cluster else ""
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{logs}")
 
 
 def model_ready(url: str, model: str) -> bool:

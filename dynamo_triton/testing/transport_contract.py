@@ -42,6 +42,7 @@ from dynamo_triton.errors import (
     TritonError,
     error_from_status,
 )
+from dynamo_triton.testing.wait import until
 from dynamo_triton.transport import (
     Chunk,
     Handler,
@@ -432,15 +433,10 @@ class TransportContract:
             pytest.skip("this transport's client does not report liveness")
         return client
 
-    async def _until(self, check: Callable[[], bool], what: str) -> float:
-        """Poll ``check`` until true; returns the seconds it took (fails after 3 heartbeats + 1 s)."""
-        loop = asyncio.get_running_loop()
-        began, limit = loop.time(), 3 * self.heartbeat + 1.0
-        while not check():
-            if loop.time() - began > limit:
-                pytest.fail(f"{what} did not happen within {limit:g} s")
-            await asyncio.sleep(0.02)
-        return loop.time() - began
+    @property
+    def _limit(self) -> float:
+        """How long a liveness test waits for a change: 3 heartbeats and 1 s."""
+        return 3 * self.heartbeat + 1.0
 
     async def test_a_frozen_server_is_unresponsive_and_every_call_ends(
         self, serve: Callable, client: TransportClient
@@ -462,10 +458,10 @@ class TransportContract:
         untimed = asyncio.create_task(collect(client.call(address, "x", b"block"), 3600))
         timed = asyncio.create_task(collect(client.call(address, "x", b"block", timeout=deadline), 3600))
         began = loop.time()
-        await self._until(lambda: len(probe.requests) == 2, "both calls to reach the handler")
+        await until(lambda: len(probe.requests) == 2, self._limit, "both calls to reach the handler")
         await self.freeze_server(server)
         unread = asyncio.create_task(collect(client.call(address, "x", b"late"), 3600))
-        took = await self._until(lambda: liveness.unresponsive(address), "the frozen server to be unresponsive")
+        took = await until(lambda: liveness.unresponsive(address), self._limit, "the frozen server to be unresponsive")
         assert took <= 2 * self.heartbeat + 0.5
 
         with pytest.raises(PeerUnresponsiveError) as never_read:
@@ -483,7 +479,7 @@ class TransportContract:
         assert loop.time() - began >= deadline - 0.05
 
         await self.thaw_server(server)
-        await self._until(lambda: not liveness.unresponsive(address), "the thawed server to answer again")
+        await until(lambda: not liveness.unresponsive(address), self._limit, "the thawed server to answer again")
         assert await collect(client.call(address, "x", b"back"), self.wait) == [b"back"]
 
     async def test_busy_or_idle_servers_stay_responsive(self, serve: Callable, client: TransportClient) -> None:

@@ -1,7 +1,8 @@
 """Run the real ``tritonserver`` binary, to compare dyntriton's answers with Triton's own.
 
-The binary is the one of the Triton distribution the embedded backend uses (``locate_triton``:
-``TRITON_HOME``, ``/opt/tritonserver`` or the ``nvidia-pytriton`` wheel), started on 127.0.0.1
+The binary is the one of the Triton distribution the embedded ``triton`` backend uses, asked
+through its public capability (:class:`dynamo_triton.backend.StandaloneServer`: ``TRITON_HOME``,
+``/opt/tritonserver`` or the ``nvidia-pytriton`` wheel), started on 127.0.0.1
 free ports with its log in a temp dir, with the same libraries and python backend stub the
 embedded server gets. :func:`run_tritonserver` waits (polling, with a deadline) until the asked
 models are ready and always stops the process.
@@ -50,24 +51,28 @@ class TritonDirect:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def _binary_and_environment() -> tuple[list[str], dict[str, str]]:
-    """The binary with its backend directory argument, and the environment it needs."""
-    try:
-        from dyntriton_backend_triton.environment import backends_directory, stub_environment
-        from dyntriton_backend_triton.locator import locate_triton
+def _binary_and_environment(model_repository: Path) -> tuple[list[str], dict[str, str]]:
+    """The ``triton`` backend's standalone server (argv and environment), through the public plugin API."""
+    from dynamo_triton.backend import BackendSettings, StandaloneServer
+    from dynamo_triton.plugins import make_plugin_manager
+    from dynamo_triton.settings import promote
 
-        install = locate_triton(os.environ.get("TRITON_HOME"))
-        backends = backends_directory(install)
+    try:
+        plugins = make_plugin_manager()
+        common = BackendSettings(model_repository=str(model_repository))
+        # The triton backend's own settings, with TRITON_HOME read as its --triton-home option reads it.
+        own = plugins.get("backend", "triton").settings
+        if own is None:
+            raise TypeError("the 'triton' backend registers no settings class")
+        settings = promote(own, common, triton_home=os.environ.get("TRITON_HOME"))
+        backend = plugins.backend("triton", settings)
+        if not isinstance(backend, StandaloneServer):
+            raise TypeError("the 'triton' backend has no standalone server")
+        return backend.standalone_server()
     except Exception as exc:
         raise TritonNotInstalled(
             f"no Triton distribution to run tritonserver from: {exc} (pip install 'dynamo-triton[triton]')"
         ) from exc
-    if install.binary is None:
-        raise TritonNotInstalled(
-            f"the Triton distribution at {install.source} has no tritonserver binary; "
-            "set TRITON_HOME to a full Triton install, or pip install 'dynamo-triton[triton]'"
-        )
-    return [str(install.binary), f"--backend-directory={backends}"], stub_environment(install, os.environ)
 
 
 def _ready(url: str, models: Sequence[str]) -> bool:
@@ -100,8 +105,8 @@ def run_tritonserver(
     :raises TritonNotInstalled: there is no Triton distribution with the binary.
     :raises AssertionError: the server exits or is not ready in time (the message holds its log).
     """
-    command, env = _binary_and_environment()
     repository = Path(model_repository).resolve()
+    command, env = _binary_and_environment(repository)
     with contextlib.ExitStack() as stack:
         if tmp is None:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dyntriton-tritonserver-")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +13,18 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from dynamo_triton.backend import BackendSettings, ModelInfo
-from dynamo_triton.cli.exits import EXIT_BACKEND_BROKEN
 from dynamo_triton.errors import BackendError, InvalidRequestError, ModelNotFoundError, TritonError
 from dynamo_triton.settings import promote
 from dynamo_triton.tensors import Raw, contents_to_raw
 from dynamo_triton.wire import field_header
+from dyntriton_backend_triton import capi
 from dyntriton_backend_triton.classification import class_count
 from dyntriton_backend_triton.environment import (
     backends_directory,
     clean_stale_shm,
     prepare_stub_environment,
     shm_regions,
+    stub_environment,
 )
 from dyntriton_backend_triton.locator import TritonInstall, locate_triton
 from dyntriton_backend_triton.options import TritonSettings
@@ -110,6 +111,7 @@ class TritonBackend:
         self._identity = ("triton", "")
         self._reaper = Reaper()
         self._broken = ""  # the model whose stub died: the worker exits (see _stub_died)
+        self._on_fatal: list[Callable[[str], None]] = []
 
     @property
     def server(self) -> TritonServer:
@@ -158,6 +160,17 @@ class TritonBackend:
             log.warning("Triton did not stop within %.0f s; leaving it to process exit", timeout)
         await asyncio.to_thread(self._reaper.stop)
         clean_stale_shm(only=shm_regions() - self._shm_before)
+
+    def standalone_server(self) -> tuple[list[str], dict[str, str]]:
+        """See :class:`dynamo_triton.backend.StandaloneServer`: the distribution's ``tritonserver``."""
+        install = self._install or locate_triton(self.settings.extra.get("triton_home"))
+        if install.binary is None:
+            raise BackendError(
+                f"the Triton distribution at {install.source} has no tritonserver binary",
+                hint="set TRITON_HOME to a full Triton install, or pip install 'dynamo-triton[triton]'",
+            )
+        backends = backends_directory(install, self.settings.backend_directory)
+        return [str(install.binary), f"--backend-directory={backends}"], stub_environment(install, os.environ)
 
     async def metrics_text(self) -> str:
         """Triton's own metrics (``nv_inference_*``, ``nv_cpu_*``...) in Prometheus text; empty when stopped."""
@@ -329,9 +342,9 @@ class TritonBackend:
             elif key == "sequence_id":
                 correlation = value
             elif key == "sequence_start":
-                flags |= 1 if value else 0
+                flags |= capi.REQUEST_FLAG_SEQUENCE_START if value else 0
             elif key == "sequence_end":
-                flags |= 2 if value else 0
+                flags |= capi.REQUEST_FLAG_SEQUENCE_END if value else 0
             elif key not in _SPECIAL_PARAMETERS and value is not None:
                 parameters[key] = value
         stream = self.server.infer(
@@ -360,25 +373,25 @@ class TritonBackend:
         finally:
             await stream.aclose()
 
+    def on_fatal(self, callback: Callable[[str], None]) -> None:
+        """See :class:`dynamo_triton.backend.FatalReporting`: called when a python backend stub died."""
+        self._on_fatal.append(callback)
+
     def _stub_died(self, name: str, error: TritonError) -> None:
         """A python-backend stub of ``name`` died. Triton 2.51 never restarts it (every later request fails
         "is not healthy"), loading the unchanged model again is a no-op, and unloading it hangs on the dead
-        stub: the worker cannot recover in-process. It stops answering for the model at once (UNAVAILABLE,
-        which the frontend retries on another instance) and exits with EXIT_BACKEND_BROKEN so that its
-        supervisor (serve, systemd, Kubernetes) restarts it; the reaper takes its other stubs along."""
+        stub: the worker cannot recover in-process. The backend stops answering for the model at once
+        (UNAVAILABLE, which the frontend retries on another instance) and reports it (``on_fatal``): the
+        worker withdraws its cards, drains and exits so that its supervisor (serve, systemd, Kubernetes)
+        restarts it; the reaper takes its other stubs along."""
         if self._broken:
             return
         self._broken = name
-        log.error(
-            "model '%s': %s Triton can neither restart the stub nor unload the model: this worker exits "
-            "(code %d) to be restarted by its supervisor",
-            name,
-            error.message,
-            EXIT_BACKEND_BROKEN,
-        )
-        # A moment for this request's UNAVAILABLE answer to leave; requests still in flight then see the
-        # connection drop and are retried elsewhere too.
-        asyncio.get_running_loop().call_later(0.2, os._exit, EXIT_BACKEND_BROKEN)
+        reason = f"the python backend stub of model '{name}' died ({error.message})"
+        log.error("model '%s': %s Triton can neither restart the stub nor unload the model", name, error.message)
+        loop = asyncio.get_running_loop()
+        for callback in self._on_fatal:
+            loop.call_soon(callback, reason)
 
     @staticmethod
     def _classification(request: service_pb2.ModelInferRequest, info: ModelInfo) -> ClassificationSpec | None:

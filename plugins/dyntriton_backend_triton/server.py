@@ -27,7 +27,7 @@ import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -254,6 +254,16 @@ class _Held:
         self._caller = self._table = None
 
 
+class _Callbacks(NamedTuple):
+    """The callbacks Triton holds raw pointers to (they must outlive the server)."""
+
+    alloc: Any
+    release: Any
+    start: Any
+    response_done: Any
+    request_released: Any
+
+
 class TritonServer:
     """One embedded Triton Inference Server (one per process: Triton keeps process-wide state)."""
 
@@ -266,7 +276,7 @@ class TritonServer:
         self._inflight: dict[int, _Inflight] = {}
         self._ids = itertools.count(1)
         self._buffers: dict[int, np.ndarray] = {}
-        self._callbacks: list[Any] = []
+        self._callbacks: _Callbacks | None = None
         self._completions: Completions | None = None
         self._stopping = False
 
@@ -352,7 +362,7 @@ class TritonServer:
             request_released = capi.REQUEST_RELEASE_FN(self._on_release)
         start = ctypes.cast(None, capi.START_FN)
         # Triton holds raw pointers to these: they must outlive the server.
-        self._callbacks = [alloc, release, start, response_done, request_released]
+        self._callbacks = _Callbacks(alloc, release, start, response_done, request_released)
         allocator = ctypes.c_void_p()
         self._check(api.ResponseAllocatorNew(ctypes.byref(allocator), alloc, release, start), "creating allocator")
         self._allocator = allocator.value
@@ -756,10 +766,12 @@ class TritonServer:
                     self._check(api.InferenceRequestSetCorrelationId(request, correlation_id))
             if flags:
                 self._check(api.InferenceRequestSetFlags(request, flags))
-            self._check(api.InferenceRequestSetReleaseCallback(request, self._callbacks[4], key))
+            callbacks = self._callbacks
+            assert callbacks is not None  # set by start_blocking
+            self._check(api.InferenceRequestSetReleaseCallback(request, callbacks.request_released, key))
             self._check(
                 api.InferenceRequestSetResponseCallback(
-                    request, self._allocator, regions_userp, self._callbacks[3], key
+                    request, self._allocator, regions_userp, callbacks.response_done, key
                 )
             )
             inflight.request = request.value

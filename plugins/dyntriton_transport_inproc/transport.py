@@ -13,14 +13,9 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from dynamo_triton.errors import (
-    DeadlineExceededError,
-    DyntritonError,
-    PeerGoneError,
-    TransportError,
-    error_from_status,
-)
-from dynamo_triton.transport import Handler, TransportRequest
+from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, TransportError, error_from_status
+from dynamo_triton.request_runner import run_request
+from dynamo_triton.transport import Chunk, Handler, TransportRequest
 
 __all__ = ["InprocClient", "InprocServer", "InprocTransport"]
 
@@ -33,7 +28,13 @@ _END = object()
 
 
 class InprocServer:
-    """Registers ``handler`` under ``inproc://<uuid>`` until stopped."""
+    """Registers ``handler`` under ``inproc://<uuid>`` until stopped.
+
+    It is the :class:`~dynamo_triton.request_runner.Replier` of its requests, keyed by each call's queue:
+    answers are put in the queue as the objects a remote client would raise or receive.
+    """
+
+    lost: tuple[type[BaseException], ...] = ()
 
     def __init__(self) -> None:
         self.address = f"inproc://{uuid.uuid4()}"
@@ -63,38 +64,26 @@ class InprocServer:
 
     def submit(self, request: TransportRequest, queue: asyncio.Queue) -> asyncio.Task[None]:
         """Run the handler for ``request`` in a task feeding ``queue``."""
-        task = asyncio.create_task(self._run(request, queue))
+        task = asyncio.create_task(run_request(self.handler, request, queue, self))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def _run(self, request: TransportRequest, queue: asyncio.Queue) -> None:
-        try:
-            try:
-                async with asyncio.timeout(request.timeout) as deadline:
-                    stream = self.handler(request)
-                    try:
-                        async for chunk in stream:
-                            queue.put_nowait(_payload(chunk))
-                    finally:
-                        aclose = getattr(stream, "aclose", None)
-                        if aclose is not None:
-                            await aclose()
-            except TimeoutError as exc:
-                if not deadline.expired():
-                    raise
-                message = f"deadline of {request.timeout} s exceeded on the server for endpoint {request.endpoint!r}"
-                raise DeadlineExceededError(message) from exc
-            queue.put_nowait(_END)
-        except asyncio.CancelledError:
-            if self.stopping:
-                queue.put_nowait(PeerGoneError(f"the server at {self.address} is shutting down"))
-            raise
-        except DyntritonError as exc:
-            queue.put_nowait(_rebuilt(exc))
-        except Exception as exc:
-            log.exception("handler for endpoint %r failed", request.endpoint)
-            queue.put_nowait(DyntritonError(f"{type(exc).__name__}: {exc}", status="INTERNAL"))
+    # -- answers (the Replier of dynamo_triton.request_runner) -----------------------------------
+    def data(self, queue: asyncio.Queue, chunk: Chunk) -> None:
+        queue.put_nowait(_payload(chunk))
+
+    def end(self, queue: asyncio.Queue) -> None:
+        queue.put_nowait(_END)
+
+    async def error(self, queue: asyncio.Queue, status: str, message: str) -> None:
+        queue.put_nowait(error_from_status(status, message))  # a fresh error, as a remote client gets
+
+    async def gone(self, queue: asyncio.Queue) -> None:
+        queue.put_nowait(PeerGoneError(f"the server at {self.address} is shutting down"))
+
+    def finished(self, queue: asyncio.Queue) -> None:
+        pass
 
 
 def _payload(chunk: object) -> bytes | bytearray | memoryview:
@@ -104,11 +93,6 @@ def _payload(chunk: object) -> bytes | bytearray | memoryview:
     if isinstance(chunk, list | tuple) and all(isinstance(part, bytes | bytearray | memoryview) for part in chunk):
         return b"".join(chunk)
     raise TypeError(f"handler yielded {type(chunk).__name__}; responses must be bytes-like or a list of bytes-like")
-
-
-def _rebuilt(exc: DyntritonError) -> DyntritonError:
-    """A fresh error with the same status and message, as a remote client would see it."""
-    return error_from_status(exc.status, str(exc))
 
 
 @dataclass

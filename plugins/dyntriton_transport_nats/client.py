@@ -21,6 +21,8 @@ worker is *unresponsive*:
 - its first sign of life makes it healthy again. An unresponsive worker with no call in flight
   is forgotten (probes stop, "nothing known") after 60 s.
 
+The rules are :mod:`dynamo_triton.liveness`'s (probes repeat on every quiet tick: NATS may drop one).
+
 A worker whose subscription vanished (``503`` to a probe) fails its calls with PeerGoneError.
 """
 
@@ -33,6 +35,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from dynamo_triton.errors import DeadlineExceededError, PeerGoneError, PeerUnresponsiveError, error_from_status
+from dynamo_triton.liveness import Liveness, Tick
 from dyntriton_transport_nats.connection import NatsSettings, connect
 from dyntriton_transport_nats.server import PENDING_BYTES
 from dyntriton_transport_nats.wire import (
@@ -52,9 +55,6 @@ _RETRY_HINT = "the worker probably stopped or crashed; retry on another instance
 #: Pauses before sending a one-message request again after a 503 (nobody received it): ~70 ms in all.
 _RESEND_DELAYS = (0.01, 0.02, 0.04)
 
-#: Seconds an unresponsive worker with no call in flight is still probed before it is forgotten.
-_FORGET_AFTER = 60.0
-
 #: What a call's queue carries: ("data", payload) / ("end", b"") / ("error", payload) / ("gone", why) /
 #: ("nobody", why): NATS answered 503, the request reached no worker / ("unresponsive", error).
 _Item = tuple[str, Any]
@@ -63,12 +63,15 @@ _Item = tuple[str, Any]
 class _Peer:
     """What the client knows of one worker address: its calls in flight and its liveness."""
 
-    def __init__(self, number: int, address: str, subject: str, now: float):
+    def __init__(self, number: int, address: str, subject: str, liveness: Liveness | None):
         self.number, self.address, self.subject = number, address, subject
         self.calls: set[str] = set()
         self.probe: asyncio.Task[None] | None = None
-        self.last_sign = now
-        self.unresponsive_since: float | None = None
+        self.liveness = liveness  # None without heartbeats
+
+    @property
+    def unresponsive(self) -> bool:
+        return self.liveness is not None and self.liveness.unresponsive_since is not None
 
 
 class _Call:
@@ -206,16 +209,14 @@ class NatsClient:
     def unresponsive(self, address: str) -> bool:
         """True while the worker at ``address`` has shown no sign of life for the heartbeat limit."""
         peer = self._peers.get(address)
-        return peer is not None and peer.unresponsive_since is not None
+        return peer is not None and peer.unresponsive
 
     def _alive(self, peer: _Peer) -> None:
-        now = self._loop.time()
-        peer.last_sign = now
-        if peer.unresponsive_since is not None:
-            log.warning(
-                "nats worker %s answers again after %.1f s unresponsive", peer.address, now - peer.unresponsive_since
-            )
-            peer.unresponsive_since = None
+        liveness = peer.liveness
+        if liveness is not None:
+            back = liveness.alive()
+            if back is not None:
+                log.warning("nats worker %s answers again after %.1f s unresponsive", peer.address, back)
 
     def _fail_peer(self, peer: _Peer, reason: str) -> None:
         for name in peer.calls:
@@ -223,9 +224,7 @@ class NatsClient:
             if call is not None:
                 call.queue.put_nowait(("gone", reason))
 
-    def _declare_unresponsive(self, peer: _Peer, now: float) -> None:
-        peer.unresponsive_since = now
-        quiet = now - peer.last_sign
+    def _declare_unresponsive(self, peer: _Peer, quiet: float) -> None:
         calls = [call for name in peer.calls if (call := self._calls.get(name)) is not None]
         unread = [call for call in calls if not call.started]
         log.warning(
@@ -240,8 +239,8 @@ class NatsClient:
     def _peer(self, address: str, subject: str) -> _Peer:
         peer = self._peers.get(address)
         if peer is None:
-            now = self._loop.time()
-            peer = self._peers[address] = _Peer(next(self._peer_numbers), address, subject, now)
+            liveness = Liveness(self.heartbeat, self._loop.time, repeat_pings=True) if self.heartbeat > 0 else None
+            peer = self._peers[address] = _Peer(next(self._peer_numbers), address, subject, liveness)
             self._probed[f"p{peer.number}"] = peer
         if self.heartbeat > 0 and (peer.probe is None or peer.probe.done()):
             peer.probe = asyncio.create_task(self._watch(peer), name=f"dyntriton-nats-probe:{address}")
@@ -249,7 +248,7 @@ class NatsClient:
 
     def _leave(self, name: str, peer: _Peer) -> None:
         peer.calls.discard(name)
-        if not peer.calls and peer.unresponsive_since is None:
+        if not peer.calls and not peer.unresponsive:
             self._forget(peer)
 
     def _forget(self, peer: _Peer) -> None:
@@ -260,26 +259,22 @@ class NatsClient:
             peer.probe.cancel()
 
     async def _watch(self, peer: _Peer) -> None:
-        """Probe ``peer`` after each ``heartbeat / 4`` s of silence; declare it unresponsive after ``heartbeat``."""
-        loop = asyncio.get_running_loop()
-        interval = self.heartbeat / 4
+        """Probe ``peer`` on each quiet tick; declare it unresponsive after ``heartbeat`` s of quiet."""
+        liveness = peer.liveness
+        assert liveness is not None
         while True:
-            before = loop.time()
-            await asyncio.sleep(interval)
-            now = loop.time()
-            if now - before > 2 * interval:
-                peer.last_sign = now  # this loop was blocked: its answers may be waiting unread, no evidence
+            await asyncio.sleep(liveness.interval)
             if self._peers.get(peer.address) is not peer:
                 return
-            if peer.unresponsive_since is not None and not peer.calls and now - peer.unresponsive_since > _FORGET_AFTER:
+            if liveness.forgotten(idle=not peer.calls):
                 self._forget(peer)
                 return
             if self._nc is None or not self._nc.is_connected:
                 continue  # our own disconnect fails the calls; nothing to learn about the worker
-            quiet = now - peer.last_sign
-            if quiet >= self.heartbeat and peer.unresponsive_since is None:
-                self._declare_unresponsive(peer, now)
-            if quiet >= interval:
+            todo = liveness.tick()
+            if todo & Tick.UNRESPONSIVE:
+                self._declare_unresponsive(peer, liveness.silent_for())
+            if todo & Tick.PING:
                 try:
                     await self._nc.publish(f"{peer.subject}.P", b"", reply=f"{self._inbox}.p{peer.number}")
                 except Exception as exc:  # a closing connection: the calls fail through the disconnect
@@ -302,8 +297,8 @@ class NatsClient:
                 f"deadline of {timeout} s exceeded while connecting to NATS for {address} (endpoint {endpoint!r})"
             ) from None
         peer = self._peer(address, subject)
-        if peer.unresponsive_since is not None:
-            raise PeerUnresponsiveError.silent(address, loop.time() - peer.last_sign, read=None)
+        if peer.liveness is not None and peer.liveness.unresponsive_since is not None:
+            raise PeerUnresponsiveError.silent(address, peer.liveness.silent_for(), read=None)
         name = str(next(self._ids))
         reply = f"{self._inbox}.{name}"
         call = self._calls[name] = _Call(peer, timed=deadline is not None)

@@ -19,7 +19,8 @@ import contextlib
 import logging
 from typing import Any
 
-from dynamo_triton.errors import DyntritonError, TransportError
+from dynamo_triton.errors import TransportError
+from dynamo_triton.request_runner import run_request
 from dynamo_triton.transport import Chunk, Handler, TransportRequest
 from dyntriton_transport_nats.connection import NatsSettings, connect
 from dyntriton_transport_nats.wire import ADDRESS_PREFIX, as_parts, chunks, decode_timeout, encode_error
@@ -138,7 +139,9 @@ class NatsServer:
 
     def _dispatch(self, reply: str, endpoint: str, payload: bytes | memoryview, timeout: float | None) -> None:
         request = TransportRequest(endpoint, payload, timeout)
-        self.tasks[reply] = asyncio.create_task(self._run(reply, request), name=f"dyntriton-nats:{endpoint}")
+        self.tasks[reply] = asyncio.create_task(
+            run_request(self.handler, request, reply, self), name=f"dyntriton-nats:{endpoint}"
+        )
         self._acknowledge_soon(reply, read=True)
 
     def _acknowledge_soon(self, reply: str, *, read: bool) -> None:
@@ -192,7 +195,10 @@ class NatsServer:
             await self._read(self._held.pop(0))
         self._held = None
 
-    async def _send(self, reply: str, chunk: Chunk) -> None:
+    # -- answers (the Replier of dynamo_triton.request_runner, keyed by reply subject) -------------
+    lost: tuple[type[BaseException], ...] = ()
+
+    async def data(self, reply: str, chunk: Chunk) -> None:
         parts = as_parts(chunk)  # TypeError before anything is sent: the call fails alone
         total = sum(part.nbytes for part in parts)
         first = True
@@ -200,40 +206,20 @@ class NatsServer:
             await self._publish(f"{reply}.D.{total}" if first else f"{reply}.M", payload)
             first = False
 
-    async def _run(self, reply: str, request: TransportRequest) -> None:
-        try:
-            try:
-                async with asyncio.timeout(request.timeout) as deadline:
-                    stream = self.handler(request)
-                    try:
-                        async for chunk in stream:
-                            await self._send(reply, chunk)
-                    finally:
-                        aclose = getattr(stream, "aclose", None)
-                        if aclose is not None:
-                            await aclose()
-            except TimeoutError as exc:
-                if not deadline.expired():
-                    raise
-                message = f"deadline of {request.timeout} s exceeded on the server for endpoint {request.endpoint!r}"
-                raise DyntritonError(message, status="DEADLINE_EXCEEDED") from exc
-            await self._publish(f"{reply}.E")
-        except asyncio.CancelledError:
-            if self.stopping and not self._silent:
-                with contextlib.suppress(Exception):
-                    await self._publish(f"{reply}.G", self.stopping_error())
-            raise
-        except DyntritonError as exc:
-            await self._send_error(reply, exc.status, str(exc))
-        except Exception as exc:
-            log.exception("handler for endpoint %r failed", request.endpoint)
-            await self._send_error(reply, "INTERNAL", f"{type(exc).__name__}: {exc}")
-        finally:
-            self.tasks.pop(reply, None)
+    async def end(self, reply: str) -> None:
+        await self._publish(f"{reply}.E")
 
-    async def _send_error(self, reply: str, status: str, message: str) -> None:
+    async def error(self, reply: str, status: str, message: str) -> None:
         with contextlib.suppress(Exception):
             await self._publish(f"{reply}.X", encode_error(status, message))
+
+    async def gone(self, reply: str) -> None:
+        if not self._silent:
+            with contextlib.suppress(Exception):
+                await self._publish(f"{reply}.G", self.stopping_error())
+
+    def finished(self, reply: str) -> None:
+        self.tasks.pop(reply, None)
 
     async def abort(self) -> None:
         """Vanish like a crashed process: handlers cancelled, nobody told, the connection dropped."""

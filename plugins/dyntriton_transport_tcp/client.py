@@ -13,7 +13,7 @@ PONG at once); after ``heartbeat`` s without a sign of life the peer is *unrespo
   the heartbeat limit when its worker stops answering;
 - new calls fail at once with PeerUnresponsiveError(started=False), unsent;
 - the first sign of life makes it healthy again. A connection unresponsive for
-  ``_FORGET_AFTER`` s with no call left is closed.
+  ``FORGET_AFTER`` s with no call left is closed. The rules are :mod:`dynamo_triton.liveness`'s.
 
 Coming back after a network cut: the old connection may stay silent long after the path
 heals, because the kernel retransmits its unacknowledged bytes (PINGs, requests) with
@@ -49,6 +49,7 @@ from dynamo_triton.errors import (
     TransportError,
     error_from_status,
 )
+from dynamo_triton.liveness import FORGET_AFTER, Liveness, Tick
 from dyntriton_transport_tcp.frames import (
     ACK_BODY,
     HEADER,
@@ -69,8 +70,6 @@ log = logging.getLogger(__name__)
 
 _PING = HEADER.pack(FrameType.PING, 0, 0)
 _NO_TOKEN = HEADER.pack(FrameType.AUTH, 0, 0)
-#: Seconds an unresponsive connection with no call in flight is kept before it is closed.
-_FORGET_AFTER = 60.0
 #: SO_LINGER on, 0 s: close() sends RST and drops what the socket still holds.
 _RESET = struct.pack("ii", 1, 0)
 _TOKEN_HINT = "set --transport-token (or DYN_TRANSPORT_TOKEN) on this frontend to the workers' token"
@@ -118,14 +117,11 @@ class _Connection:
         self.answered = False  # the server sent at least one frame
         self.handshake: asyncio.Future[bytes | None] | None = None
         self.awaiting_challenge = False
-        self.unresponsive_since: float | None = None
+        self.liveness: Liveness | None = None  # with a heartbeat, once watched
         self.retired = False  # a probe replaced it: no new calls; reset once its calls are done
         self.pong: asyncio.Future[None] | None = None  # a probe waiting for its PING's answer
-        self._probed_at = -1e9
         self._timer: asyncio.TimerHandle | None = None
         self._seen = self._unsent = 0
-        self._quiet_since = self._last_tick = 0.0
-        self._pinged = False
 
     # -- frames in -------------------------------------------------------------------------------
     def on_frame(self, frame: Frame) -> None:
@@ -243,43 +239,42 @@ class _Connection:
     def watch(self) -> None:
         """Start the heartbeat (no-op when the heartbeat is 0)."""
         if self.heartbeat > 0:
-            self._quiet_since = self._last_tick = self.loop.time()
-            self._timer = self.loop.call_later(self.heartbeat / 4, self._tick)
+            self.liveness = Liveness(self.heartbeat, self.loop.time)
+            self._timer = self.loop.call_later(self.liveness.interval, self._tick)
+
+    @property
+    def unresponsive_since(self) -> float | None:
+        """When the peer became unresponsive, or None (healthy, or no heartbeat)."""
+        return None if self.liveness is None else self.liveness.unresponsive_since
 
     # -- liveness --------------------------------------------------------------------------------
     def _tick(self) -> None:
-        if self.failure is not None:
+        liveness = self.liveness
+        if self.failure is not None or liveness is None:
             return
         if self.retired and not self.queues:
             self.reset(PeerGoneError(f"the connection to {self.address} was replaced by a newer one"))
             return
-        now, interval = self.loop.time(), self.heartbeat / 4
-        self._timer = self.loop.call_later(interval, self._tick)
+        self._timer = self.loop.call_later(liveness.interval, self._tick)
         received = self.protocol.received
         unsent = self.writer.transport.get_write_buffer_size()
-        stalled_here = now - self._last_tick > 2 * interval  # this loop was blocked: no evidence either way
-        if received != self._seen or unsent < self._unsent or stalled_here:
-            self._seen, self._quiet_since, self._pinged = received, now, False
-            if self.unresponsive_since is not None:
-                log.warning(
-                    "tcp peer %s answers again after %.1f s unresponsive", self.address, now - self.unresponsive_since
-                )
-                self.unresponsive_since = None
-        self._unsent, self._last_tick = unsent, now
-        quiet = now - self._quiet_since
-        if quiet >= interval and not self._pinged:
-            self._pinged = True
+        if received != self._seen or unsent < self._unsent:
+            self._seen = received
+            back = liveness.alive()
+            if back is not None:
+                log.warning("tcp peer %s answers again after %.1f s unresponsive", self.address, back)
+        self._unsent = unsent
+        todo = liveness.tick()
+        if todo & Tick.PING:
             self.writer.write(_PING)
-        if quiet >= self.heartbeat and self.unresponsive_since is None:
-            self._declare_unresponsive(now, quiet)
-        if self.unresponsive_since is not None and not self.retired and now - self._probed_at >= self.heartbeat:
-            self._probed_at = now
+        if todo & Tick.UNRESPONSIVE:
+            self._declare_unresponsive(liveness.silent_for())
+        if todo & Tick.PROBE and not self.retired:
             self.client.probe(self)
-        if self.unresponsive_since is not None and not self.queues and now - self.unresponsive_since > _FORGET_AFTER:
-            self.fail(PeerGoneError(f"the peer at {self.address} was unresponsive for {_FORGET_AFTER:g} s"))
+        if liveness.forgotten(idle=not self.queues):
+            self.fail(PeerGoneError(f"the peer at {self.address} was unresponsive for {FORGET_AFTER:g} s"))
 
-    def _declare_unresponsive(self, now: float, quiet: float) -> None:
-        self.unresponsive_since = now
+    def _declare_unresponsive(self, quiet: float) -> None:
         unread = [rid for rid in self.queues if rid > self.acked]
         log.warning(
             "tcp peer %s is unresponsive (no sign of life for %.1f s); %d call(s) in flight, %d of them not read by it",
@@ -295,9 +290,8 @@ class _Connection:
         self.protocol.interrupt_drains(never)
 
     def unresponsive_error(self) -> PeerUnresponsiveError:
-        assert self.unresponsive_since is not None
-        silent = self.loop.time() - self.unresponsive_since + self.heartbeat
-        return PeerUnresponsiveError.silent(self.address, silent, read=None)
+        assert self.liveness is not None and self.liveness.unresponsive
+        return PeerUnresponsiveError.silent(self.address, self.liveness.silent_for(), read=None)
 
     # -- frames out ------------------------------------------------------------------------------
     async def send(self, buffers: list, deadline: float | None) -> None:
@@ -531,7 +525,8 @@ class TcpClient:
             raise DeadlineExceededError(
                 f"deadline of {timeout} s exceeded while connecting to {address} (endpoint {endpoint!r})"
             ) from None
-        if connection.unresponsive_since is not None:
+        liveness = connection.liveness
+        if liveness is not None and liveness.unresponsive_since is not None:
             raise connection.unresponsive_error()
         rid = next(connection.ids)
         queue = _Inbox()

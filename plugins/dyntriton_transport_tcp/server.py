@@ -16,8 +16,10 @@ import hmac
 import logging
 import socket
 import ssl
+from collections.abc import Awaitable
 
 from dynamo_triton.errors import DyntritonError, TransportError
+from dynamo_triton.request_runner import run_request
 from dynamo_triton.transport import Chunk, Handler, TransportRequest
 from dyntriton_transport_tcp.frames import (
     ACK_BODY,
@@ -63,7 +65,12 @@ def advertised_host(bound: str, explicit: str | None) -> str:
 
 
 class _Connection:
-    """One accepted connection: runs a handler task per REQUEST frame, cancels it on CANCEL."""
+    """One accepted connection: runs a handler task per REQUEST frame, cancels it on CANCEL.
+
+    It is the :class:`~dynamo_triton.request_runner.Replier` of its requests (keyed by request id).
+    """
+
+    lost: tuple[type[BaseException], ...] = (ConnectionError, OSError)
 
     def __init__(self, server: TcpServer):
         self.server = server
@@ -154,7 +161,8 @@ class _Connection:
                 # Scheduled before the handler's task, so the ACK is written before any handler runs.
                 self.ack_due = True
                 asyncio.get_running_loop().call_soon(self._ack)
-            task = asyncio.create_task(self._run(frame))
+            request = TransportRequest(frame.endpoint, frame.body, frame.timeout)
+            task = asyncio.create_task(run_request(self.server.handler, request, rid, self))
             self.tasks[rid] = task
             self.server.tasks.add(task)
             task.add_done_callback(self.server.tasks.discard)
@@ -187,7 +195,12 @@ class _Connection:
             task.cancel()
         self.server.connections.discard(self)
 
-    async def _send(self, kind: FrameType, request_id: int, body: Chunk = b"") -> None:
+    # -- answers (the Replier of dynamo_triton.request_runner) -----------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self.server.stopping
+
+    def _write(self, kind: FrameType, request_id: int, body: Chunk = b"") -> None:
         frame = simple_frame(kind, request_id, body)
         size = HEADER.unpack(frame[0])[2]
         if size > self.server.max_frame:
@@ -197,46 +210,27 @@ class _Connection:
                 hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME)",
             )
         write_frame(self.writer, frame)
+
+    def data(self, request_id: int, chunk: Chunk) -> Awaitable[None]:
+        self._write(FrameType.DATA, request_id, chunk)
+        return self.writer.drain()
+
+    async def end(self, request_id: int) -> None:
+        self._write(FrameType.END, request_id)
         await self.writer.drain()
 
-    async def _run(self, frame: Frame) -> None:
-        rid = frame.request_id
-        request = TransportRequest(frame.endpoint, frame.body, frame.timeout)
-        try:
-            try:
-                async with asyncio.timeout(frame.timeout) as deadline:
-                    stream = self.server.handler(request)
-                    try:
-                        async for chunk in stream:
-                            await self._send(FrameType.DATA, rid, chunk)
-                    finally:
-                        aclose = getattr(stream, "aclose", None)
-                        if aclose is not None:
-                            await aclose()
-            except TimeoutError as exc:
-                if not deadline.expired():
-                    raise
-                message = f"deadline of {frame.timeout} s exceeded on the server for endpoint {frame.endpoint!r}"
-                raise DyntritonError(message, status="DEADLINE_EXCEEDED") from exc
-            await self._send(FrameType.END, rid)
-        except asyncio.CancelledError:
-            if self.server.stopping:
-                with contextlib.suppress(ConnectionError, OSError):
-                    await self._send(FrameType.GONE, rid, self.server.stopping_error())
-            raise
-        except (ConnectionError, OSError):
-            pass  # the client is gone; nobody to tell
-        except DyntritonError as exc:
-            await self._send_error(rid, exc.status, str(exc))
-        except Exception as exc:
-            log.exception("handler for endpoint %r failed", frame.endpoint)
-            await self._send_error(rid, "INTERNAL", f"{type(exc).__name__}: {exc}")
-        finally:
-            self.tasks.pop(rid, None)
-
-    async def _send_error(self, rid: int, status: str, message: str) -> None:
+    async def error(self, request_id: int, status: str, message: str) -> None:
         with contextlib.suppress(ConnectionError, OSError):
-            await self._send(FrameType.ERROR, rid, encode_error(status, message))
+            self._write(FrameType.ERROR, request_id, encode_error(status, message))
+            await self.writer.drain()
+
+    async def gone(self, request_id: int) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            self._write(FrameType.GONE, request_id, self.server.stopping_error())
+            await self.writer.drain()
+
+    def finished(self, request_id: int) -> None:
+        self.tasks.pop(request_id, None)
 
 
 class TcpServer:

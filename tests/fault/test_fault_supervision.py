@@ -119,7 +119,7 @@ def test_a_dead_stub_costs_no_request_and_its_worker_is_restarted(two_workers: t
         os.kill(stub.pid, signal.SIGKILL)
         killed = time.monotonic()
         # Triton 2.51 cannot revive the stub: the worker answers UNAVAILABLE (retried on the other one),
-        # exits with code 6, and serve restarts it.
+        # withdraws its cards, drains, exits with code 6, and serve restarts it.
         wait_until(lambda: worker not in _workers(serve) and len(_workers(serve)) == 2, 30, "a new worker", cluster)
         (new,) = set(_workers(serve)) - set(workers)
         wait_until(lambda: bool(find_stubs(new)), 30, "the new worker's stub", cluster)
@@ -130,6 +130,8 @@ def test_a_dead_stub_costs_no_request_and_its_worker_is_restarted(two_workers: t
     print(f"\nstub SIGKILLed under load (c=8): worker restarted and serving after {back:.2f} s; {load.report()}")
     assert load.hung == 0 and not load.failures, load.report()
     assert re.search(rf"worker \d \(pid {worker}\) exited with code 6", serve.output()), serve.output()[-3000:]
+    # The plugin reported; the worker decided: it withdrew its cards and drained before exiting.
+    assert "withdrawing this worker's cards, draining" in serve.output(), serve.output()[-3000:]
 
 
 def test_a_crash_loop_stops_serve_with_exit_5(tmp_path: Path, require_triton: None) -> None:

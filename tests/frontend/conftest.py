@@ -6,75 +6,37 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from tritonclient.grpc import model_config_pb2, service_pb2
+from tritonclient.grpc import service_pb2
 
-from dynamo_triton.dtypes import default_table
-from dynamo_triton.errors import ModelNotFoundError, NoInstanceError
-from dynamo_triton.frontend import FrontendSettings, ServedModel
-from dynamo_triton.runtime.frontend_metrics import FrontendMetrics
+from dynamo_triton.errors import NoInstanceError
+from dynamo_triton.frontend import FrontendSettings
 from dynamo_triton.runtime.sequences import SequenceStep
+from dynamo_triton.testing.services import ContractService, served_model
 
 
-def _model(name: str, *, decoupled: bool = False, max_batch_size: int = 0) -> ServedModel:
-    config = model_config_pb2.ModelConfig(name=name, max_batch_size=max_batch_size)
-    config.input.add(name="INPUT0", data_type=model_config_pb2.TYPE_INT32, dims=[-1])
-    config.output.add(name="OUTPUT0", data_type=model_config_pb2.TYPE_INT32, dims=[-1])
-    config.model_transaction_policy.decoupled = decoupled
-    metadata = service_pb2.ModelMetadataResponse(name=name, versions=["1"], platform="test")
-    metadata.inputs.add(name="INPUT0", datatype="INT32", shape=[-1])
-    metadata.outputs.add(name="OUTPUT0", datatype="INT32", shape=[-1])
-    return ServedModel(name, "1", config, metadata, decoupled, 1)
-
-
-class EchoService:
+class EchoService(ContractService):
     """Routing-core double: 'identity' echoes INPUT0 as OUTPUT0, 'slow' waits until cancelled,
     'dead' has no live instance, 'repeat' (decoupled) answers three times, 'gated' echoes once the
-    test sets ``gates[request_id]``."""
+    test sets ``gates[request_id]``. Models take no batch dimension (``max_batch_size`` 0)."""
 
     def __init__(self) -> None:
-        self._models = {
-            m.name: m
-            for m in (
-                _model("identity"),
-                _model("slow"),
-                _model("dead"),
-                _model("broken"),
-                _model("repeat", decoupled=True),
-                _model("gated"),
-            )
-        }
-        self.gates: dict[str, asyncio.Event] = {}
-        self.calls = 0
+        super().__init__()
+        models = ("identity", "slow", "dead", "broken", "gated")
+        self._models = {name: served_model(name, max_batch_size=0) for name in models}
+        self._models["repeat"] = served_model("repeat", decoupled=True, max_batch_size=0)
         self.cancelled: list[str] = []
         self.timeouts: list[float | None] = []
         self.sequences: list[SequenceStep | None] = []
-        self.ready_flag = True
-        self.metrics = FrontendMetrics()
-        self.dtypes = default_table()
-        self.repository = None  # no model control: load and unload answer UNIMPLEMENTED
-
-    def ready(self) -> bool:
-        return self.ready_flag
-
-    def models(self) -> list[ServedModel]:
-        return sorted(self._models.values(), key=lambda m: m.name)
-
-    def model(self, name: str, version: str = "") -> ServedModel:
-        if name not in self._models:
-            raise ModelNotFoundError(f"model '{name}' is not served; served: {', '.join(sorted(self._models))}")
-        return self._models[name]
-
-    @staticmethod
-    def _echo(payload: bytes) -> bytes:
-        request = service_pb2.ModelInferRequest.FromString(payload)
-        response = service_pb2.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
-        for tensor in request.inputs:
-            response.outputs.add(name="OUTPUT0", datatype=tensor.datatype, shape=tensor.shape)
-        response.raw_output_contents.extend(request.raw_input_contents)
-        return response.SerializeToString()
 
     async def infer(
-        self, name: str, payload: bytes, *, timeout: float | None = None, sequence: SequenceStep | None = None
+        self,
+        name: str,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        sequence: SequenceStep | None = None,
+        queue_timeout: float | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[bytes]:
         self.timeouts.append(timeout)
         self.sequences.append(sequence)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import time
 
 import aiohttp
 import numpy as np
@@ -15,17 +14,11 @@ import tritonclient.http.aio as aioclient
 from dyntriton_frontend_http.options import HttpSettings
 from dyntriton_frontend_http.server import HttpFrontend
 
+from dynamo_triton.testing.wait import until
+
 
 def _base(frontend) -> str:
     return f"http://127.0.0.1:{frontend.port}"
-
-
-async def _wait_for(check, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def _sync_round_trip(port: int, binary: bool, compression: str | None) -> tuple[np.ndarray, str]:
@@ -185,11 +178,11 @@ async def test_frontend_http_client_disconnect_cancels_the_request(http_frontend
     session = aiohttp.ClientSession()
     call = asyncio.create_task(session.post(url, json=body))
     try:
-        await _wait_for(lambda: service.calls >= 1, "the request to reach the routing core")
+        await until(lambda: service.calls >= 1, 20, "the request to reach the routing core")
     finally:
         call.cancel()
         await session.close()
-    await _wait_for(lambda: service.cancelled == ["slow"], "the routing core's request to be cancelled")
+    await until(lambda: service.cancelled == ["slow"], 20, "the routing core's request to be cancelled")
 
 
 async def test_frontend_http_counts_requests_under_protocol_http(http_frontend):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import numpy as np
 import pytest
 from dyntriton_frontend_kserve_grpc.options import GrpcSettings
 from tritonclient.grpc import service_pb2
+
+from dynamo_triton.testing.wait import until
 
 
 def _request(
@@ -19,14 +20,6 @@ def _request(
     request.inputs.add(name="INPUT0", datatype=datatype, shape=list(values.shape))
     request.raw_input_contents.append(values.tobytes())
     return request
-
-
-async def _wait_for(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def _stream_call(channel: grpc.aio.Channel):
@@ -48,7 +41,7 @@ async def test_answers_come_back_in_request_order_whatever_order_requests_finish
             else:
                 await call.write(_request("gated", f"r{index}", np.full(4, index, dtype=np.int32)))
         await call.done_writing()
-        await _wait_for(lambda: len(service.gates) == count // 2, 20, "every good request to reach the workers")
+        await until(lambda: len(service.gates) == count // 2, 20, "every good request to reach the workers")
         for index in reversed(range(0, count, 2)):  # the good requests finish last-first
             service.gates[f"r{index}"].set()
         answers = [answer async for answer in call]
@@ -91,7 +84,7 @@ async def test_a_client_that_never_reads_is_pushed_back_on(narrow_frontend, serv
             await call.done_writing()
 
         writer = asyncio.ensure_future(write_all())
-        await _wait_for(lambda: service.calls >= 8, 20, "the first window of requests to run")
+        await until(lambda: service.calls >= 8, 20, "the first window of requests to run")
         # The client cannot get everything in while it reads nothing: flow control holds it back.
         done, _ = await asyncio.wait({writer}, timeout=3)
         assert not done, f"all {total} requests were taken in although the client read no answer"

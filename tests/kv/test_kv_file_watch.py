@@ -19,6 +19,7 @@ from dynamo_triton.errors import ConfigError
 from dynamo_triton.kv import EventKind, KVStore, Watch, WatchEvent
 from dynamo_triton.plugins import make_plugin_manager
 from dynamo_triton.testing.kv_contract import KVStoreContract, next_event
+from dynamo_triton.testing.wait import until
 
 WRITER = textwrap.dedent(
     """
@@ -53,15 +54,6 @@ async def events_until(watch: Watch, done: Callable[[list[WatchEvent]], bool], t
     while not done(events):
         events.append(await next_event(watch, max(deadline - time.monotonic(), 0.01)))
     return events
-
-
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux-only (elsewhere the store polls)")
@@ -111,7 +103,7 @@ async def test_watch_sees_another_process_without_rescanning_on_a_timer(
             assert all(event.key.startswith("p/") for event in events)
             # Let at least three lease sweeps (>= 1 s) go by: an idle inotify watch never rescans data/.
             sweeps = store.sweeps
-            await wait_for(lambda: store.sweeps >= sweeps + 3, "three lease sweeps")
+            await until(lambda: store.sweeps >= sweeps + 3, 10, "three lease sweeps")
             assert store.scans == scans_after_open, "the inotify watch rescanned the folder"
     assert "poll" not in caplog.text, caplog.text
 
@@ -142,12 +134,12 @@ async def test_folder_removed_under_a_live_watch_then_recreated_by_a_write(
             shutil.rmtree(root)
             events = await events_until(watch, lambda seen: len(seen) >= 2)
             assert kinds(events) == {(EventKind.DELETE, "f/a"), (EventKind.DELETE, "f/b")}
-            await wait_for(lambda: "was removed" in caplog.text, "a log line saying the folder was removed")
+            await until(lambda: "was removed" in caplog.text, 10, "a log line saying the folder was removed")
 
             await write_from_another_process(root, "put:f/c")  # the writer creates the folder again
             event = await next_event(watch, 10)
             assert (event.kind, event.key, event.value) == (EventKind.PUT, "f/c", b"f/c")
-            await wait_for(lambda: "exists again" in caplog.text, "a log line saying the folder is back")
+            await until(lambda: "exists again" in caplog.text, 10, "a log line saying the folder is back")
 
             # The new folder is watched with inotify again: a write shows up without a rescan.
             scans = store.scans
@@ -199,7 +191,7 @@ async def test_poll_knob_forces_the_fallback_and_says_so_once(
                 event = await next_event(first, 10)
                 assert (event.kind, event.key) == (EventKind.PUT, "k/1")
                 scans = store.scans
-                await wait_for(lambda: store.scans >= scans + 3, "the polling fallback rescanning")
+                await until(lambda: store.scans >= scans + 3, 10, "the polling fallback rescanning")
         assert caplog.text.count("poll the folder every 50 ms") == 1, caplog.text
     finally:
         await store.close()

@@ -29,6 +29,7 @@ from dynamo_triton.runtime.discovery import ModelTable
 from dynamo_triton.runtime.worker import Worker, WorkerSettings
 from dynamo_triton.testing.etcd import EtcdNotInstalled
 from dynamo_triton.testing.etcd_node import EtcdNode
+from dynamo_triton.testing.wait import until
 
 pytestmark = pytest.mark.etcd
 
@@ -77,15 +78,6 @@ async def etcd_store(etcd: EtcdNode) -> AsyncIterator[KVStore]:
     store = make_plugin_manager(env={}).kv_store("etcd", endpoints=etcd.url, timeout=2)
     yield store
     await store.close()
-
-
-async def until(check: Callable[[], bool], what: str, timeout: float) -> float:
-    """Wait (re-checking every 20 ms) until ``check()``; returns the seconds it took, fails after ``timeout``."""
-    began = time.monotonic()
-    while not check():
-        assert time.monotonic() - began < timeout, f"timed out after {timeout:g} s waiting for {what}"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - began
 
 
 async def test_an_etcd_watch_ends_when_etcd_is_wiped(etcd: EtcdNode, etcd_store: KVStore) -> None:
@@ -143,13 +135,13 @@ async def resynced_worker(
         await worker.start()
         key = {("a", worker.instance_id), ("b", worker.instance_id)}
         cards = lambda: {(inst.card.model, inst.instance_id) for inst in table.all_instances()}  # noqa: E731
-        await until(lambda: cards() == key, "the worker's cards in the table", 10)
+        await until(lambda: cards() == key, 10, "the worker's cards in the table")
         await asyncio.to_thread(wipe)
         wiped = time.monotonic()
         # The worker notices its lease is gone and puts its cards again; the table follows.
-        await until(lambda: "registered again" in caplog.text, "the worker to register again", 15)
-        await until(lambda: resynced in caplog.text, f"the log line {resynced!r}", 15)
-        await until(lambda: cards() == key, "the worker's cards back in the table", 15)
+        await until(lambda: "registered again" in caplog.text, 15, "the worker to register again")
+        await until(lambda: resynced in caplog.text, 15, f"the log line {resynced!r}")
+        await until(lambda: cards() == key, 15, "the worker's cards back in the table")
         assert {entry.key.rsplit("/", 2)[-2] for entry in await store.list("dyntriton/v1/dynamo/models/")} == {
             "a",
             "b",
@@ -213,16 +205,16 @@ async def test_instances_missing_from_a_re_list_stay_for_their_lease_ttl(
     try:
         for instance_id in ("gone", "back"):
             await etcd_store.put(card_key("dynamo", "a", instance_id), card(instance_id, 2.0))
-        await until(lambda: len(table.instances("a")) == 2, "both cards in the table", 10)
+        await until(lambda: len(table.instances("a")) == 2, 10, "both cards in the table")
         present: list[int] = []
         table.subscribe(lambda: present.append(len(table.instances("a"))))
         await asyncio.to_thread(etcd.wipe)
-        await until(lambda: "re-listed" in caplog.text, "the re-list", 15)
+        await until(lambda: "re-listed" in caplog.text, 15, "the re-list")
         relisted = loop.time()
         assert "2 missing from the store" in caplog.text, caplog.text
         assert len(table.instances("a")) == 2, "kept while their workers register again"
         await etcd_store.put(card_key("dynamo", "a", "back"), card("back", 2.0))  # its worker registers again
-        await until(lambda: table.instance("a", "gone") is None, "the missing card to go", 5)
+        await until(lambda: table.instance("a", "gone") is None, 5, "the missing card to go")
         assert 1.5 < loop.time() - relisted < 3.0, "one lease TTL (2 s) after the re-list"
         assert "instance gone at inproc://gone did not register again" in caplog.text
         back = table.instance("a", "back")

@@ -25,6 +25,7 @@ from dynamo_triton.runtime.control_records import ControlRecord, RepositoryRepor
 from dynamo_triton.runtime.discovery import ModelTable
 from dynamo_triton.runtime.model_control import ModelController
 from dynamo_triton.runtime.worker import Worker, WorkerSettings
+from dynamo_triton.testing.wait import until
 
 BROKEN = "failed to load model 'broken': config.pbtxt does not parse: 5:1 : Expected identifier"
 
@@ -127,15 +128,6 @@ async def cluster() -> AsyncIterator[Cluster]:
         await store.close()
 
 
-async def eventually(check: Any, what: str, timeout: float = 5.0) -> None:
-    """Poll ``check()`` (sync or async) until true, failing after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (await result if asyncio.iscoroutine(result := check()) else result):
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 async def states(cluster: Cluster) -> dict[str, tuple[str, str]]:
     return {entry.name: (entry.state, entry.reason) for entry in await cluster.repository.index()}
 
@@ -157,7 +149,7 @@ async def test_load_answers_once_the_card_is_in_the_routing_table(cluster: Clust
 async def test_a_config_override_reaches_the_backend_and_the_card_shows_it(cluster: Cluster) -> None:
     backend = RepoBackend()
     await cluster.worker(backend, models=("a",))
-    await eventually(lambda: cluster.table.instances("a"), "a's card")
+    await until(lambda: cluster.table.instances("a"), 5.0, "a's card")
     assert cluster.table.instances("a")[0].config.max_batch_size == 8
     await cluster.repository.load("a", config=json.dumps({"name": "a", "max_batch_size": 16}))
     assert backend.loads[-1][1] is not None
@@ -189,7 +181,7 @@ async def test_one_worker_that_loads_is_enough_and_errors_of_all_are_one_message
 async def test_unload_withdraws_every_card_before_answering(cluster: Cluster) -> None:
     first, _ = await cluster.worker(RepoBackend(), models=("a",))
     second, _ = await cluster.worker(RepoBackend(), models=("a",))
-    await eventually(lambda: len(cluster.table.instances("a")) == 2, "both cards of a")
+    await until(lambda: len(cluster.table.instances("a")) == 2, 5.0, "both cards of a")
     await cluster.repository.unload("a")
     assert cluster.table.instances("a") == []
     assert first.models == {} and second.models == {}
@@ -240,7 +232,7 @@ async def test_a_worker_started_later_loads_what_the_cluster_loaded_but_not_what
     await cluster.repository.unload("b")
     late = RepoBackend()
     worker, control = await cluster.worker(late)
-    await eventually(lambda: "a" in worker.models, "the late worker to catch up")
+    await until(lambda: "a" in worker.models, 5.0, "the late worker to catch up")
     assert [(name, config) for name, config, _ in late.loads] == [("a", json.dumps({"max_batch_size": 4}))]
     assert control.entries["a"].state == "READY"
 
@@ -268,7 +260,7 @@ async def test_a_load_past_its_deadline_says_which_workers_it_waited_for(cluster
     async def ready() -> bool:
         return (await states(cluster))["a"][0] == "READY"
 
-    await eventually(ready, "a to be READY")
+    await until(ready, 5.0, "a to be READY")
 
 
 async def test_a_worker_that_dies_while_loading_fails_the_request_instead_of_hanging(cluster: Cluster) -> None:
@@ -276,7 +268,7 @@ async def test_a_worker_that_dies_while_loading_fails_the_request_instead_of_han
     backend.gate = asyncio.Event()
     _, control = await cluster.worker(backend)
     load = asyncio.create_task(cluster.repository.load("a"))
-    await eventually(lambda: backend.loads, "the load to reach the backend")
+    await until(lambda: backend.loads, 5.0, "the load to reach the backend")
     await control.stop()  # its report goes with its lease
     with pytest.raises(DyntritonError) as failed:
         await load

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from dynamo_triton.runtime.cards import ModelCard, card_key
 from dynamo_triton.runtime.discovery import Instance, ModelTable
 from dynamo_triton.runtime.sequences import SequenceStep
 from dynamo_triton.runtime.service import RoutingService
+from dynamo_triton.testing.wait import until
 from dynamo_triton.transport import TransportRequest, TransportSettings
 
 SHIPPED_ROUTERS = ("least-outstanding", "random", "round-robin")
@@ -119,7 +120,7 @@ class Workers:
         await table.start()
         service = RoutingService(table, make_policy(policy), lambda name: self.transport)
         self.frontends.append((table, service))
-        await until(lambda: len(table.instances("m")) == len(self.servers), "the frontend to see every worker")
+        await until(lambda: len(table.instances("m")) == len(self.servers), WAIT, "the frontend to see every worker")
         return service
 
     async def close(self) -> None:
@@ -132,16 +133,6 @@ class Workers:
 
 
 _spaces = itertools.count()
-
-
-async def until(check: Callable[[], bool], what: str) -> float:
-    """Poll ``check``; returns the seconds it took."""
-    began = time.monotonic()
-    while not check():
-        if time.monotonic() - began > WAIT:
-            raise AssertionError(f"timed out after {WAIT} s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - began
 
 
 async def answer(service: RoutingService, payload: bytes = b"x", **kwargs: Any) -> str:
@@ -172,7 +163,7 @@ async def test_every_policy_routes_around_a_frozen_worker_and_back(workers: Work
     b = service._table.instance("m", "b")
     assert b is not None and service.unresponsive(b), "b stays in the table, passed over"
     workers.thaw("b")
-    await until(lambda: not service.unresponsive(b), "b to answer again")
+    await until(lambda: not service.unresponsive(b), WAIT, "b to answer again")
     seen: set[str] = set()
     for _ in range(100):
         seen.add(await answer(service))
@@ -185,7 +176,7 @@ async def test_a_request_the_frozen_worker_read_ends_at_its_deadline(workers: Wo
     await workers.add("a")
     service = await workers.frontend()
     task = asyncio.create_task(answer(service, b"block", timeout=1.0))
-    await until(lambda: workers.blocked == ["a"], "the request to reach the worker")
+    await until(lambda: workers.blocked == ["a"], WAIT, "the request to reach the worker")
     began = time.monotonic()
     workers.freeze("a")
     with pytest.raises(DeadlineExceededError) as caught:
@@ -201,7 +192,7 @@ async def test_without_a_deadline_a_read_request_ends_at_detection_and_is_not_re
     service = await workers.frontend()
     assert {await answer(service) for _ in range(4)} == {"a", "b"}
     task = asyncio.create_task(answer(service, b"block"))
-    await until(lambda: len(workers.blocked) == 1, "the request to reach a worker")
+    await until(lambda: len(workers.blocked) == 1, WAIT, "the request to reach a worker")
     frozen, other = workers.blocked[0], ({"a", "b"} - {workers.blocked[0]}).pop()
     before = workers.calls[other]
     began = time.monotonic()
@@ -220,7 +211,7 @@ async def test_when_every_worker_is_frozen_requests_fail_at_once(workers: Worker
     assert await answer(service) == "a"
     workers.freeze("a")
     a = service._table.instance("m", "a")
-    await until(lambda: a is not None and service.unresponsive(a), "a to be unresponsive")
+    await until(lambda: a is not None and service.unresponsive(a), WAIT, "a to be unresponsive")
     began = time.monotonic()
     with pytest.raises(NoInstanceError) as caught:
         await answer(service, timeout=30.0)
@@ -236,7 +227,7 @@ async def test_a_sequence_pinned_to_a_frozen_worker_fails_fast_and_resumes_there
     assert await answer(service, sequence=SequenceStep(7, False, False)) == holder
     workers.freeze(holder)
     instance = service._table.instance("m", holder)
-    await until(lambda: instance is not None and service.unresponsive(instance), "the holder to be unresponsive")
+    await until(lambda: instance is not None and service.unresponsive(instance), WAIT, "the holder to be unresponsive")
     began = time.monotonic()
     with pytest.raises(NoInstanceError) as caught:
         await answer(service, timeout=30.0, sequence=SequenceStep(7, False, False))
@@ -244,7 +235,7 @@ async def test_a_sequence_pinned_to_a_frozen_worker_fails_fast_and_resumes_there
     other = ({"a", "b"} - {holder}).pop()
     assert await answer(service, sequence=SequenceStep(8, True, False)) == other, "a new sequence starts elsewhere"
     workers.thaw(holder)
-    await until(lambda: not service.unresponsive(instance), "the holder to answer again")
+    await until(lambda: not service.unresponsive(instance), WAIT, "the holder to answer again")
     assert await answer(service, sequence=SequenceStep(7, False, True)) == holder, "the sequence goes on where it was"
 
 
@@ -269,7 +260,7 @@ async def test_a_worker_lost_after_its_answer(workers: Workers, decoupled: bool)
     await workers.add("a", decoupled=decoupled)
     service = await workers.frontend()
     task = asyncio.create_task(answer(service, b"answer-then-hang"))
-    await until(lambda: workers.blocked == ["a"], "the answer to be sent")
+    await until(lambda: workers.blocked == ["a"], WAIT, "the answer to be sent")
     workers.kill("a")
     if decoupled:
         with pytest.raises(NoInstanceError, match="failed after answering part of the request"):

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -31,6 +30,7 @@ from dynamo_triton.runtime.sequences import (
     sequence_step,
 )
 from dynamo_triton.runtime.service import RoutingService
+from dynamo_triton.testing.wait import until
 from dynamo_triton.transport import TransportRequest
 
 MODEL = "acc"
@@ -100,14 +100,6 @@ def card(worker: FakeWorker, *, sequence: bool = True) -> ModelCard:
     return ModelCard(MODEL, "1", worker.instance_id, worker.address, "inproc", False, config, {"name": MODEL})
 
 
-async def until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {WAIT} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 class Cluster:
     """Fake workers registering in one mem store; frontends (RoutingService) watching it."""
 
@@ -126,7 +118,7 @@ class Cluster:
         await self.store.put(card_key("dynamo", MODEL, instance_id), card(worker, sequence=sequence).to_json())
         self.workers[instance_id] = worker
         for table, _ in self.frontends:
-            await until(lambda t=table: t.instance(MODEL, instance_id) is not None, f"{instance_id} to be seen")
+            await until(lambda t=table: t.instance(MODEL, instance_id) is not None, WAIT, f"{instance_id} to be seen")
         return worker
 
     async def kill(self, instance_id: str, *, leave_store: bool = True) -> None:
@@ -136,14 +128,14 @@ class Cluster:
         if leave_store:
             await self.store.delete(card_key("dynamo", MODEL, instance_id))
             for table, _ in self.frontends:
-                await until(lambda t=table: t.instance(MODEL, instance_id) is None, f"{instance_id} to leave")
+                await until(lambda t=table: t.instance(MODEL, instance_id) is None, WAIT, f"{instance_id} to leave")
 
     async def frontend(self) -> RoutingService:
         table = ModelTable(self.plugins.kv_store("mem", space=self.space), "dynamo")
         await table.start()
         service = RoutingService(table, self.plugins.router("round-robin"), self.plugins.transport)
         self.frontends.append((table, service))
-        await until(lambda: len(table.instances(MODEL)) == len(self.workers), "the frontend to see every worker")
+        await until(lambda: len(table.instances(MODEL)) == len(self.workers), WAIT, "the frontend to see every worker")
         return service
 
     async def close(self) -> None:
@@ -332,7 +324,7 @@ async def test_steps_sent_together_reach_the_worker_in_order(cluster: Cluster) -
     steps = [
         asyncio.ensure_future(step(service, 12, value, start=value == 1, end=value == 4)) for value in (1, 2, 3, 4)
     ]
-    await until(lambda: worker.calls >= 1, "START to reach the worker")
+    await until(lambda: worker.calls >= 1, WAIT, "START to reach the worker")
     worker.hold_start.set()
     assert [total for total, _ in await asyncio.gather(*steps)] == [1, 3, 6, 10]
     assert worker.calls == 4 and not worker.sums
@@ -367,7 +359,7 @@ async def test_a_worker_killed_mid_step_loses_the_sequence(cluster: Cluster) -> 
     worker = cluster.workers[owner]
     worker.hold = asyncio.Event()
     pending = asyncio.ensure_future(step(service, "s", 1))
-    await until(lambda: worker.calls == 2, "the step to reach the worker")
+    await until(lambda: worker.calls == 2, WAIT, "the step to reach the worker")
     await cluster.kill(owner, leave_store=False)  # the card is still in the store (lease not expired yet)
     with pytest.raises(NoInstanceError, match="lost with its worker"):
         await pending

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
-from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
@@ -14,6 +13,7 @@ from tritonclient.grpc import service_pb2
 
 from dynamo_triton.errors import ModelNotFoundError, TritonError
 from dynamo_triton.tensors import array_from_raw, array_to_raw
+from dynamo_triton.testing.wait import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -92,21 +92,12 @@ async def test_decoupled_model_streams_every_response(backend) -> None:
     assert backend.model("repeat").decoupled and not backend.model("identity").decoupled
 
 
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def test_closing_the_stream_cancels_a_slow_request(backend) -> None:
     message = request(
         "delay", INPUT0=("INT32", np.arange(4, dtype=np.int32)), DELAY_MS=("UINT32", np.array([5000], np.uint32))
     )
     task = asyncio.ensure_future(run(backend, message))
-    await eventually(lambda: backend.server.in_flight >= 1, 10, "the request to reach Triton")
+    await until(lambda: backend.server.in_flight >= 1, 10, "the request to reach Triton")
     task.cancel()
     started = asyncio.get_running_loop().time()
     with pytest.raises(asyncio.CancelledError):
