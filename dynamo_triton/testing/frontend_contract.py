@@ -291,12 +291,12 @@ class FrontendContract:
 
             await until(refuses, STEP, "the stopping frontend to take no new request")
             assert not stopping.done() and not in_flight.done()  # still waiting for the one in flight
-            double.gates.setdefault("drain", asyncio.Event()).set()
+            double.open_gates()  # the one in flight (under its request id, or "" where the protocol has none)
             answer = await asyncio.wait_for(in_flight, STEP)
             assert answer.tobytes() == self.data().tobytes()
             await asyncio.wait_for(stopping, STEP)
         finally:
-            double.gates.setdefault("drain", asyncio.Event()).set()
+            double.open_gates()
             if stopping is None:
                 await frontend.stop(grace=0)
             await client.close()

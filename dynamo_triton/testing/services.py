@@ -66,6 +66,11 @@ class ContractService:
         self.dtypes = default_table()
         self.repository: ModelRepository | None = None  # no model control: load and unload answer UNIMPLEMENTED
 
+    def open_gates(self) -> None:
+        """Let every ``gated`` request that arrived go (for protocols that carry no request id, e.g. KServe V1)."""
+        for gate in self.gates.values():
+            gate.set()
+
     def ready(self) -> bool:
         return self.ready_flag
 

@@ -129,14 +129,3 @@ class TestKServeV1Example(FrontendContract):
     @pytest.fixture
     def protocol(self) -> Callable[[int], Any]:
         return KServeV1Client
-
-    @pytest.mark.xfail(
-        strict=True,
-        raises=(pytest.fail.Exception, TimeoutError),
-        reason="the example's stop() (AppRunner.shutdown, then cleanup) does not drain: the request in flight is "
-        "never answered, or one arriving while it stops hangs (neither refused nor answered)",
-    )
-    async def test_stop_answers_the_requests_in_flight(
-        self, frontend_factory: Factory, service: InferenceService, protocol: Callable[[int], Any]
-    ) -> None:
-        await super().test_stop_answers_the_requests_in_flight(frontend_factory, service, protocol)

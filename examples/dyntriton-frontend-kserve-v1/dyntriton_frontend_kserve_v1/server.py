@@ -7,6 +7,7 @@ validated against the model's config, routed as bytes, counted once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
@@ -53,6 +54,9 @@ class V1Frontend:
         self.pipeline = RequestPipeline(service, "kserve-v1")
         self._runner: web.AppRunner | None = None
         self._port = settings.port
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def port(self) -> int:
@@ -65,7 +69,7 @@ class V1Frontend:
 
     async def start(self) -> None:
         tls = self._tls()
-        app = web.Application()
+        app = web.Application(middlewares=[self._count])
         app.router.add_get("/v1/models/{name}", self.model_ready)
         app.router.add_post("/v1/models/{name}:predict", self.predict)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -84,10 +88,29 @@ class V1Frontend:
             self._port = server.sockets[0].getsockname()[1]
 
     async def stop(self, *, grace: float = 5.0) -> None:
-        if self._runner is not None:
-            await self._runner.shutdown()
-            await self._runner.cleanup()
-            self._runner = None
+        """Stop listening (new connections are refused), answer the requests in flight within ``grace``, close."""
+        if self._runner is None:
+            return
+        for site in list(self._runner.sites):
+            await site.stop()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            log.warning("KServe V1: %d request(s) still running after %g s; closing", self._in_flight, grace)
+        await self._runner.cleanup()
+        self._runner = None
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Requests in flight, so :meth:`stop` waits for them."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     # -- routes ----------------------------------------------------------------------------------
     async def model_ready(self, request: web.Request) -> web.Response:
