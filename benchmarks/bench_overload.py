@@ -6,7 +6,9 @@ instance and never checks for cancellation, like most real models: one Triton se
 50 req/s. Load is **open loop** (Poisson arrivals at a fixed rate, whatever the answers do), every
 call carries a gRPC deadline (1 s by default):
 
-1. ``spike``: 4x the system's capacity for 20 s;
+0. ``steady``: half the system's capacity for 10 s (nothing should be shed, latency as without
+   admission control);
+1. ``spike``: 4x its capacity for 20 s;
 2. ``after``: right after the spike, half its capacity for 5 s.
 
 Systems, one after the other on free 127.0.0.1 ports:
@@ -16,14 +18,15 @@ Systems, one after the other on free 127.0.0.1 ports:
 - ``serve -1``: the same with ``--max-inflight -1`` (admission control off: every request forwarded,
   the behaviour before it existed).
 
-Columns: ``goodput`` is the answers that arrived in time during the spike, over the capacity
-times its length; ``shed`` the calls refused at once (RESOURCE_EXHAUSTED); ``late`` the calls that
-failed with DEADLINE_EXCEEDED; ``fail ms max`` the slowest failure's latency (the goal: the deadline
-+ 100 ms at most, and refusals within milliseconds); ``wrong`` answers whose output differs from
-the input; ``after ok`` the share of the after-phase calls answered, with their p99 latency;
-``rss MB`` the frontend's resident memory growth over the run (serve only).
+Columns: ``0.5x fail`` the steady phase's failed calls, then its ``p50``/``p99`` latency in ms;
+``goodput`` is the answers that arrived in time during the spike, over the capacity times its
+length; ``shed`` the calls refused at once (RESOURCE_EXHAUSTED); ``late`` the calls that failed with
+DEADLINE_EXCEEDED; ``fail max`` the slowest failure's latency in ms and ``>dl+.1`` the failures
+answered later than the deadline + 100 ms (the goal: none, and refusals within milliseconds);
+``wrong`` answers whose output differs from the input; ``after ok`` the after-phase calls answered,
+then their ``p99`` in ms; ``rss MB`` the frontend's resident memory growth over the run (serve only).
 
-    python benchmarks/bench_overload.py [--spike 20] [--after 5] [--deadline 1.0] [--only serve]
+    python benchmarks/bench_overload.py [--steady 10] [--spike 20] [--after 5] [--deadline 1.0] [--only serve]
 """
 
 from __future__ import annotations
@@ -181,15 +184,22 @@ def report(name: str, capacity: float, spike: float, deadline: float, outcome: O
     p99 = after_ms[min(len(after_ms) - 1, int(len(after_ms) * 0.99))] if after_ms else float("nan")
     shed_ms = [(c.end - c.start) * 1000 for c in outcome.calls if c.status == "RESOURCE_EXHAUSTED"]
     rss = "-" if outcome.rss_growth_mb is None else f"{outcome.rss_growth_mb:+.1f}"
+    steady = [c for c in outcome.calls if c.phase == "steady"]
+    steady_failed = sum(c.status != "OK" for c in steady)
+    steady_ms = sorted((c.end - c.start) * 1000 for c in steady if c.status == "OK")
+    steady_p50 = statistics.median(steady_ms) if steady_ms else float("nan")
+    steady_p99 = steady_ms[min(len(steady_ms) - 1, int(len(steady_ms) * 0.99))] if steady_ms else float("nan")
+    over = sum((c.end - c.start) > deadline + 0.1 for c in failures)
     other = collections.Counter(
         c.status for c in failures if c.status not in {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
     )
     if other:
         print(f"{name}: other failures {dict(other)}", file=sys.stderr)
     return (
-        f"{name:<10} {capacity:>5.0f} {len(in_time):>6}/{len(during):<6} {len(in_time) / (capacity * spike):>7.1%} "
-        f"{shed:>6} {late:>6} {fail_max:>9.0f} {statistics.median(shed_ms) if shed_ms else 0:>8.1f} "
-        f"{wrong:>5} {len(after_ok):>4}/{len(after):<4} {p99:>8.1f} {rss:>7}"
+        f"{name:<10} {capacity:>4.0f} {steady_failed:>5}/{len(steady):<5} {steady_p50:>6.1f} {steady_p99:>6.1f} "
+        f"{len(in_time):>6}/{len(during):<6} {len(in_time) / (capacity * spike):>7.1%} "
+        f"{shed:>6} {late:>6} {fail_max:>8.0f} {over:>5} {statistics.median(shed_ms) if shed_ms else 0:>8.1f} "
+        f"{wrong:>5} {len(after_ok):>4}/{len(after):<4} {p99:>7.1f} {rss:>7}"
     )
 
 
@@ -219,12 +229,17 @@ def _ready(url: str) -> bool:
 
 
 def run_phases(url: str, capacity: float, args: argparse.Namespace) -> list[Call]:
-    phases = [("spike", capacity * args.factor, args.spike), ("after", capacity * 0.5, args.after)]
+    phases = [
+        ("steady", capacity * 0.5, args.steady),
+        ("spike", capacity * args.factor, args.spike),
+        ("after", capacity * 0.5, args.after),
+    ]
     return asyncio.run(open_loop(url, phases, args.deadline))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--steady", type=float, default=10.0, help="seconds at half capacity before the spike")
     parser.add_argument("--spike", type=float, default=20.0, help="seconds of overload")
     parser.add_argument("--after", type=float, default=5.0, help="seconds at half capacity right after")
     parser.add_argument("--factor", type=float, default=4.0, help="overload as a multiple of capacity")
@@ -255,8 +270,9 @@ def main() -> None:
         f"{args.spike:g} s, then 0.5x for {args.after:g} s; deadline {args.deadline:g} s; load {os.getloadavg()[0]:.2f}"
     )
     print(
-        f"{'system':<10} {'cap':>5} {'in time/sent':>13} {'goodput':>7} {'shed':>6} {'late':>6} {'fail ms max':>9} "
-        f"{'shed p50':>8} {'wrong':>5} {'after ok':>9} {'p99 ms':>8} {'rss MB':>7}"
+        f"{'system':<10} {'cap':>4} {'0.5x fail':>11} {'p50':>6} {'p99':>6} {'in time/sent':>13} {'goodput':>7} "
+        f"{'shed':>6} {'late':>6} {'fail max':>8} {'>dl+.1':>5} {'shed p50':>8} {'wrong':>5} {'after ok':>9} "
+        f"{'p99':>7} {'rss MB':>7}"
     )
     for row in rows:
         print(row)
