@@ -100,7 +100,7 @@ def _names(spans: list[ReceivedSpan], trace_id: str) -> set[str]:
 
 
 def _complete(trace_id: str) -> Callable[[list[ReceivedSpan]], bool]:
-    return lambda spans: FRONTEND_SPANS | WORKER_SPANS <= _names(spans, trace_id)
+    return lambda spans: _names(spans, trace_id) >= FRONTEND_SPANS | WORKER_SPANS
 
 
 def _by_name(spans: list[ReceivedSpan], trace_id: str) -> dict[str, ReceivedSpan]:
