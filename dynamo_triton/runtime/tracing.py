@@ -430,11 +430,11 @@ class WorkerTracing:
 
     def take(self, request: Any) -> WorkerTrace | None:
         """Strip the trace parameter from a parsed ``ModelInferRequest``; its worker span, or None."""
-        parameter = request.parameters.get(TRACE_PARAMETER)
-        if parameter is None:
+        parameters = request.parameters
+        if TRACE_PARAMETER not in parameters:
             return None
-        value = parameter.string_param
-        del request.parameters[TRACE_PARAMETER]
+        value = parameters[TRACE_PARAMETER].string_param
+        del parameters[TRACE_PARAMETER]
         if self._tracer is None:
             return None
         parent, state = split_context(value)
