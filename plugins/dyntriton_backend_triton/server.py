@@ -714,7 +714,7 @@ class TritonServer:
 
     def _traces(self) -> TritonTraces:
         if self._triton_traces is None:
-            self._triton_traces = TritonTraces(self.api.lib)
+            self._triton_traces = TritonTraces(self.api)
         return self._triton_traces
 
     def _cancel(self, inflight: _Inflight) -> None:

@@ -8,8 +8,12 @@ steady-clock nanoseconds) and whose release callback, called once Triton is done
 turns them into spans under the worker's span and deletes the trace. Both callbacks run on
 Triton's threads; the span SDK is thread-safe.
 
-Traced requests are submitted with a ``ServerInferAsync`` that releases the GIL: Triton may call
-the (Python) activity callback from its own threads while the request is being submitted.
+The callbacks are Python (ctypes): a Triton thread reporting an activity waits for the GIL. So
+traced requests are submitted with a ``ServerInferAsync`` that releases the GIL, and, from the first
+traced request on, the request-path calls that keep the GIL with the C completions
+(``capi.REQUEST_PATH``, ``TritonLib.hold_gil``) release it again: a call waiting on a Triton lock
+while holding the GIL could otherwise deadlock with a trace callback holding that lock. Untraced
+requests of a worker that traces pay that (tens of µs); a worker that never traces does not.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ctypes import c_int, c_uint64, c_void_p
 from typing import Any
 
 from dynamo_triton.runtime.tracing import WorkerTrace
+from dyntriton_backend_triton import capi
 
 __all__ = ["TritonTraces"]
 
@@ -36,10 +41,12 @@ TRACE_RELEASE_FN = ctypes.CFUNCTYPE(None, c_void_p, c_void_p)
 class TritonTraces:
     """Creates Triton trace objects for traced requests and hands their timestamps to the spans.
 
-    :param lib: the loaded ``libtritonserver`` (``ctypes.CDLL``: its calls release the GIL).
+    :param api: the loaded ``libtritonserver``'s declarations.
     """
 
-    def __init__(self, lib: ctypes.CDLL):
+    def __init__(self, api: capi.TritonLib):
+        api.release_gil(capi.REQUEST_PATH)
+        lib = api.lib  # a CDLL: its calls release the GIL
         self._new = lib["TRITONSERVER_InferenceTraceNew"]
         self._new.restype = c_void_p
         self._new.argtypes = [ctypes.POINTER(c_void_p), c_int, c_uint64, ACTIVITY_FN, TRACE_RELEASE_FN, c_void_p]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -198,3 +199,21 @@ def test_trace_level_off_exports_nothing(traced: tuple[OtlpReceiver, str, str]) 
     _grpc_infer(url, {"traceparent": marker})
     receiver.wait_for(_complete(marker_trace), WAIT, "the marker request's spans")
     assert [trace_id for trace_id in quiet if receiver.spans(trace_id)] == []
+
+
+def test_concurrent_traced_and_untraced_requests_all_answer(traced: tuple[OtlpReceiver, str, str]) -> None:
+    """Triton's trace callbacks (Python, on Triton's threads) next to untraced requests: no deadlock."""
+    receiver, url, _ = traced
+    _set_trace(url, trace_level=["TIMESTAMPS"], trace_rate="2")
+    headers = [_traceparent() for _ in range(48)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda header: _grpc_infer(url, {"traceparent": header[0]}), headers))
+    _set_trace(url, trace_rate="1")
+    marker, marker_trace, _ = _traceparent()
+    _grpc_infer(url, {"traceparent": marker})
+    receiver.wait_for(_complete(marker_trace), WAIT, "the marker request's spans")
+    traced_ids = [trace_id for _, trace_id, _ in headers if receiver.spans(trace_id)]
+    assert len(traced_ids) == 24  # one in two, whichever the frontend took first
+    receiver.wait_for(
+        lambda spans: all(_complete(trace_id)(spans) for trace_id in traced_ids), WAIT, "every sampled trace"
+    )
