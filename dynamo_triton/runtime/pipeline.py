@@ -229,6 +229,8 @@ class RequestPipeline:
                 f"ModelStreamInfer for model '{prepared.model}'"
             )
             self._model_metrics(prepared.model).failed(error.status)
+            if prepared.trace is not None:
+                prepared.trace.end(error.status)
             raise error
         answer: bytes | None = None
         async for chunk in self.stream(prepared, timeout=timeout):
