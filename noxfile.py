@@ -17,7 +17,7 @@ PYTHON = "3.11"
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole suite against real Triton, etcd, NATS and tritonclient (etcd-server and nats-server installed)."""
-    session.install("-e", ".[triton,etcd,nats,test]")
+    session.install("-e", ".[triton,etcd,nats,test,trace]")
     session.run("pytest", *session.posargs)
 
 

@@ -22,7 +22,7 @@ from dynamo_triton.cli.children import notify_ready, spawn, stop_children
 from dynamo_triton.cli.composition import PanelCommand, child_argv, plugin_settings, uses
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.exits import starting
-from dynamo_triton.cli.options import frontend_options, store_options
+from dynamo_triton.cli.options import frontend_options, store_options, trace_config, trace_options
 from dynamo_triton.cli.worker_cmd import store_from, transport_settings_from
 from dynamo_triton.errors import ConfigError
 from dynamo_triton.frontend import FrontendSettings
@@ -79,6 +79,7 @@ def frontend_config(plugins: Plugins, values: Mapping[str, Any], *, reuse_port: 
         admission=AdmissionSettings(
             max_inflight=max(max_inflight, 0), max_queue=values["max_queue"], enabled=max_inflight >= 0
         ),
+        trace=trace_config(values),
     )
 
 
@@ -86,6 +87,7 @@ def frontend_config(plugins: Plugins, values: Mapping[str, Any], *, reuse_port: 
 @click.command(cls=PanelCommand)
 @store_options
 @frontend_options
+@trace_options
 @click.option(
     "--processes",
     type=click.IntRange(min=1),

@@ -7,10 +7,13 @@ Every option here carries the ``--help`` panel it shows in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from dynamo_triton.runtime.tracing import TraceConfig
 
 __all__ = [
     "PORT",
@@ -280,3 +283,31 @@ frontend_options = _apply(
     ],
     "Frontend (every protocol)",
 )
+
+#: Tracing at start, spelled as Triton's ``--trace-config`` (``frontend``, ``worker``, ``serve``).
+trace_options = _apply(
+    [
+        click.option(
+            "--trace-config",
+            "trace_config",
+            multiple=True,
+            envvar="DYN_TRACE_CONFIG",
+            show_envvar=True,
+            help="Trace setting as Triton spells it (repeatable): mode=opentelemetry, "
+            "opentelemetry,url=http://HOST:4318/v1/traces (the OTLP/HTTP endpoint), level=TIMESTAMPS, "
+            "rate=N (1 request in N), count=N (-1: no limit). Needs the `trace` extra. See docs/tracing.md.",
+        ),
+    ],
+    "Tracing",
+)
+
+
+def trace_config(values: Mapping[str, Any]) -> TraceConfig:
+    """``--trace-config`` values as a :class:`TraceConfig`; a bad one is a usage error."""
+    from dynamo_triton.errors import ConfigError
+    from dynamo_triton.runtime.tracing import TraceConfig as Config
+
+    try:
+        return Config.parse(tuple(values.get("trace_config") or ()))
+    except ConfigError as exc:
+        raise click.UsageError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None

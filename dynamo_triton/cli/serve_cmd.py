@@ -43,13 +43,19 @@ from dynamo_triton.cli.children import (
 from dynamo_triton.cli.composition import PanelCommand, child_argv, plugin_settings, uses
 from dynamo_triton.cli.context import plugins_from, run_service
 from dynamo_triton.cli.exits import EXIT_START_FAILED, starting
-from dynamo_triton.cli.frontend_cmd import check_tls_files, extra_frontend_argv, frontend_config, listeners
+from dynamo_triton.cli.frontend_cmd import (
+    check_tls_files,
+    extra_frontend_argv,
+    frontend_config,
+    listeners,
+)
 from dynamo_triton.cli.options import (
     backend_options,
     format_ports,
     frontend_options,
     model_control_option,
     store_options,
+    trace_options,
     transport_options,
     worker_options,
 )
@@ -77,6 +83,7 @@ STARTUP_TIMEOUT = 300.0
 @backend_options
 @worker_options
 @frontend_options
+@trace_options
 @transport_options
 @model_control_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Worker processes to start.")
@@ -223,6 +230,7 @@ async def _serve(plugins: Plugins, ctx: click.Context, plan: ServePlan) -> None:
                     ),
                     system_host=values["system_host"],
                     system_port=values["system_port"],
+                    trace=config.trace,
                 )
                 owner = Ownership(frozenset({os.getpid()}))
             else:

@@ -20,6 +20,8 @@ from dynamo_triton.cli.options import (
     backend_options,
     model_control_option,
     store_options,
+    trace_config,
+    trace_options,
     transport_options,
     worker_options,
 )
@@ -64,6 +66,7 @@ def transport_settings_from(plugins: Plugins, name: str | None, values: Mapping[
 @advertise_host_option
 @transport_options
 @model_control_option
+@trace_options
 @click.pass_context
 def worker(ctx: click.Context, **options: Any) -> None:
     """Run a worker: load models, publish their cards under a lease, serve requests, drain on SIGTERM.
@@ -125,6 +128,7 @@ async def _run(plugins: Plugins, values: dict[str, Any], *, system_port_fallback
                 system_port=values["system_port"],
                 transport_settings=protection,
                 system_port_fallback=system_port_fallback,
+                trace=trace_config(values),
             )
         system = f"http://{dial_address(values['system_host'], stack.system.port)}/metrics" if stack.system else "-"
         click.echo(

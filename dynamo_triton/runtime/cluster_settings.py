@@ -11,8 +11,9 @@ answer the settings in effect). :class:`SettingsFollower` watches the logging re
 worker and frontend and applies it: to the process's Python log level, and, in a worker, to
 its backend (Triton's process-wide log flags through ``TRITONSERVER_ServerOptionsSetLog*``, which
 apply at once, as Triton's own frontends use them). Trace settings are kept and answered as
-Triton answers them; the workers' Triton does not trace requests (Triton's C API traces only
-through per-request ``TRITONSERVER_InferenceTrace`` objects, which dyntriton does not create).
+Triton answers them; the frontends follow them (a frontend samples the requests to trace, in
+``trace_mode`` opentelemetry: ``runtime/tracing.py``), and a worker traces the requests a frontend
+sent it with a trace context (its Triton's timestamps through ``TRITONSERVER_InferenceTrace``).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dynamo_triton.errors import ConfigError, DyntritonError
 from dynamo_triton.kv import EventKind, KVStore
 from dynamo_triton.runtime.server_settings import (
+    TRACE_DEFAULTS,
     LogSettings,
     TraceSettings,
     log_update_from_grpc,
@@ -74,6 +76,8 @@ class ClusterSettings:
     :param initial_log: the log settings the workers start with (their Triton's flags), answered
         until an update writes the cluster's record.
     :param model_ready: whether a model is served now (trace settings of a model need it, as Triton).
+    :param initial_trace: the trace settings the processes started with (``--trace-config``).
+    :param trace_applied: called with new trace settings after an update here (this frontend's tracing).
     """
 
     def __init__(
@@ -83,8 +87,11 @@ class ClusterSettings:
         *,
         initial_log: LogSettings | None = None,
         model_ready: Callable[[str], bool] = lambda _name: True,
+        initial_trace: Mapping[str, Any] = TRACE_DEFAULTS,
+        trace_applied: Callable[[TraceSettings], Any] | None = None,
     ):
         self.store, self.namespace = store, namespace
+        self.initial_trace, self._trace_applied = initial_trace, trace_applied
         self.initial_log = initial_log or LogSettings(log_info=False)
         self._model_ready = model_ready
         self._lock = asyncio.Lock()
@@ -121,12 +128,12 @@ class ClusterSettings:
         self._check_model(model)
         entry = await self.store.get(trace_key(self.namespace))
         if entry is None:
-            return TraceSettings()
+            return TraceSettings(start=self.initial_trace)
         try:
-            return TraceSettings.from_json(entry.value)
+            return TraceSettings.from_json(entry.value, self.initial_trace)
         except (ValueError, TypeError, AttributeError) as exc:
             log.warning("ignoring the cluster's trace settings record: %s", exc)
-            return TraceSettings()
+            return TraceSettings(start=self.initial_trace)
 
     async def update_trace(self, model: str = "", *, grpc: Any = None, json: Any = None) -> TraceSettings:
         """Apply a gRPC settings map or a REST body to ``model``'s layer ("" = global)."""
@@ -138,6 +145,8 @@ class ClusterSettings:
                 updated = trace_update_from_json(current, model, json)
             if updated != current:
                 await self.store.put(trace_key(self.namespace), updated.to_json())
+                if self._trace_applied is not None:
+                    self._trace_applied(updated)  # at once here; the other frontends follow the record
             return updated
 
 
@@ -145,10 +154,19 @@ class SettingsFollower:
     """Applies the cluster's log settings record in this process whenever it changes.
 
     :param apply: called with each new record (the backend's flags, the Python log level...).
+    :param trace: ``(start settings, apply)``: also follow the trace record (a frontend's tracing).
     """
 
-    def __init__(self, store: KVStore, namespace: str, apply: Callable[[LogSettings], Any]):
+    def __init__(
+        self,
+        store: KVStore,
+        namespace: str,
+        apply: Callable[[LogSettings], Any],
+        *,
+        trace: tuple[Mapping[str, Any], Callable[[TraceSettings], Any]] | None = None,
+    ):
         self.store, self.namespace, self._apply = store, namespace, apply
+        self._trace = trace
         self._task: asyncio.Task[None] | None = None
         self.applied: LogSettings | None = None
 
@@ -164,23 +182,36 @@ class SettingsFollower:
                 await self._task
 
     async def _follow(self) -> None:
-        key, delay = logging_key(self.namespace), 0.2
+        key, traces, delay = logging_key(self.namespace), trace_key(self.namespace), 0.2
         while True:
             try:
                 async with self.store.watch(_prefix(self.namespace)) as watch:
                     for entry in watch.snapshot:
                         if entry.key == key:
                             await self._received(entry.value)
+                        elif entry.key == traces:
+                            self._received_trace(entry.value)
                     delay = 0.2
                     async for event in watch:
                         if event.kind is EventKind.PUT and event.key == key and event.value is not None:
                             await self._received(event.value)
+                        elif event.kind is EventKind.PUT and event.key == traces and event.value is not None:
+                            self._received_trace(event.value)
             except asyncio.CancelledError:
                 raise
             except DyntritonError as exc:
                 log.warning("watch on the cluster's settings failed (%s); retrying in %.1f s", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _received_trace(self, raw: bytes) -> None:
+        if self._trace is None:
+            return
+        start, apply = self._trace
+        try:
+            apply(TraceSettings.from_json(raw, start))
+        except Exception:
+            log.exception("applying the cluster's trace settings failed")
 
     async def _received(self, raw: bytes) -> None:
         try:

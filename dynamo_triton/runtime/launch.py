@@ -32,6 +32,7 @@ from dynamo_triton.runtime.server_settings import LogSettings
 from dynamo_triton.runtime.service import RoutingService
 from dynamo_triton.runtime.shared_memory import SharedMemoryRegistry
 from dynamo_triton.runtime.system_server import SystemServer
+from dynamo_triton.runtime.tracing import TraceConfig, WorkerTracing
 from dynamo_triton.runtime.worker import Worker, WorkerSettings
 from dynamo_triton.transport import TransportSettings
 
@@ -70,6 +71,8 @@ class FrontendConfig:
     #: the workers' Triton log verbosity at start (``--log-verbose``): what ``LogSettings`` answers before an update
     log_verbose: int = 0
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    #: OpenTelemetry tracing at start (``--trace-config``); the trace extension steers it afterwards
+    trace: TraceConfig = field(default_factory=TraceConfig)
 
     def transport_for(self, name: str) -> TransportSettings:
         """The settings for transport ``name``'s clients."""
@@ -104,6 +107,7 @@ class FrontendStack:
         await asyncio.gather(*(frontend.stop() for _, frontend in self.frontends), return_exceptions=True)
         await self.table.stop()
         await self.service.close()
+        await asyncio.to_thread(self.service.tracing.shutdown)  # flush the spans still queued
 
 
 async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfig) -> FrontendStack:
@@ -138,7 +142,10 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
         config.namespace,
         initial_log=_initial_log(config.log_verbose),
         model_ready=lambda name: any(model.name == name for model in service.models()),
+        initial_trace=config.trace.as_start(),
+        trace_applied=service.tracing.apply,
     )
+    service.tracing.configure(config.trace)
     service.shared_memory = SharedMemoryRegistry(store, config.namespace)
     collector = ModelStatisticsCollector()
     metrics.registry.register(collector)
@@ -159,7 +166,9 @@ async def start_frontend(plugins: Plugins, store: KVStore, config: FrontendConfi
         await FrontendStack(table, service, made).stop()
         raise
     refresh = asyncio.create_task(refresh_statistics(service, collector), name="dyntriton-statistics")
-    follower = SettingsFollower(store, config.namespace, apply_to_python_logging)
+    follower = SettingsFollower(
+        store, config.namespace, apply_to_python_logging, trace=(config.trace.as_start(), service.tracing.apply)
+    )
     following = await follower.start()
     card = publish_frontend(store, config, service, table, made)  # for `dyntriton status` and `top`
     regions = asyncio.create_task(service.shared_memory.run(), name="dyntriton-shared-memory")
@@ -188,6 +197,7 @@ class WorkerStack:
             if self.control is not None:
                 await self.control.stop()
             await self.worker.stop()
+            await asyncio.to_thread(self.worker.tracing.shutdown)  # flush the spans still queued
         finally:
             if self.system is not None:
                 await self.system.stop()
@@ -205,13 +215,15 @@ async def start_worker(
     system_port: int | None = 8081,
     transport_settings: TransportSettings | None = None,
     system_port_fallback: bool = False,
+    trace: TraceConfig | None = None,
 ) -> WorkerStack:
     """Start a backend-backed worker registering in ``store``; ``system_port=None`` serves no system port.
 
     With ``system_port_fallback`` a taken ``system_port`` is replaced by any free port (with a warning):
     for the default port, which a second worker on the host would otherwise fail on.
 
-    ``transport_settings`` (TLS, token) protect the worker's transport server.
+    ``transport_settings`` (TLS, token) protect the worker's transport server. ``trace``: where the
+    spans of requests a frontend traced go (``--trace-config``; without it they are only stripped).
 
     The system port's ``/metrics`` carries the worker's metrics and, when the backend has a
     ``metrics_text()`` coroutine, the embedded server's own (Triton's ``nv_*`` families).
@@ -220,6 +232,8 @@ async def start_worker(
     worker = Worker(
         engine, store, plugins.transport(transport, transport_settings), settings, dtypes=plugins.dtype_table()
     )
+    if trace is not None and trace.url:
+        worker.tracing = WorkerTracing(trace)
     system = None
     if system_port is not None:
         system = SystemServer(

@@ -97,6 +97,7 @@ class PreparedRequest:
     :param shared: the tensors the request has in shared-memory regions (None: none); such a request is
         validated once :meth:`RequestPipeline.stream` read its inputs from their regions.
     :param outputs: where the outputs asked into regions go (set by :meth:`RequestPipeline.stream`).
+    :param trace: the request's OpenTelemetry trace when it is sampled (``runtime/tracing.py``), else None.
     """
 
     request: service_pb2.ModelInferRequest
@@ -107,6 +108,7 @@ class PreparedRequest:
     raw_inputs: list[memoryview] | None = None
     shared: SharedTensors | None = None
     outputs: OutputPlan | None = None
+    trace: Any = None
 
     @property
     def model(self) -> str:
@@ -227,6 +229,8 @@ class RequestPipeline:
                 f"ModelStreamInfer for model '{prepared.model}'"
             )
             self._model_metrics(prepared.model).failed(error.status)
+            if prepared.trace is not None:
+                prepared.trace.end(error.status)
             raise error
         answer: bytes | None = None
         async for chunk in self.stream(prepared, timeout=timeout):
@@ -246,6 +250,8 @@ class RequestPipeline:
         metrics.in_flight.inc()
         status = "CANCELLED"
         queueing = queue_parameters(prepared.request)
+        if prepared.trace is not None:
+            queueing["trace"] = prepared.trace
         try:
             if prepared.shared is not None:
                 await self._read_regions(prepared)
@@ -268,6 +274,8 @@ class RequestPipeline:
             metrics.latency.observe(time.perf_counter() - prepared.started)
             if status != "OK":
                 metrics.failed(status)
+            if prepared.trace is not None:
+                prepared.trace.end(status)
 
     async def _read_regions(self, prepared: PreparedRequest) -> None:
         """Turn a request naming shared-memory regions into an ordinary one, then validate it."""

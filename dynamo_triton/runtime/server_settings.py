@@ -6,9 +6,12 @@
 layer per model over Triton's defaults: a model's read falls back to the global value for
 every field it does not set, and the global layer falls back to the defaults; an empty value
 (gRPC) or ``null`` (REST) clears a field of its layer, as in Triton's ``TraceManager``. The trace
-file cannot be set over the network (Triton's rule) and ``trace_mode`` is ``triton``, so, as Triton
-does for a server started without ``--trace-config triton,file=...``, a level other than ``OFF``
-is refused ("trace file name is not given"): dyntriton never claims to trace.
+file cannot be set over the network (Triton's rule). In ``trace_mode`` ``triton`` (the default)
+dyntriton writes no trace file, so, as Triton does for a server started without
+``--trace-config triton,file=...``, a level other than ``OFF`` is refused ("trace file name is not
+given"). Started with ``--trace-config mode=opentelemetry`` (the ``start`` settings), a level is
+taken and requests are traced to the OTLP endpoint (``dynamo_triton.runtime.tracing``); the answers
+then carry Triton's OpenTelemetry keys (``url``, ``bsp_*``) instead of the trace file's.
 
 The update functions take the request as each protocol carries it and raise
 :class:`~dynamo_triton.errors.DyntritonError` with Triton's message and status. One
@@ -28,6 +31,7 @@ from dynamo_triton.errors import DyntritonError, InvalidRequestError
 
 __all__ = [
     "LOG_FORMATS",
+    "OPENTELEMETRY_DEFAULTS",
     "TRACE_DEFAULTS",
     "LogSettings",
     "TraceSettings",
@@ -134,6 +138,14 @@ TRACE_DEFAULTS: Mapping[str, Any] = {
     "trace_mode": "triton",
 }
 _UPDATABLE = ("trace_level", "trace_rate", "trace_count", "log_frequency")
+#: What Triton 2.51 answers in ``trace_mode`` opentelemetry besides the level, rate, count and mode
+#: (``--trace-config opentelemetry,<key>=<value>``), with its defaults; no trace file, no log frequency.
+OPENTELEMETRY_DEFAULTS: Mapping[str, str] = {
+    "url": "http://localhost:4318/v1/traces",
+    "bsp_max_export_batch_size": "512",
+    "bsp_schedule_delay": "5000",
+    "bsp_max_queue_size": "2048",
+}
 _INT32 = (-(2**31), 2**31 - 1)
 _STOI = re.compile(r"\s*([+-]?\d+)")
 
@@ -188,18 +200,33 @@ class TraceSettings:
     """The cluster's trace settings: the global layer and the per-model layers (fields they set)."""
 
     layers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # "" = global
+    #: the settings the processes started with (``--trace-config``; :func:`dynamo_triton.runtime.tracing`),
+    #: under the layers; never stored (every process of a cluster is started with the same).
+    start: Mapping[str, Any] = field(default_factory=lambda: TRACE_DEFAULTS, compare=False)
+
+    @property
+    def opentelemetry(self) -> bool:
+        return self.start.get("trace_mode") == "opentelemetry"
 
     def effective(self, model: str = "") -> dict[str, Any]:
-        """Every field for ``model`` ("" = global): the model's layer, the global one, then the defaults."""
-        values = dict(TRACE_DEFAULTS)
+        """Every field for ``model`` ("" = global): the model's layer, the global one, then the start settings."""
+        values = dict(self.start)
         values.update(self.layers.get("", {}))
         if model:
             values.update(self.layers.get(model, {}))
         return values
 
     def as_grpc(self, model: str = "") -> dict[str, list[str]]:
-        """``TraceSettingResponse.settings`` as Triton fills it (``trace_mode`` triton)."""
+        """``TraceSettingResponse.settings`` as Triton fills it (in its ``trace_mode``)."""
         values = self.effective(model)
+        if self.opentelemetry:
+            return {
+                "trace_level": list(values["trace_level"]),
+                "trace_rate": [str(values["trace_rate"])],
+                "trace_count": [str(values["trace_count"])],
+                "trace_mode": ["opentelemetry"],
+                **{key: [str(values.get(key, default))] for key, default in OPENTELEMETRY_DEFAULTS.items()},
+            }
         return {
             "trace_level": list(values["trace_level"]),
             "trace_rate": [str(values["trace_rate"])],
@@ -225,11 +252,11 @@ class TraceSettings:
         layers = {key: dict(value) for key, value in self.layers.items() if key != model}
         if layer:
             layers[model] = layer
-        updated = TraceSettings(layers)
+        updated = TraceSettings(layers, self.start)
         values = updated.effective(model)
         if tuple(values["trace_level"]) != ("OFF",):  # Triton refuses a setting that would trace but cannot
             reason = "sample rate must be non-zero" if values["trace_rate"] == 0 else "trace file name is not given"
-            if values["trace_rate"] != 0 and values["trace_file"]:
+            if values["trace_rate"] != 0 and (values["trace_file"] or self.opentelemetry):
                 return updated
             raise InvalidRequestError(f"Attempting to set invalid trace setting :{reason}")
         return updated
@@ -242,7 +269,7 @@ class TraceSettings:
         return json.dumps({"layers": layers}, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> TraceSettings:
+    def from_json(cls, raw: bytes, start: Mapping[str, Any] = TRACE_DEFAULTS) -> TraceSettings:
         body = json.loads(raw)
         layers = {
             str(model): {
@@ -252,7 +279,7 @@ class TraceSettings:
             }
             for model, layer in dict(body.get("layers", {})).items()
         }
-        return cls(layers)
+        return cls(layers, start)
 
 
 def trace_update_from_grpc(current: TraceSettings, model: str, settings: Mapping[str, Any]) -> TraceSettings:

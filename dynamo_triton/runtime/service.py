@@ -41,6 +41,7 @@ from dynamo_triton.runtime.sequence_routing import SequenceRouter
 from dynamo_triton.runtime.sequences import SequenceStep, idle_seconds
 from dynamo_triton.runtime.shared_memory import SharedMemoryRegistry
 from dynamo_triton.runtime.statistics import merge_statistics
+from dynamo_triton.runtime.tracing import FrontendTrace, RequestTracing
 from dynamo_triton.transport import Transport, TransportClient, liveness_check
 
 __all__ = ["RoutingService"]
@@ -94,6 +95,8 @@ class RoutingService:
         self.unloaded: set[str] = set()
         self.sequences = SequenceRouter(table, self._send, unresponsive=self.unresponsive)
         self.admission = Admission(admission, unresponsive=self.unresponsive)
+        #: OpenTelemetry tracing of requests (off until configured: one boolean on the hot path).
+        self.tracing = RequestTracing()
         self.metrics.registry.register(QueueCollector(self.admission))
         table.subscribe(self.invalidate)
 
@@ -192,6 +195,7 @@ class RoutingService:
         sequence: SequenceStep | None = None,
         queue_timeout: float | None = None,
         priority: int = 0,
+        trace: FrontendTrace | None = None,
     ) -> AsyncIterator[bytes]:
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -219,6 +223,8 @@ class RoutingService:
                     break
                 if deadline is not None and deadline <= time.monotonic():
                     raise DeadlineExceededError(f"deadline exceeded before model '{name}' could be reached")
+                if trace is not None:
+                    trace.admission_started()
                 instance = await self.admission.admit(
                     name,
                     candidates,
@@ -228,13 +234,16 @@ class RoutingService:
                     max_queue=max_queue,
                 )
                 tried.add(instance.instance_id)
+                if trace is not None:
+                    trace.admitted()
+                    sending = trace.call(instance.instance_id, instance.address, payload)
                 sent = time.monotonic()
                 remaining = None if deadline is None else deadline - sent
                 answered = False
                 elapsed: float | None = None
                 try:
                     stream = self._client(instance.card.transport).call(
-                        instance.address, INFER_ENDPOINT, payload, timeout=remaining
+                        instance.address, INFER_ENDPOINT, payload if trace is None else sending, timeout=remaining
                     )
                     async for chunk in stream:
                         answered = True
@@ -268,6 +277,8 @@ class RoutingService:
                     failure = exc
                 finally:
                     self.admission.release(name, instance, self._table.instances(name), self._policy, elapsed)
+                    if trace is not None and elapsed is not None:
+                        trace.call_ended("OK")
             if failure is None:
                 self.model(name)  # unknown model: NOT_FOUND rather than UNAVAILABLE
             if failure is None and any(self.unresponsive(inst) for inst in self._table.instances(name)):

@@ -48,6 +48,7 @@ from dynamo_triton.runtime.cards import ModelCard, card_key
 from dynamo_triton.runtime.pipeline import parse_infer_request
 from dynamo_triton.runtime.service import INFER_ENDPOINT, STATISTICS_ENDPOINT
 from dynamo_triton.runtime.shared_memory import host_identity
+from dynamo_triton.runtime.tracing import WorkerTracing, follow
 from dynamo_triton.runtime.worker_card import WorkerCard, published_host, worker_card_key
 from dynamo_triton.runtime.worker_metrics import WorkerMetrics
 from dynamo_triton.transport import Chunk, Transport, TransportRequest, TransportServer
@@ -133,6 +134,8 @@ class Worker:
         #: Why the backend broke beyond repair (then the worker is on its way out), or None.
         self.broken: str | None = None
         self._ending: asyncio.Task[None] | None = None
+        #: strips the frontends' trace context from requests; traces them when configured (launch does).
+        self.tracing = WorkerTracing()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -353,9 +356,11 @@ class Worker:
         if self._draining:
             raise NoInstanceError("this worker is shutting down")
         request, raw_inputs = parse_infer_request(payload)
+        trace = self.tracing.take(request) if request.parameters else None  # the frontend's trace context
         self._relabel(request)
         with self.metrics.track(request.model_name):
-            async for chunk in self.backend.infer_serialized(request, raw_inputs):
+            stream = self.backend.infer_serialized(request, raw_inputs)
+            async for chunk in stream if trace is None else follow(trace, stream):
                 yield chunk
 
     def _relabel(self, request: service_pb2.ModelInferRequest) -> None:

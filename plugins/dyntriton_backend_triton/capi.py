@@ -267,6 +267,12 @@ class TritonLib:
         for name in names:
             self._declare(name, self._holding)
 
+    def release_gil(self, names: frozenset[str]) -> None:
+        """Undo :meth:`hold_gil` for ``names``: from now on a Triton thread may wait for the GIL
+        (Python trace callbacks, see tracing.py)."""
+        for name in names:
+            self._declare(name, self.lib)
+
 
 def declare(lib: ctypes.CDLL) -> TritonLib:
     """Attach the declarations to a loaded ``libtritonserver``."""

@@ -32,10 +32,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dynamo_triton.errors import BackendError, DyntritonError, TritonError
+from dynamo_triton.runtime.tracing import CURRENT
 from dyntriton_backend_triton import capi, classification
 from dyntriton_backend_triton.completions import EVENT_RELEASED, EVENT_RESPONSE, Completions, load_completions
 from dyntriton_backend_triton.environment import load_library
 from dyntriton_backend_triton.locator import TritonInstall
+from dyntriton_backend_triton.tracing import TritonTraces
 
 __all__ = [
     "STUB_UNHEALTHY",
@@ -278,6 +280,7 @@ class TritonServer:
         self._buffers: dict[int, np.ndarray] = {}
         self._callbacks: _Callbacks | None = None
         self._completions: Completions | None = None
+        self._triton_traces: TritonTraces | None = None  # made at the first traced request
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -709,6 +712,11 @@ class TritonServer:
         else:
             inflight.loop.call_soon_threadsafe(inflight.queue.put_nowait, response)
 
+    def _traces(self) -> TritonTraces:
+        if self._triton_traces is None:
+            self._triton_traces = TritonTraces(self.api)
+        return self._triton_traces
+
     def _cancel(self, inflight: _Inflight) -> None:
         with inflight.lock:
             if inflight.request is not None and not inflight.released:
@@ -776,7 +784,11 @@ class TritonServer:
             )
             inflight.request = request.value
             self._inflight[key] = inflight
-            self._check(api.ServerInferAsync(server, request, None))
+            traced = CURRENT.get()  # a request a frontend traced: Triton's timestamps become spans
+            if traced is None:
+                self._check(api.ServerInferAsync(server, request, None))
+            else:
+                self._check(self._traces().infer(server, request, model, traced))
             submitted = True
         finally:
             if not submitted:

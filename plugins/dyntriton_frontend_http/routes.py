@@ -23,6 +23,7 @@ from dynamo_triton.errors import DyntritonError, InvalidRequestError
 from dynamo_triton.frontend import InferenceService, ModelRepository, ServedModel
 from dynamo_triton.runtime.identity import server_identity
 from dynamo_triton.runtime.pipeline import RequestPipeline
+from dynamo_triton.runtime.tracing import RequestTracing
 from dyntriton_frontend_http.compression import (
     SUPPORTED,
     BodyTooLargeError,
@@ -60,6 +61,7 @@ class RestRoutes:
     def __init__(self, service: InferenceService, *, max_input_size: int, server_name: str | None = None):
         self.service = service
         self.pipeline = RequestPipeline(service, protocol="http")
+        self.tracing: RequestTracing = getattr(service, "tracing", None) or RequestTracing()
         self.table = service.dtypes
         self.max_input_size = max_input_size
         self.server_name = server_name
@@ -322,6 +324,8 @@ class RestRoutes:
             return self._failed(request, exc)
         try:
             prepared = self.pipeline.prepare(rest.request, rest.raw, raw_inputs=rest.raw_inputs)
+            if self.tracing.on:
+                prepared.trace = self.tracing.begin(prepared.model, "http", request.headers.items(), prepared.started)
             answer = await self.pipeline.unary(prepared)
             rendered = render_infer_response(answer, rest.outputs, self.table)
         except DyntritonError as exc:

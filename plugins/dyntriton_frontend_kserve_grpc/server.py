@@ -41,6 +41,7 @@ from dynamo_triton.runtime.identity import server_identity
 from dynamo_triton.runtime.pipeline import PreparedRequest, RequestPipeline
 from dynamo_triton.runtime.restrictions import parse_restrictions
 from dynamo_triton.runtime.streams import StreamFormat, run_stream
+from dynamo_triton.runtime.tracing import RequestTracing
 from dynamo_triton.settings import promote
 from dynamo_triton.wire import field_header
 from dyntriton_frontend_kserve_grpc import drain
@@ -104,6 +105,7 @@ class KServeGrpcFrontend:
         self.service = service
         self.metrics = service.metrics
         self.pipeline = RequestPipeline(service, "grpc")
+        self.tracing: RequestTracing = getattr(service, "tracing", None) or RequestTracing()
         self.stream_pipeline = RequestPipeline(service, "grpc-stream")
         self._stream_window = settings.stream_window
         self._stream_max_pending_bytes = settings.stream_max_pending_bytes
@@ -389,6 +391,10 @@ class KServeGrpcFrontend:
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             prepared = self.pipeline.prepare_bytes(raw)
+            if self.tracing.on:
+                prepared.trace = self.tracing.begin(
+                    prepared.model, "grpc", context.invocation_metadata(), prepared.started
+                )
             return await self.pipeline.unary(prepared, timeout=context.time_remaining())
         except DyntritonError as exc:
             await self._abort(context, exc)

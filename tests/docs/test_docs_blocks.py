@@ -56,6 +56,7 @@ RUN = {
     ("docs/rest.md", 'curl -sN localhost:8000/v2/models/repeat/generate_stream -d \'{"id": "g1", "IN": [4, 5, 6]}\''),
     ("docs/security.md", "# the CA (keep ca.key offline once the certificates are made)"),
     ("docs/shared-memory.md", "import numpy as np"),
+    ("docs/tracing.md", "import numpy as np"),
 }
 
 _SKELETON = "a plugin skeleton: its names (RedisStore, QuicTransport...) are the plugin author's; it compiles"
@@ -99,6 +100,18 @@ NOT_RUN = {
     ("docs/deployment.md", "dyntriton worker --store-kv etcd --model-repository /srv/models \\"): _HOSTS,
     ("docs/deployment.md", "dyntriton frontend --store-kv etcd --grpc-host 0.0.0.0 --http-host 0.0.0.0"): _HOSTS,
     ("docs/deployment.md", "DYN_STORE_KV=etcd"): _HOSTS,
+    ("docs/tracing.md", ".venv/bin/pip install -e '.[triton,trace]'"): "installs the project (what CI does first)",
+    ("docs/tracing.md", "dyntriton serve --model identity \\"): (
+        "starts serve on the default ports; tests/e2e/test_e2e_tracing.py runs serve with these flags "
+        "against an OTLP receiver"
+    ),
+    (
+        "docs/tracing.md",
+        """curl -s localhost:8000/v2/trace/setting -d '{"trace_level": ["TIMESTAMPS"], "trace_rate": "100"}'""",
+    ): (
+        "needs a serve started with --trace-config mode=opentelemetry (the module's is not); "
+        "tests/e2e/test_e2e_tracing.py makes the same updates"
+    ),
     ("docs/plugins.md", "from dynamo_triton import hookimpl"): _SKELETON,
     ("docs/plugins.md", "@hookimpl"): _SKELETON,
     ("docs/plugins.md", "import ml_dtypes"): _SKELETON,
