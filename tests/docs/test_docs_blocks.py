@@ -117,6 +117,7 @@ NOT_RUN = {
     ("docs/plugins.md", "import ml_dtypes"): _SKELETON,
     ("docs/plugins.md", "def _load():"): _SKELETON,
     ("docs/plugins.md", "import pytest"): _SKELETON,
+    ("docs/plugins.md", "import pytest, pytest_asyncio"): _SKELETON,
     ("docs/plugins.md", "from dataclasses import dataclass"): _SKELETON,
     ("docs/plugins.md", "@dataclass(frozen=True)"): _SKELETON,
     ("docs/plugins.md", "from dynamo_triton.cli.composition import plugin_settings"): (
