@@ -136,7 +136,8 @@ class TritonBackend:
             log_verbose=self.settings.log_verbose,
             model_load_retries=self.settings.model_load_retries,
             c_callbacks=self.settings.c_callbacks,
-            fast_path=self.settings.fast_path,
+            # DYNTRITON_FAST_PATH=0 sends every request through the general path (A/B measurements, a fallback).
+            fast_path=self.settings.fast_path and os.environ.get("DYNTRITON_FAST_PATH", "1") != "0",
         )
         server = TritonServer(install, options)
         # Before any stub exists: whatever kills this process, its stubs die within a second.

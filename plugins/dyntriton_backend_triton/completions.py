@@ -62,6 +62,9 @@ class Completions:
     """The C callbacks (as addresses Triton can call) and the drain of their event queue."""
 
     def __init__(self, lib: ctypes.CDLL):
+        # Every function here returns at once and no Triton thread ever waits for the GIL (the callbacks
+        # are C): the calls keep the GIL instead of handing it over and taking it back each time.
+        lib = ctypes.PyDLL(lib._name, handle=lib._handle, use_errno=True)
         self._lib = lib
         lib.dt_init.restype = ctypes.c_int
         lib.dt_drain.restype = ctypes.c_size_t
