@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -39,15 +40,24 @@ class WorkerMetrics:
         self.in_flight = Gauge(
             "dyntriton_worker_inflight_requests", "Requests being processed", ["model"], registry=self.registry
         )
+        self._per_model: dict[str, tuple[Any, Any, Any]] = {}
         self.models_loaded = Gauge(
             "dyntriton_worker_models_loaded", "Models loaded and registered", registry=self.registry
         )
 
+    def _children(self, model: str) -> tuple[Any, Any, Any]:
+        """``model``'s request counter, in-flight gauge and latency histogram (looked up once per model)."""
+        children = self._per_model.get(model)
+        if children is None:
+            children = (self.requests.labels(model), self.in_flight.labels(model), self.latency.labels(model))
+            self._per_model[model] = children
+        return children
+
     @contextmanager
     def track(self, model: str) -> Iterator[None]:
         """Count one request for ``model`` around the ``with`` body; failures by status."""
-        self.requests.labels(model).inc()
-        gauge = self.in_flight.labels(model)
+        requests, gauge, latency = self._children(model)
+        requests.inc()
         gauge.inc()
         start = time.perf_counter()
         try:
@@ -60,4 +70,4 @@ class WorkerMetrics:
             raise
         finally:
             gauge.dec()
-            self.latency.labels(model).observe(time.perf_counter() - start)
+            latency.observe(time.perf_counter() - start)

@@ -246,8 +246,10 @@ int dt_owns(void *buffer, uint64_t size) {
  * Lifetime of a call (dt_call): three references, one per party: Triton's request-release
  * callback, Triton's final response callback, and Python (dropped by dt_call_free once it saw the
  * release event). Cancel takes the call's lock and cancels only while Triton has not released the
- * request, so it never touches a deleted request. The input bytes are Python's, kept alive by
- * Python until the release event (Triton reads them until then). Output buffers come from dt_alloc;
+ * request, so it never touches a deleted request. A small request's bytes are copied (Triton reads
+ * the copy, freed with the call, and no release event is pushed); a large one's are Python's, kept
+ * alive by Python until the call's release event (Triton reads them until then). Outputs of up to
+ * DT_INLINE_OUTPUTS bytes in all are copied into the response's bytes, which then is complete. Output buffers come from dt_alloc;
  * the response callback adopts each (Python's reference) before deleting the response, so the
  * bytes outlive the response and are freed by dt_free when Python's last view goes.
  * ============================================================================================== */
@@ -605,8 +607,13 @@ typedef struct {
     int released;      /* under lock: Triton released (and we deleted) the request */
     void *request;     /* under lock: NULL once released */
     uint64_t key;      /* Python's key for the call's events */
+    int notify;        /* push a release event (Triton read Python's bytes; else it read our copy) */
+    uint8_t *copy;     /* a small request's bytes, copied: Python need not keep them */
     dt_bytes prefix;   /* the response header's model_name, model_version and id fields */
 } dt_call;
+
+/* Outputs up to this many bytes in all are copied into the response's bytes (one Python object). */
+#define DT_INLINE_OUTPUTS 65536
 
 /* What a response callback hands Python (event object of DT_FAST_RESPONSE); freed by dt_result_free. */
 typedef struct {
@@ -623,6 +630,7 @@ static void call_unref(dt_call *call) {
     if (__atomic_sub_fetch(&call->refs, 1, __ATOMIC_ACQ_REL) == 0) {
         pthread_mutex_destroy(&call->lock);
         free(call->prefix.data);
+        free(call->copy);
         free(call);
     }
 }
@@ -637,7 +645,9 @@ static void fast_release(void *request, uint32_t flags, void *userp) {
     if (error) {
         triton.error_delete(error);
     }
-    push(DT_FAST_RELEASED, call, flags, (void *)(uintptr_t)call->key);
+    if (call->notify) {
+        push(DT_FAST_RELEASED, call, flags, (void *)(uintptr_t)call->key);
+    }
     call_unref(call);
 }
 
@@ -704,16 +714,41 @@ static void read_response(dt_call *call, void *response, dt_result *result) {
                 }
             }
             result->size[i] = size;
+            result->output_count = i + 1;
             if (size == 0 || base == NULL) {
                 result->data[i] = NULL;
                 result->size[i] = 0;
-            } else if (userp == NULL && dt_owns((void *)base, size)) {
+            } else {
+                result->data[i] = (void *)base; /* adopted or copied below, once all are read */
+            }
+        }
+        uint64_t total = 0;
+        for (uint32_t i = 0; error == NULL && i < result->output_count; i++) {
+            total += result->size[i];
+        }
+        if (error == NULL && total <= DT_INLINE_OUTPUTS) { /* small: the whole response in one buffer */
+            for (uint32_t i = 0; i < result->output_count; i++) {
+                put_varint(&header, (6 << 3) | 2);
+                put_varint(&header, result->size[i]);
+                put(&header, result->data[i], result->size[i]);
+            }
+            result->output_count = 0;
+        }
+        for (uint32_t i = 0; error == NULL && i < result->output_count; i++) {
+            const void *base = result->data[i];
+            size_t size = result->size[i];
+            if (base == NULL) {
+                continue;
+            }
+            if (dt_owns((void *)base, size)) {
                 dt_adopt((void *)base);
-                result->data[i] = (void *)base;
             } else { /* memory Triton kept for itself: copy it into a buffer of ours */
                 dt_header *copy = malloc(sizeof(dt_header) + size);
                 if (copy == NULL) {
-                    result->output_count = i;
+                    for (uint32_t j = 0; j < i; j++) { /* give back what was taken so far */
+                        dt_free(result->data[j]);
+                    }
+                    result->output_count = 0;
                     result->error_code = 1;
                     result->error_message = copy_text("reading Triton's response failed: out of memory");
                     free(header.data);
@@ -725,9 +760,9 @@ static void read_response(dt_call *call, void *response, dt_result *result) {
                 memcpy(copy + 1, base, size);
                 result->data[i] = copy + 1;
             }
-            result->output_count = i + 1;
         }
         if (error != NULL) {
+            result->output_count = 0; /* nothing was adopted */
             result->error_code = 1; /* INTERNAL, as the Python path says */
             const char *message = triton.error_message(error);
             size_t length = strlen(message ? message : "") + 64;
@@ -741,6 +776,10 @@ static void read_response(dt_call *call, void *response, dt_result *result) {
         }
     }
     if (header.failed) {
+        for (uint32_t i = 0; i < result->output_count; i++) {
+            dt_free(result->data[i]); /* give back the adopted buffers */
+        }
+        result->output_count = 0;
         result->error_code = 1;
         result->error_message = copy_text("reading Triton's response failed: out of memory");
         free(header.data);
@@ -778,8 +817,8 @@ static void fast_response(void *response, uint32_t flags, void *userp) {
  * alive until the call's DT_FAST_RELEASED event). `version` is the model_version the response names.
  * Returns NULL with *out set (a call Python frees with dt_call_free after its release event), or
  * Triton's error (nothing was submitted; *out is NULL). */
-void *dt_submit(void *server, void *allocator, const uint8_t *buf, const dt_parsed *parsed, const char *version,
-                uint64_t key, dt_call **out) {
+void *dt_submit(void *server, void *allocator, const uint8_t *buf, size_t size, size_t copy_limit,
+                const dt_parsed *parsed, const char *version, uint64_t key, dt_call **out) {
     char name[4096];
     *out = NULL;
     dt_call *call = calloc(1, sizeof(dt_call));
@@ -790,6 +829,15 @@ void *dt_submit(void *server, void *allocator, const uint8_t *buf, const dt_pars
     pthread_mutex_init(&call->lock, NULL);
     call->refs = 3;
     call->key = key;
+    call->notify = 1;
+    if (size <= copy_limit) { /* Triton reads a copy: Python need not wait for the release */
+        call->copy = malloc(size ? size : 1);
+        if (call->copy != NULL) {
+            memcpy(call->copy, buf, size);
+            buf = call->copy;
+            call->notify = 0;
+        }
+    }
     put_string(&call->prefix, 1, buf + parsed->model_name.offset, parsed->model_name.length);
     put_string(&call->prefix, 2, version, strlen(version));
     put_string(&call->prefix, 3, buf + parsed->id.offset, parsed->id.length);
@@ -874,6 +922,7 @@ failed:
     }
     pthread_mutex_destroy(&call->lock);
     free(call->prefix.data);
+    free(call->copy);
     free(call);
     return error;
 }

@@ -26,6 +26,7 @@ from dyntriton_backend_triton.environment import (
     shm_regions,
     stub_environment,
 )
+from dyntriton_backend_triton.fastpath import FastPath
 from dyntriton_backend_triton.locator import TritonInstall, locate_triton
 from dyntriton_backend_triton.options import TritonSettings
 from dyntriton_backend_triton.reaper import Reaper
@@ -340,23 +341,28 @@ class TritonBackend:
         assert server is not None
         server.attach()
         try:
-            future = fast.submit(fast.request_version() or info.version.encode())
+            key, future = fast.submit(fast.request_version() or info.version.encode())
         except TritonError as exc:
-            return info.name, self._fast_answer(None, exc, info.name)
-        return info.name, self._fast_answer(future, None, info.name)
+            return info.name, self._fast_failed(exc, info.name)
+        return info.name, self._fast_answer(fast, key, future, info.name)
 
     async def _fast_answer(
-        self, future: asyncio.Future[list[list[Any]]] | None, error: TritonError | None, name: str
+        self, fast: FastPath, key: int, future: asyncio.Future[list[list[Any]]], name: str
     ) -> list[list[Any]]:
         try:
-            if future is None:
-                assert error is not None
-                raise error
             return await future
+        except asyncio.CancelledError:
+            fast.cancel(key)  # the caller went away or its deadline passed: Triton stops the request too
+            raise
         except TritonError as exc:
             if STUB_UNHEALTHY in exc.message:
                 self._stub_died(name, exc)
             raise
+
+    async def _fast_failed(self, error: TritonError, name: str) -> list[list[Any]]:
+        if STUB_UNHEALTHY in error.message:
+            self._stub_died(name, error)
+        raise error
 
     async def _run(
         self, request: service_pb2.ModelInferRequest, raw_inputs: Sequence[Raw] | None = None

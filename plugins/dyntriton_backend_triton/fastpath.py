@@ -29,6 +29,8 @@ _MAX_TENSORS = 16
 _MAX_DIMS = 32
 _FINAL = 1  # TRITONSERVER_RESPONSE_COMPLETE_FINAL
 _RAW_OUTPUT_CONTENTS = 6
+#: Requests up to this size are copied in C (Triton reads the copy; no release event to wait for).
+COPY_LIMIT = 65536
 
 
 class _Span(ctypes.Structure):
@@ -80,12 +82,13 @@ class _Result(ctypes.Structure):
 class _Call:
     """One request on the fast path: its future, the C call and the bytes Triton reads."""
 
-    __slots__ = ("call", "future", "keep", "released", "responses")
+    __slots__ = ("call", "finished", "future", "keep", "released", "responses")
 
     def __init__(self, future: asyncio.Future[list[list[Any]]], keep: object):
         self.future, self.keep = future, keep
         self.call: int | None = None
         self.released = False
+        self.finished = False
         self.responses: list[list[Any]] = []
 
 
@@ -125,6 +128,8 @@ class FastPath:
             ctypes.c_void_p,
             ctypes.c_void_p,
             ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_size_t,
             ctypes.POINTER(Parsed),
             ctypes.c_char_p,
             ctypes.c_uint64,
@@ -173,32 +178,36 @@ class FastPath:
         """The parsed request's ``model_version`` (empty: latest)."""
         return self._slice(self._parsed.model_version)
 
-    def submit(self, version: bytes) -> asyncio.Future[list[list[Any]]]:
+    def submit(self, version: bytes) -> tuple[int, asyncio.Future[list[list[Any]]]]:
         """Submit the request :meth:`parse` accepted; ``version`` is the model_version its response names.
 
-        :returns: a future of the responses (one for a model that is not decoupled), each as its parts:
-            the header, then per output a field header and a view; cancelling it cancels the request in Triton.
+        :returns: the call's key (for :meth:`cancel`) and a future of its responses (one for a model that
+            is not decoupled), each as its parts: the whole response in bytes, or its header then per
+            output a field header and a view (outputs above 64 KiB in all).
         :raises TritonError: Triton refused the request (nothing was submitted).
         """
         pending, self._pending = self._pending, None
         assert pending is not None, "submit() without an accepted parse()"
         self._keys += 1
         key = self._keys
-        error = self._submit(self._server, self._allocator, pending[0], self._parsed_ref, version, key, self._out_ref)
+        data, size = pending
+        error = self._submit(
+            self._server, self._allocator, data, size, COPY_LIMIT, self._parsed_ref, version, key, self._out_ref
+        )
         if error:
             raise self._take_error(error)
         future: asyncio.Future[list[list[Any]]] = asyncio.get_running_loop().create_future()
-        call = _Call(future, pending[0])
+        # A small request's bytes were copied in C (no release event comes); a large one's are kept here.
+        call = _Call(future, data if size > COPY_LIMIT else None)
         call.call = self._out.value
         self._calls[key] = call
-        future.add_done_callback(lambda done: self._done(done, key))
-        return future
+        return key, future
 
-    def _done(self, future: asyncio.Future[list[list[Any]]], key: int) -> None:
-        if future.cancelled():
-            call = self._calls.get(key)
-            if call is not None and call.call is not None:
-                self._cancel(call.call)
+    def cancel(self, key: int) -> None:
+        """Ask Triton to cancel call ``key`` (its final response still comes, and ends it)."""
+        call = self._calls.get(key)
+        if call is not None and call.call is not None and not call.released:
+            self._cancel(call.call)
 
     def on_event(self, kind: int, address: int, flags: int, key: int) -> None:
         """A fast-path completion (on the loop's thread)."""
@@ -207,19 +216,27 @@ class FastPath:
             if call is not None:
                 call.keep = None  # Triton no longer reads the request's bytes
                 call.released = True
-                if call.call is not None:
-                    self._call_free(call.call)
-                    call.call = None
-                if call.future.done():
-                    del self._calls[key]
+                if call.finished:
+                    self._end(call, key)
             return
         try:
-            self._answer(call, key, address, flags)
+            self._answer(call, address, flags)
         finally:
             if address:
                 self._result_free(address)
+        if call is not None and flags & _FINAL:
+            call.finished = True
+            if call.released or call.keep is None:  # a copied request has no release event
+                self._end(call, key)
 
-    def _answer(self, call: _Call | None, key: int, address: int, flags: int) -> None:
+    def _end(self, call: _Call, key: int) -> None:
+        """Triton is done with the call: give back Python's reference to it."""
+        del self._calls[key]
+        if call.call is not None:
+            self._call_free(call.call)
+            call.call = None
+
+    def _answer(self, call: _Call | None, address: int, flags: int) -> None:
         if not address:
             error: TritonError | None = TritonError("INTERNAL", "reading Triton's response failed: out of memory")
             parts: list[Any] = []
@@ -228,10 +245,8 @@ class FastPath:
             error, parts = None, []
             if result.error_code >= 0:
                 error = self._error_of(result.error_code, (result.error_message or b"").decode(errors="replace"))
-            views = [
-                self._view(result.data[index], result.size[index]) if result.data[index] else b""
-                for index in range(result.output_count)
-            ]
+            count = result.output_count
+            views = [self._view(result.data[i], result.size[i]) if result.data[i] else b"" for i in range(count)]
             if error is None:
                 parts.append(ctypes.string_at(result.header, result.header_size))
                 for view in views:
@@ -240,13 +255,10 @@ class FastPath:
             return
         if error is not None:
             call.future.set_exception(error)
-            if call.released:
-                self._calls.pop(key, None)
+            return
         call.responses.append(parts)
         if flags & _FINAL:
             call.future.set_result(call.responses)
-            if call.released:
-                self._calls.pop(key, None)
 
     def cancel_all(self) -> None:
         """Cancel every call Triton still holds (server stop)."""

@@ -120,6 +120,15 @@ SCENARIO = textwrap.dedent(
             await task
         except asyncio.CancelledError:
             pass
+        # a cancel that reaches Triton while the answer is awaited: Triton's error response is the answer
+        cancelled = None
+        if backend.server.fast is not None:
+            pending = backend.infer_wire(slow)
+            backend.server.fast.cancel(max(backend.server.fast._calls))
+            try:
+                await pending[1]
+            except DyntritonError as exc:
+                cancelled = [type(exc).__name__, exc.status, str(exc)]
         deadline = time.monotonic() + 30
         while backend.server.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -142,7 +151,7 @@ SCENARIO = textwrap.dedent(
         await backend.stop()
         print(json.dumps({
             "used_fast": used_fast, "took_fast": took_fast, "digest": digest, "answers": answers,
-            "released": released, "growth_kib": growth,
+            "released": released, "growth_kib": growth, "cancelled": cancelled,
         }))
 
     asyncio.run(main(sys.argv[1] == "fast"))
@@ -171,6 +180,7 @@ def test_fast_path_answers_as_the_general_path(require_triton: None) -> None:
     # the plain cases answered, the error cases did not
     assert [answer[0] for answer in fast["answers"][:8]] == ["ok"] * 8
     assert all(answer[0] == "error" for answer in fast["answers"][8:16])
+    assert fast["cancelled"] is not None and fast["cancelled"][1] == "CANCELLED", fast["cancelled"]
     for answer in (fast, general):
         assert answer["released"]
         assert answer["growth_kib"] < 20 * 1024, answer["growth_kib"]  # 10k requests, 1k of them 256 KiB
