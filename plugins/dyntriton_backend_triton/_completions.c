@@ -90,6 +90,10 @@ static void push(int32_t kind, void *object, uint32_t flags, void *userp) {
         queue_events = grown;
         queue_capacity = capacity;
     }
+    /* Signal only an empty queue: events already queued were signalled and not drained yet (dt_drain
+     * consumes the signal before it takes the lock, so it copies this event too). Saves a syscall and
+     * a wake-up per event under load. */
+    int signal = queue_count == 0;
     dt_event *event = &queue_events[queue_count++];
     event->kind = kind;
     event->flags = flags;
@@ -98,7 +102,7 @@ static void push(int32_t kind, void *object, uint32_t flags, void *userp) {
     int fd = queue_fd;
     pthread_mutex_unlock(&queue_lock);
     uint64_t one = 1;
-    while (write(fd, &one, sizeof one) < 0 && errno == EINTR) {
+    while (signal && write(fd, &one, sizeof one) < 0 && errno == EINTR) {
     }
 }
 
@@ -244,14 +248,15 @@ int dt_owns(void *buffer, uint64_t size) {
  * order as the Python path (server.py TritonServer.infer), so a failing call fails the same way.
  *
  * Lifetime of a call (dt_call): three references, one per party: Triton's request-release
- * callback, Triton's final response callback, and Python (dropped by dt_call_free once it saw the
- * release event). Cancel takes the call's lock and cancels only while Triton has not released the
- * request, so it never touches a deleted request. A small request's bytes are copied (Triton reads
- * the copy, freed with the call, and no release event is pushed); a large one's are Python's, kept
- * alive by Python until the call's release event (Triton reads them until then). Outputs of up to
- * DT_INLINE_OUTPUTS bytes in all are copied into the response's bytes, which then is complete. Output buffers come from dt_alloc;
- * the response callback adopts each (Python's reference) before deleting the response, so the
- * bytes outlive the response and are freed by dt_free when Python's last view goes.
+ * callback, Triton's final response callback, and Python (dropped by dt_call_free once Triton is
+ * done with the call: final response seen and, for a large request, its release event too). Cancel
+ * takes the call's lock and cancels only while Triton has not released the request, so it never
+ * touches a deleted request. A small request's bytes are copied (Triton reads the copy, freed with
+ * the call, and no release event is pushed); a large one's are Python's, kept alive by Python until
+ * the call's release event (Triton reads them until then). Outputs of up to DT_INLINE_OUTPUTS bytes
+ * in all are copied into the response's bytes, which then is complete. Larger outputs stay in the
+ * buffers dt_alloc handed Triton: the response callback adopts each (Python's reference) before
+ * deleting the response, so the bytes outlive it and are freed by dt_free when Python's last view goes.
  * ============================================================================================== */
 
 #define DT_FAST_RESPONSE 3

@@ -408,18 +408,21 @@ class TritonServer:
         api = self.api
         for inflight in list(self._inflight.values()):
             self._cancel(inflight)
-        if self._fast is not None:
-            self._fast.cancel_all()
+        fast = self._fast
+        loop = self._completions._loop if self._completions is not None else None
+        if fast is not None:
+            # The calls belong to the loop's thread (it frees them): cancel them there.
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(fast.cancel_all)
+            else:
+                fast.cancel_all()
         err = api.ServerStop(self._server)
         if err:
             log.warning("Triton stop: %s", self._errors.take(err) if self._errors else err)
         for key, inflight in list(self._inflight.items()):
             self._deliver(inflight, TritonResponse(error=TritonError("UNAVAILABLE", "Triton stopped"), final=True), key)
-        if self._fast is not None:
-            fast = self._fast
-            loop = self._completions._loop if self._completions is not None else None
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(fast.fail_all, TritonError("UNAVAILABLE", "Triton stopped"))
+        if fast is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fast.fail_all, TritonError("UNAVAILABLE", "Triton stopped"))
         err = api.ServerDelete(self._server)
         if err:
             log.warning("Triton delete: %s", self._errors.take(err) if self._errors else err)
