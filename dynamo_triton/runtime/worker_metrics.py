@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -53,21 +51,32 @@ class WorkerMetrics:
             self._per_model[model] = children
         return children
 
-    @contextmanager
-    def track(self, model: str) -> Iterator[None]:
-        """Count one request for ``model`` around the ``with`` body; failures by status."""
-        requests, gauge, latency = self._children(model)
+    def track(self, model: str) -> _Tracked:
+        """Count one request for ``model`` around the ``with`` body; failures by status.
+
+        A plain context manager (not a generator): it runs once per request on the worker's hot path.
+        """
+        return _Tracked(self, model)
+
+
+class _Tracked:
+    """One request counted by :meth:`WorkerMetrics.track`."""
+
+    __slots__ = ("_gauge", "_latency", "_metrics", "_model", "_start")
+
+    def __init__(self, metrics: WorkerMetrics, model: str):
+        self._metrics, self._model = metrics, model
+        requests, self._gauge, self._latency = metrics._children(model)
         requests.inc()
-        gauge.inc()
-        start = time.perf_counter()
-        try:
-            yield
-        except (GeneratorExit, asyncio.CancelledError):
-            self.failures.labels(model, "CANCELLED").inc()
-            raise
-        except BaseException as exc:
-            self.failures.labels(model, getattr(exc, "status", "INTERNAL")).inc()
-            raise
-        finally:
-            gauge.dec()
-            latency.observe(time.perf_counter() - start)
+
+    def __enter__(self) -> None:
+        self._gauge.inc()
+        self._start = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        if kind is not None:
+            cancelled = issubclass(kind, GeneratorExit | asyncio.CancelledError)
+            status = "CANCELLED" if cancelled else getattr(exc, "status", "INTERNAL")
+            self._metrics.failures.labels(self._model, status).inc()
+        self._gauge.dec()
+        self._latency.observe(time.perf_counter() - self._start)
