@@ -454,7 +454,12 @@ static int parse_output(const uint8_t *buf, dt_span outer, dt_span *name) {
     return name->length ? 0 : -1;
 }
 
-static int has_nul(const uint8_t *buf, dt_span span) { return memchr(buf + span.offset, 0, span.length) != NULL; }
+#define DT_MAX_NAME 4095 /* longer names (never seen in practice) take the Python path */
+
+/* 1 when a name cannot be passed on as a C string here: it holds a NUL or is too long. */
+static int has_nul(const uint8_t *buf, dt_span span) {
+    return span.length > DT_MAX_NAME || memchr(buf + span.offset, 0, span.length) != NULL;
+}
 
 /* 1 when `buf` is a plain unary request the fast path serves (filled into `out`), else 0. */
 int dt_parse(const uint8_t *buf, size_t size, dt_parsed *out) {
@@ -512,7 +517,7 @@ int dt_parse(const uint8_t *buf, size_t size, dt_parsed *out) {
         }
     }
     if (!out->model_name.length || !out->input_count || out->raw_count != out->input_count ||
-        has_nul(buf, out->model_name) || has_nul(buf, out->id)) {
+        has_nul(buf, out->model_name) || memchr(buf + out->id.offset, 0, out->id.length) != NULL) {
         return 0;
     }
     for (uint32_t i = 0; i < out->input_count; i++) {

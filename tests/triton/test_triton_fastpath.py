@@ -104,6 +104,7 @@ SCENARIO = textwrap.dedent(
         missing = service_pb2.ModelInferRequest.FromString(cases[0])
         del missing.raw_input_contents[:]
         cases.append(missing.SerializeToString())
+        cases.append(message("identity", [("N" * 5000, "INT32", i32(16))]))  # a name too long for the C path
         answers = [await answer(case) for case in cases]
         # many at once
         many = [message("identity", [("INPUT0", "INT32", i32(16, k))], request_id=str(k)) for k in range(300)]
