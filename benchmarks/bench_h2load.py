@@ -16,6 +16,7 @@ Systems (each started on 127.0.0.1 free ports, one after the other):
   sending these bytes costs a Python process, the floor a frontend cannot beat;
 - ``serve mem``: ``dyntriton serve --store-kv mem`` (frontend and worker in one process);
 - ``serve``: ``dyntriton serve`` (a frontend and one worker process, tcp request plane, file store);
+- ``serve general``: the same with the worker's C fast path off (``DYNTRITON_FAST_PATH=0``);
 - ``serve 2 frontends``: the same with ``--frontends 2`` (two frontend processes sharing the port),
   with ``--max-connection-age 0``: h2load does not reconnect after a GOAWAY (its clients stop).
 
@@ -204,11 +205,11 @@ def floor(tmp: Path) -> Iterator[Running]:
         yield Running(url, proc.pid)
 
 
-def _serve(*extra: str) -> Callable[[Path], Iterator[Running]]:
+def _serve(*extra: str, env_extra: dict[str, str] | None = None) -> Callable[[Path], Iterator[Running]]:
     @contextmanager
     def start(tmp: Path) -> Iterator[Running]:
         port = free_port()
-        env = {**os.environ, "DYN_FILE_KV": str(tmp / f"kv-{port}")}
+        env = {**os.environ, "DYN_FILE_KV": str(tmp / f"kv-{port}"), **(env_extra or {})}
         argv = [sys.executable, "-m", "dynamo_triton", "serve", "--model", "identity"]
         argv += ["--model-repository", str(MODEL_REPO), "--grpc-host", "127.0.0.1", "--grpc-port", str(port)]
         argv += ["--http-port", str(free_port()), "--system-port", "0", *extra]
@@ -225,6 +226,8 @@ SYSTEMS: dict[str, Callable[[Path], Iterator[Running]]] = {
     "floor": floor,
     "serve mem": _serve("--store-kv", "mem"),
     "serve": _serve(),
+    # the worker's C fast path off: every request through the general (Python-built) path
+    "serve general": _serve(env_extra={"DYNTRITON_FAST_PATH": "0"}),
     "serve 2 frontends": _serve("--frontends", "2", "--max-connection-age", "0"),
 }
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -39,25 +38,45 @@ class WorkerMetrics:
         self.in_flight = Gauge(
             "dyntriton_worker_inflight_requests", "Requests being processed", ["model"], registry=self.registry
         )
+        self._per_model: dict[str, tuple[Any, Any, Any]] = {}
         self.models_loaded = Gauge(
             "dyntriton_worker_models_loaded", "Models loaded and registered", registry=self.registry
         )
 
-    @contextmanager
-    def track(self, model: str) -> Iterator[None]:
-        """Count one request for ``model`` around the ``with`` body; failures by status."""
-        self.requests.labels(model).inc()
-        gauge = self.in_flight.labels(model)
-        gauge.inc()
-        start = time.perf_counter()
-        try:
-            yield
-        except (GeneratorExit, asyncio.CancelledError):
-            self.failures.labels(model, "CANCELLED").inc()
-            raise
-        except BaseException as exc:
-            self.failures.labels(model, getattr(exc, "status", "INTERNAL")).inc()
-            raise
-        finally:
-            gauge.dec()
-            self.latency.labels(model).observe(time.perf_counter() - start)
+    def _children(self, model: str) -> tuple[Any, Any, Any]:
+        """``model``'s request counter, in-flight gauge and latency histogram (looked up once per model)."""
+        children = self._per_model.get(model)
+        if children is None:
+            children = (self.requests.labels(model), self.in_flight.labels(model), self.latency.labels(model))
+            self._per_model[model] = children
+        return children
+
+    def track(self, model: str) -> _Tracked:
+        """Count one request for ``model`` around the ``with`` body; failures by status.
+
+        A plain context manager (not a generator): it runs once per request on the worker's hot path.
+        """
+        return _Tracked(self, model)
+
+
+class _Tracked:
+    """One request counted by :meth:`WorkerMetrics.track`."""
+
+    __slots__ = ("_gauge", "_latency", "_metrics", "_model", "_start")
+
+    def __init__(self, metrics: WorkerMetrics, model: str):
+        self._metrics, self._model = metrics, model
+        requests, self._gauge, self._latency = metrics._children(model)
+        requests.inc()
+
+    def __enter__(self) -> None:
+        self._gauge.inc()
+        self._start = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        if kind is not None:
+            cancelled = issubclass(kind, GeneratorExit | asyncio.CancelledError)
+            status = "CANCELLED" if cancelled else getattr(exc, "status", "INTERNAL")
+            self._metrics.failures.labels(self._model, status).inc()
+        self._gauge.dec()
+        self._latency.observe(time.perf_counter() - self._start)

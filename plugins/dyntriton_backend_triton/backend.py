@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from dyntriton_backend_triton.environment import (
     shm_regions,
     stub_environment,
 )
+from dyntriton_backend_triton.fastpath import FastPath
 from dyntriton_backend_triton.locator import TritonInstall, locate_triton
 from dyntriton_backend_triton.options import TritonSettings
 from dyntriton_backend_triton.reaper import Reaper
@@ -92,7 +93,7 @@ def _override_parse_error(config: str) -> str | None:
 
 def _legacy_extra(settings: BackendSettings) -> dict[str, object]:
     """Triton's fields given the old way, in ``BackendSettings.extra``."""
-    names = ("triton_home", "model_load_retries", "c_callbacks")
+    names = ("triton_home", "model_load_retries", "c_callbacks", "fast_path")
     return {name: settings.extra[name] for name in names if name in settings.extra}
 
 
@@ -136,6 +137,8 @@ class TritonBackend:
             log_verbose=self.settings.log_verbose,
             model_load_retries=self.settings.model_load_retries,
             c_callbacks=self.settings.c_callbacks,
+            # DYNTRITON_FAST_PATH=0 sends every request through the general path (A/B measurements, a fallback).
+            fast_path=self.settings.fast_path and os.environ.get("DYNTRITON_FAST_PATH", "1") != "0",
         )
         server = TritonServer(install, options)
         # Before any stub exists: whatever kills this process, its stubs die within a second.
@@ -314,6 +317,52 @@ class TritonBackend:
             for tensor in response.outputs:
                 parts += (field_header(_RAW_OUTPUT_CONTENTS, len(tensor.data)), tensor.data)
             yield parts
+
+    def infer_wire(self, payload: Raw) -> tuple[str, Awaitable[list[list[Any]]]] | None:
+        """The worker's fast path: a plain unary request (see ``fastpath.py``) as its serialized bytes,
+        submitted now in C; None when it is not one (then :meth:`infer_serialized` serves it).
+
+        :return: the model's name and an awaitable of the responses as :meth:`infer_serialized` yields
+            them (the same bytes); cancelling the awaitable cancels the request in Triton.
+        """
+        server = self._server
+        fast = server.fast if server is not None else None
+        if fast is None or self._broken:
+            return None
+        name = fast.parse(payload)
+        if name is None:
+            return None
+        try:
+            info = self._models.get(name.decode())
+        except UnicodeDecodeError:
+            return None
+        if info is None or info.decoupled:
+            return None
+        assert server is not None
+        server.attach()
+        try:
+            key, future = fast.submit(fast.request_version() or info.version.encode())
+        except TritonError as exc:
+            return info.name, self._fast_failed(exc, info.name)
+        return info.name, self._fast_answer(fast, key, future, info.name)
+
+    async def _fast_answer(
+        self, fast: FastPath, key: int, future: asyncio.Future[list[list[Any]]], name: str
+    ) -> list[list[Any]]:
+        try:
+            return await future
+        except asyncio.CancelledError:
+            fast.cancel(key)  # the caller went away or its deadline passed: Triton stops the request too
+            raise
+        except TritonError as exc:
+            if STUB_UNHEALTHY in exc.message:
+                self._stub_died(name, exc)
+            raise
+
+    async def _fast_failed(self, error: TritonError, name: str) -> list[list[Any]]:
+        if STUB_UNHEALTHY in error.message:
+            self._stub_died(name, error)
+        raise error
 
     async def _run(
         self, request: service_pb2.ModelInferRequest, raw_inputs: Sequence[Raw] | None = None

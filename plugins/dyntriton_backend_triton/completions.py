@@ -62,6 +62,9 @@ class Completions:
     """The C callbacks (as addresses Triton can call) and the drain of their event queue."""
 
     def __init__(self, lib: ctypes.CDLL):
+        # Every function here returns at once and no Triton thread ever waits for the GIL (the callbacks
+        # are C): the calls keep the GIL instead of handing it over and taking it back each time.
+        lib = ctypes.PyDLL(lib._name, handle=lib._handle, use_errno=True)
         self._lib = lib
         lib.dt_init.restype = ctypes.c_int
         lib.dt_drain.restype = ctypes.c_size_t
@@ -123,9 +126,21 @@ class Completions:
         if not self._owns(address, size):
             return None
         self._adopt(address)
+        return self.own(address, size)
+
+    def own(self, address: int, size: int) -> memoryview:
+        """View the first ``size`` bytes of an output buffer Python already holds a reference to (the
+        fast path adopted it in C); the reference is given back when the last view goes."""
         array = (ctypes.c_char * size).from_address(address)
         array._owner = _Owner(self._free, address)  # type: ignore[attr-defined]
         return memoryview(array).cast("B")
+
+    def bind(self, triton: ctypes.CDLL) -> ctypes.CDLL | None:
+        """Give the C library Triton's functions (for the fast path); the library, or None when Triton
+        lacks one of them."""
+        self._lib.dt_bind.argtypes = (ctypes.c_void_p,)
+        self._lib.dt_bind.restype = ctypes.c_int
+        return self._lib if self._lib.dt_bind(triton._handle) == 0 else None
 
     def dropped(self) -> int:
         """Events the C side could not queue (out of memory); always 0 in practice."""

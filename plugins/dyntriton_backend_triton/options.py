@@ -19,6 +19,8 @@ class TritonSettings(BackendSettings):
     :param triton_home: the Triton installation to embed (None: /opt/tritonserver, then the wheel).
     :param model_load_retries: times Triton tries again a model whose load failed.
     :param c_callbacks: take Triton's completions through the C extension (False: ctypes callbacks).
+    :param fast_path: serve plain unary requests in the C extension (``fastpath.py``; False: every request
+        through the general path).
     """
 
     __panel__ = "triton backend"
@@ -38,3 +40,4 @@ class TritonSettings(BackendSettings):
         help="Times a model whose load failed is tried again (0: fail at the first error, with its reason).",
     )
     c_callbacks: bool = True
+    fast_path: bool = True

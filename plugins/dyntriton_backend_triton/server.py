@@ -36,6 +36,7 @@ from dynamo_triton.runtime.tracing import CURRENT
 from dyntriton_backend_triton import capi, classification
 from dyntriton_backend_triton.completions import EVENT_RELEASED, EVENT_RESPONSE, Completions, load_completions
 from dyntriton_backend_triton.environment import load_library
+from dyntriton_backend_triton.fastpath import FastPath
 from dyntriton_backend_triton.locator import TritonInstall
 from dyntriton_backend_triton.tracing import TritonTraces
 
@@ -64,6 +65,8 @@ class ServerOptions:
     :param cpu_metrics: also collect ``nv_cpu_*`` utilisation and memory (polled by Triton).
     :param c_callbacks: answer Triton's callbacks with the C completions library when it was built
         (no GIL taken on Triton's threads); False forces the ctypes callbacks.
+    :param fast_path: with the C callbacks, serve plain unary requests of the worker in C
+        (``fastpath.py``); False sends every request through :meth:`TritonServer.infer`.
     """
 
     model_repository: Path
@@ -77,6 +80,7 @@ class ServerOptions:
     model_load_retries: int = 0
     server_id: str = "dyntriton"
     c_callbacks: bool = True
+    fast_path: bool = True
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,11 @@ class _Error:
         message = (self.api.ErrorMessage(err) or b"").decode(errors="replace")
         if free:
             self.api.ErrorDelete(err)
+        return self.make(code, message)
+
+    @staticmethod
+    def make(code: int, message: str) -> TritonError:
+        """The TritonError for Triton's error ``code`` and ``message``."""
         name = capi.ERROR_CODE_NAMES[code] if 0 <= code < len(capi.ERROR_CODE_NAMES) else "UNKNOWN"
         if name == "INTERNAL" and STUB_UNHEALTHY in message:
             # The python backend restarts a dead stub on its next request; this request never ran:
@@ -281,6 +290,8 @@ class TritonServer:
         self._callbacks: _Callbacks | None = None
         self._completions: Completions | None = None
         self._triton_traces: TritonTraces | None = None  # made at the first traced request
+        self._fast: FastPath | None = None
+        self._library: ctypes.CDLL | None = None
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -296,7 +307,8 @@ class TritonServer:
 
     def start_blocking(self) -> None:
         """Load the library and create the server (blocking; call from a thread)."""
-        self._api = capi.declare(load_library(self.install))
+        self._library = load_library(self.install)
+        self._api = capi.declare(self._library)
         self._errors = _Error(self._api)
         api, o = self._api, self.options
         options = ctypes.c_void_p()
@@ -369,6 +381,24 @@ class TritonServer:
         allocator = ctypes.c_void_p()
         self._check(api.ResponseAllocatorNew(ctypes.byref(allocator), alloc, release, start), "creating allocator")
         self._allocator = allocator.value
+        if completions is not None and self.options.fast_path and self._library is not None:
+            lib = completions.bind(self._library)
+            if lib is not None:
+                assert self._errors is not None and self._server is not None
+                errors = self._errors
+                self._fast = FastPath(
+                    lib, self._server, self._allocator, errors.make, lambda err: errors.take(err), completions.own
+                )
+
+    @property
+    def fast(self) -> FastPath | None:
+        """The C fast path for plain unary requests (see ``fastpath.py``), or None without the C library."""
+        return self._fast if not self._stopping else None
+
+    def attach(self) -> None:
+        """Drain the C library's completions on the running loop (before submitting on the fast path)."""
+        if self._completions is not None:
+            self._completions.attach(asyncio.get_running_loop(), self._on_event)
 
     def stop_blocking(self) -> None:
         """Stop the server; in-flight requests end with an error. Bounded by the exit timeout."""
@@ -378,11 +408,21 @@ class TritonServer:
         api = self.api
         for inflight in list(self._inflight.values()):
             self._cancel(inflight)
+        fast = self._fast
+        loop = self._completions._loop if self._completions is not None else None
+        if fast is not None:
+            # The calls belong to the loop's thread (it frees them): cancel them there.
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(fast.cancel_all)
+            else:
+                fast.cancel_all()
         err = api.ServerStop(self._server)
         if err:
             log.warning("Triton stop: %s", self._errors.take(err) if self._errors else err)
         for key, inflight in list(self._inflight.items()):
             self._deliver(inflight, TritonResponse(error=TritonError("UNAVAILABLE", "Triton stopped"), final=True), key)
+        if fast is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fast.fail_all, TritonError("UNAVAILABLE", "Triton stopped"))
         err = api.ServerDelete(self._server)
         if err:
             log.warning("Triton delete: %s", self._errors.take(err) if self._errors else err)
@@ -484,8 +524,9 @@ class TritonServer:
 
     @property
     def in_flight(self) -> int:
-        """Requests handed to Triton whose final response has not been delivered yet."""
-        return len(self._inflight)
+        """Requests handed to Triton whose final response has not been delivered yet (or, on the fast path,
+        that Triton has not released yet)."""
+        return len(self._inflight) + (self._fast.in_flight if self._fast is not None else 0)
 
     def metrics_text(self) -> str:
         """Triton's own metrics (``nv_*`` families) in Prometheus text format; empty with metrics off."""
@@ -600,6 +641,8 @@ class TritonServer:
             self._on_response(address, flags, key, direct=True)
         elif kind == EVENT_RELEASED:
             self._on_release(address, flags, key)
+        elif self._fast is not None:
+            self._fast.on_event(kind, address, flags, key)
 
     def _on_response(self, response: int, flags: int, userp: int, direct: bool = False) -> None:
         try:
