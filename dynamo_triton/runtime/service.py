@@ -91,6 +91,7 @@ class RoutingService:
         self.shared_memory: SharedMemoryRegistry | None = None
         self._liveness: dict[str, Callable[[str], bool]] = {}
         self._unary_calls: dict[str, Callable[..., Awaitable[bytes | None]]] = {}
+        self._policies: dict[str, tuple[ServedModel, tuple[int, float | None, int]]] = {}  # per served model
         self._seen: set[str] = set()
         self._addresses: set[str] = set()  # every worker address seen, kept out of error texts
         self._served: dict[str, ServedModel] | None = None
@@ -376,8 +377,11 @@ class RoutingService:
         served = self._served_models().get(name)
         if served is None:
             return 0, None, 0
-        max_queue, timeout, priority = queue_policy(served.config)
-        return max_queue * served.instances, timeout, priority
+        cached = self._policies.get(name)
+        if cached is None or cached[0] is not served:
+            max_queue, timeout, priority = queue_policy(served.config)
+            cached = self._policies[name] = (served, (max_queue * served.instances, timeout, priority))
+        return cached[1]
 
     def _late(self, name: str, timeout: float | None, instance: Instance) -> DeadlineExceededError:
         what = f"deadline of {timeout:g} s exceeded" if timeout is not None else "deadline exceeded"
