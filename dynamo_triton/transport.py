@@ -24,17 +24,23 @@ fail at once with :class:`~dynamo_triton.errors.PeerUnresponsiveError` (``starte
 safe to send elsewhere), so do new calls; calls it received end at their deadline
 (DeadlineExceededError) or, without one, with PeerUnresponsiveError (``started=True``).
 When the peer answers again it is healthy again.
+
+Unary calls (optional, see :class:`UnaryCalling`): a request answered with exactly one response
+(a non-decoupled model) may be sent with :func:`call_unary`, which uses the client's own
+``call_unary`` when it has one (no per-call iterator: cheaper) and reads ``call`` to its end
+otherwise. Same errors, deadlines and cancel as ``call``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import click
 
-from dynamo_triton.errors import ConfigError
+from dynamo_triton.errors import ConfigError, DyntritonError
 from dynamo_triton.settings import setting
 
 __all__ = [
@@ -47,6 +53,8 @@ __all__ = [
     "TransportRequest",
     "TransportServer",
     "TransportSettings",
+    "UnaryCalling",
+    "call_unary",
     "liveness_check",
 ]
 
@@ -122,6 +130,43 @@ class LivenessReporting(Protocol):
     def unresponsive(self, address: str) -> bool:
         """True while the peer at ``address`` is connected but has shown no sign of life for the
         transport's heartbeat limit; False when it answers, or when nothing is known (no connection)."""
+
+
+@runtime_checkable
+class UnaryCalling(Protocol):
+    """What a TransportClient may add: a call answered with one response, without an iterator.
+
+    Optional: :func:`call_unary` falls back on ``call`` for clients without it.
+    """
+
+    async def call_unary(
+        self, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
+    ) -> bytes | None:
+        """Send one request; its first response once the stream ended (None: it ended with none).
+
+        Errors, deadline and cancel as :meth:`TransportClient.call`; responses after the first are
+        dropped; a stream that fails with an ``UNAVAILABLE`` error *after* its first response
+        returns that response (the answer arrived; only the end of the stream was lost).
+        """
+
+
+async def call_unary(
+    client: TransportClient, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
+) -> bytes | None:
+    """One request answered with one response (see :class:`UnaryCalling`): ``client.call_unary`` or ``call``."""
+    if isinstance(client, UnaryCalling):
+        return await client.call_unary(address, endpoint, payload, timeout=timeout)
+    answer: bytes | None = None
+    stream = client.call(address, endpoint, payload, timeout=timeout)
+    try:
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for chunk in stream:
+                if answer is None:
+                    answer = chunk
+    except DyntritonError as exc:
+        if answer is None or exc.status != "UNAVAILABLE":
+            raise
+    return answer
 
 
 def liveness_check(client: TransportClient) -> Callable[[str], bool]:

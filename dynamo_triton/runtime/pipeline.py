@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +150,8 @@ class RequestPipeline:
         self.metrics: FrontendMetrics = service.metrics
         self._dtypes = service.dtypes
         self._by_model: dict[str, _ModelMetrics] = {}
+        #: The service's unary fast path, when it has one (RoutingService.infer_unary).
+        self._infer_unary: Callable[..., Awaitable[bytes | None]] | None = getattr(service, "infer_unary", None)
 
     def _model_metrics(self, model: str) -> _ModelMetrics:
         entry = self._by_model.get(model)
@@ -233,12 +235,51 @@ class RequestPipeline:
                 prepared.trace.end(error.status)
             raise error
         answer: bytes | None = None
-        async for chunk in self.stream(prepared, timeout=timeout):
-            if answer is None:
-                answer = chunk
+        if (
+            self._infer_unary is not None
+            and prepared.shared is None
+            and prepared.sequence is None
+            and prepared.trace is None  # a traced request takes the path its spans are recorded on
+        ):
+            answer = await self._unary(prepared, timeout)
+        else:
+            async for chunk in self.stream(prepared, timeout=timeout):
+                if answer is None:
+                    answer = chunk
         if answer is None:
             raise DyntritonError(f"model '{prepared.model}' sent no response", status="INTERNAL")
         return answer
+
+    async def _unary(self, prepared: PreparedRequest, timeout: float | None) -> bytes | None:
+        """The fast path of :meth:`unary` (no regions, no sequence, not traced): the service's ``infer_unary``,
+        counted exactly as :meth:`stream` counts."""
+        assert self._infer_unary is not None
+        metrics = self._model_metrics(prepared.model)
+        metrics.in_flight.inc()
+        status = "CANCELLED"
+        request = prepared.request
+        try:
+            if request.parameters:
+                answer = await self._infer_unary(
+                    prepared.model, prepared.raw, timeout=timeout, **queue_parameters(request)
+                )
+            else:
+                answer = await self._infer_unary(prepared.model, prepared.raw, timeout=timeout)
+            status = "OK"
+            return answer
+        except DyntritonError as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            metrics.in_flight.dec()
+            metrics.latency.observe(time.perf_counter() - prepared.started)
+            if status != "OK":
+                metrics.failed(status)
 
     async def stream(self, prepared: PreparedRequest, *, timeout: float | None = None) -> AsyncIterator[bytes]:
         """Run a request; yield each serialized ``ModelInferResponse`` (one, or any number when decoupled).

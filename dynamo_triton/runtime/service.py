@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import NoReturn
 
 from tritonclient.grpc import service_pb2
 
@@ -42,7 +44,7 @@ from dynamo_triton.runtime.sequences import SequenceStep, idle_seconds
 from dynamo_triton.runtime.shared_memory import SharedMemoryRegistry
 from dynamo_triton.runtime.statistics import merge_statistics
 from dynamo_triton.runtime.tracing import FrontendTrace, RequestTracing
-from dynamo_triton.transport import Transport, TransportClient, liveness_check
+from dynamo_triton.transport import Transport, TransportClient, UnaryCalling, call_unary, liveness_check
 
 __all__ = ["RoutingService"]
 
@@ -88,6 +90,8 @@ class RoutingService:
         #: Triton's system shared-memory regions of this host (None: the extension is not offered).
         self.shared_memory: SharedMemoryRegistry | None = None
         self._liveness: dict[str, Callable[[str], bool]] = {}
+        self._unary_calls: dict[str, Callable[..., Awaitable[bytes | None]]] = {}
+        self._policies: dict[str, tuple[ServedModel, tuple[int, float | None, int]]] = {}  # per served model
         self._seen: set[str] = set()
         self._addresses: set[str] = set()  # every worker address seen, kept out of error texts
         self._served: dict[str, ServedModel] | None = None
@@ -253,52 +257,131 @@ class RoutingService:
                 except DeadlineExceededError as exc:
                     raise self._late(name, timeout, instance) from exc
                 except DyntritonError as exc:
-                    if exc.status != "UNAVAILABLE":
-                        raise
-                    if isinstance(exc, PeerGoneError):
-                        self._table.forget(instance)
-                    if answered and not instance.card.decoupled:
-                        # A non-decoupled model answers exactly once and that answer arrived: only the
-                        # end of the stream was lost with the worker. The request is complete.
-                        log.info("model %r: instance %s went away after its answer (%s)", name, instance.address, exc)
+                    if self._attempt_failed(name, instance, exc, answered):
                         return
-                    if isinstance(exc, PeerUnresponsiveError) and exc.started:
-                        raise NoInstanceError(
-                            f"the worker running this request of model '{name}' stopped responding; "
-                            "the request may have run there"
-                        ) from exc
-                    if answered:
-                        raise NoInstanceError(
-                            f"the instance serving model '{name}' failed after answering part of the request: {exc}"
-                        ) from exc
-                    log.info(
-                        "model %r: instance %s failed before answering (%s); retrying", name, instance.address, exc
-                    )
                     failure = exc
                 finally:
                     self.admission.release(name, instance, self._table.instances(name), self._policy, elapsed)
                     if trace is not None and elapsed is not None:
                         trace.call_ended("OK")
-            if failure is None:
-                self.model(name)  # unknown model: NOT_FOUND rather than UNAVAILABLE
-            if failure is None and any(self.unresponsive(inst) for inst in self._table.instances(name)):
-                raise NoInstanceError(
-                    f"no instance of model '{name}' is responding right now: its workers stopped answering "
-                    "(frozen or overloaded); retry shortly"
-                )
-            detail = f": {failure.message}" if failure else ""
-            raise NoInstanceError(f"no live instance of model '{name}' could take the request{detail}")
+            self._none_took(name, failure)
         except DyntritonError as exc:
             self._scrubbed(exc)
             raise
+
+    async def infer_unary(
+        self,
+        name: str,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        queue_timeout: float | None = None,
+        priority: int = 0,
+    ) -> bytes | None:
+        """:meth:`infer` for a request of a non-decoupled model outside a sequence: its one response.
+
+        The same admission, retry, deadline and error rules as :meth:`infer`, without the async
+        generator layers (the transport's :func:`~dynamo_triton.transport.call_unary`). None: the
+        worker's stream ended without a response.
+        """
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            failure: DyntritonError | None = None
+            max_queue, policy_timeout, default_priority = self._queue_policy(name)
+            queue_deadline = _queue_deadline(deadline, queue_timeout if queue_timeout is not None else policy_timeout)
+            instances = self._table.instances(name)
+            tried = ""
+            for _attempt in range(2):
+                candidates = [inst for inst in instances if inst.instance_id != tried and not self.unresponsive(inst)]
+                if not candidates:
+                    break
+                if deadline is not None and deadline <= time.monotonic():
+                    raise DeadlineExceededError(f"deadline exceeded before model '{name}' could be reached")
+                instance = await self.admission.admit(
+                    name,
+                    candidates,
+                    self._policy,
+                    deadline=queue_deadline,
+                    priority=priority or default_priority,
+                    max_queue=max_queue,
+                )
+                tried = instance.instance_id
+                sent = time.monotonic()
+                elapsed: float | None = None
+                try:
+                    answer = await self._unary_call(instance.card.transport)(
+                        instance.address, INFER_ENDPOINT, payload, timeout=None if deadline is None else deadline - sent
+                    )
+                    elapsed = time.monotonic() - sent
+                    return answer
+                except DeadlineExceededError as exc:
+                    raise self._late(name, timeout, instance) from exc
+                except DyntritonError as exc:
+                    self._attempt_failed(name, instance, exc, False)
+                    failure = exc
+                finally:
+                    instances = self._table.instances(name)
+                    self.admission.release(name, instance, instances, self._policy, elapsed)
+            self._none_took(name, failure)
+            raise AssertionError("unreachable")
+        except DyntritonError as exc:
+            self._scrubbed(exc)
+            raise
+
+    def _unary_call(self, transport: str) -> Callable[..., Awaitable[bytes | None]]:
+        call = self._unary_calls.get(transport)
+        if call is None:
+            client = self._client(transport)
+            call = self._unary_calls[transport] = (
+                client.call_unary if isinstance(client, UnaryCalling) else functools.partial(call_unary, client)
+            )
+        return call
+
+    def _attempt_failed(self, name: str, instance: Instance, exc: DyntritonError, answered: bool) -> bool:
+        """An attempt on ``instance`` raised ``exc``: True when the request is complete anyway, False to
+        try another instance; raises when the request must end with an error."""
+        if exc.status != "UNAVAILABLE":
+            raise exc
+        if isinstance(exc, PeerGoneError):
+            self._table.forget(instance)
+        if answered and not instance.card.decoupled:
+            # A non-decoupled model answers exactly once and that answer arrived: only the
+            # end of the stream was lost with the worker. The request is complete.
+            log.info("model %r: instance %s went away after its answer (%s)", name, instance.address, exc)
+            return True
+        if isinstance(exc, PeerUnresponsiveError) and exc.started:
+            raise NoInstanceError(
+                f"the worker running this request of model '{name}' stopped responding; the request may have run there"
+            ) from exc
+        if answered:
+            raise NoInstanceError(
+                f"the instance serving model '{name}' failed after answering part of the request: {exc}"
+            ) from exc
+        log.info("model %r: instance %s failed before answering (%s); retrying", name, instance.address, exc)
+        return False
+
+    def _none_took(self, name: str, failure: DyntritonError | None) -> NoReturn:
+        """No instance took the request (after ``failure``, or none could be tried): raise why."""
+        if failure is None:
+            self.model(name)  # unknown model: NOT_FOUND rather than UNAVAILABLE
+        if failure is None and any(self.unresponsive(inst) for inst in self._table.instances(name)):
+            raise NoInstanceError(
+                f"no instance of model '{name}' is responding right now: its workers stopped answering "
+                "(frozen or overloaded); retry shortly"
+            )
+        detail = f": {failure.message}" if failure else ""
+        raise NoInstanceError(f"no live instance of model '{name}' could take the request{detail}")
 
     def _queue_policy(self, name: str) -> tuple[int, float | None, int]:
         """Triton's queue policy of ``name`` for the whole cluster: its ``max_queue_size`` counts per worker."""
         served = self._served_models().get(name)
         if served is None:
             return 0, None, 0
-        max_queue, timeout, priority = queue_policy(served.config)
-        return max_queue * served.instances, timeout, priority
+        cached = self._policies.get(name)
+        if cached is None or cached[0] is not served:
+            max_queue, timeout, priority = queue_policy(served.config)
+            cached = self._policies[name] = (served, (max_queue * served.instances, timeout, priority))
+        return cached[1]
 
     def _late(self, name: str, timeout: float | None, instance: Instance) -> DeadlineExceededError:
         what = f"deadline of {timeout:g} s exceeded" if timeout is not None else "deadline exceeded"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -51,6 +52,7 @@ from dynamo_triton.transport import (
     TransportClient,
     TransportRequest,
     TransportServer,
+    call_unary,
 )
 
 __all__ = ["TransportContract", "collect", "echo"]
@@ -101,6 +103,21 @@ class _Probe:
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
+
+
+class _CallOnly:
+    """A client seen through ``call`` and ``close`` only: what :func:`call_unary` falls back on."""
+
+    def __init__(self, client: TransportClient):
+        self._client = client
+
+    def call(
+        self, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
+    ) -> AsyncIterator[bytes]:
+        return self._client.call(address, endpoint, payload, timeout=timeout)
+
+    async def close(self) -> None:
+        await self._client.close()
 
 
 class TransportContract:
@@ -501,6 +518,81 @@ class TransportContract:
             checks.append(liveness.unresponsive(address))
             await asyncio.sleep(self.heartbeat / 8)
         assert not any(checks), "a healthy server was reported unresponsive"
+
+    # -- unary calls (call_unary: the client's own, or the fallback on call) -------------------
+
+    @pytest.fixture(params=["own", "fallback"])
+    def unary(self, request: pytest.FixtureRequest, client: TransportClient) -> Callable[..., Awaitable[bytes | None]]:
+        """``await unary(address, endpoint, payload, timeout=...)``: :func:`call_unary` on the client as it
+        is (``own``: its ``call_unary`` if it has one) and on a view of it offering only ``call``
+        (``fallback``): both must behave alike."""
+        target: TransportClient = client if request.param == "own" else _CallOnly(client)
+        return functools.partial(call_unary, target)
+
+    async def test_unary_returns_the_one_response(self, serve: Callable, unary: Callable) -> None:
+        seen: list[TransportRequest] = []
+
+        async def handler(request: TransportRequest) -> AsyncIterator[Chunk]:
+            seen.append(request)
+            yield [b"infer:", request.payload]
+
+        _, address = await serve(handler)
+        payload = bytes(range(256)) * 3
+        answer = await within(unary(address, "infer", payload, timeout=30.0), self.wait, "the unary answer")
+        assert bytes(answer) == b"infer:" + payload
+        assert seen[0].timeout is not None and 0 < seen[0].timeout <= 30.0
+
+    async def test_unary_of_an_empty_stream_is_none_and_extra_responses_are_dropped(
+        self, serve: Callable, unary: Callable
+    ) -> None:
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            for i in range(int(request.payload)):
+                yield str(i).encode()
+
+        _, address = await serve(handler)
+        assert await within(unary(address, "x", b"0"), self.wait, "the unary answer") is None
+        assert bytes(await within(unary(address, "x", b"3"), self.wait, "the unary answer")) == b"0"
+
+    async def test_unary_handler_error_keeps_status_and_message(self, serve: Callable, unary: Callable) -> None:
+        async def handler(request: TransportRequest) -> AsyncIterator[bytes]:
+            raise InvalidRequestError("bad shape for input 'x'")
+            yield b""
+
+        _, address = await serve(handler)
+        with pytest.raises(DyntritonError) as caught:
+            await within(unary(address, "x", b""), self.wait, "the unary error")
+        assert caught.value.status == "INVALID_ARGUMENT"
+        assert "bad shape for input 'x'" in caught.value.message
+
+    async def test_unary_cancelled_by_its_caller_cancels_the_handler(self, serve: Callable, unary: Callable) -> None:
+        probe = _Probe()
+        _, address = await serve(probe)
+        task = asyncio.create_task(unary(address, "x", b""))
+        await within(probe.started.wait(), self.wait, "the handler's start")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await within(probe.cancelled.wait(), self.wait, "the handler's cancellation")
+
+    async def test_unary_deadline_raises_and_cancels_the_handler(self, serve: Callable, unary: Callable) -> None:
+        probe = _Probe()
+        _, address = await serve(probe)
+        with pytest.raises(DeadlineExceededError) as caught:
+            await within(unary(address, "x", b"", timeout=0.3), self.wait, "the unary deadline")
+        assert caught.value.status == "DEADLINE_EXCEEDED"
+        await within(probe.cancelled.wait(), self.wait, "the handler's cancellation after the deadline")
+
+    async def test_unary_peer_gone_before_an_answer_raises(self, serve: Callable, unary: Callable) -> None:
+        probe = _Probe()
+        server, address = await serve(probe)
+        task = asyncio.create_task(unary(address, "x", b""))
+        await within(probe.started.wait(), self.wait, "the handler's start")
+        await self.kill_server(server)
+        with pytest.raises(PeerGoneError) as caught:
+            await within(task, self.wait, "PeerGoneError after the server vanished")
+        assert caught.value.status == "UNAVAILABLE"
+        with pytest.raises(PeerGoneError):
+            await within(unary(address, "x", b""), self.wait, "PeerGoneError for an address nobody serves")
 
 
 async def within_each(stream: AsyncIterator[bytes], wait: float) -> AsyncIterator[bytes]:

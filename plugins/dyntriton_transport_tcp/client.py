@@ -94,6 +94,28 @@ class _Inbox(asyncio.Queue):  # type: ignore[type-arg]
     timed: bool
 
 
+_ENDS = frozenset((FrameType.END, FrameType.ERROR, FrameType.GONE))
+
+
+class _UnaryInbox:
+    """One unary call's slot in :attr:`_Connection.queues` (the same ``put_nowait``/``timed`` face as
+    :class:`_Inbox`): keeps the first DATA, resolves ``future`` with the item that ends the stream."""
+
+    __slots__ = ("answer", "future", "timed")
+
+    def __init__(self, future: asyncio.Future[Frame | TransportError], timed: bool):
+        self.future, self.timed = future, timed
+        self.answer: memoryview | bytes | None = None
+
+    def put_nowait(self, item: Frame | TransportError) -> None:
+        if self.future.done():
+            return
+        if isinstance(item, TransportError) or item.type in _ENDS:
+            self.future.set_result(item)
+        elif item.type is FrameType.DATA and self.answer is None:
+            self.answer = item.body
+
+
 def _again(error: TransportError) -> TransportError:
     """A fresh copy of a connection-wide error, raised by one call (tracebacks are per raise)."""
     if isinstance(error, PeerUnresponsiveError):
@@ -566,6 +588,70 @@ class TcpClient:
             connection.queues.pop(rid, None)
             if not finished and connection.failure is None:
                 # Best effort: the CANCEL frame is tiny, so write it without waiting for drain.
+                with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                    write_frame(connection.writer, simple_frame(FrameType.CANCEL, rid))
+
+    async def call_unary(
+        self, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
+    ) -> bytes | None:
+        """:meth:`call` for a request answered once: see :class:`dynamo_triton.transport.UnaryCalling`.
+
+        One future per call instead of a queue and an iterator; same frames, errors and CANCEL.
+        """
+        if memoryview(payload).nbytes > self.max_frame - 1024:
+            raise TransportError(
+                f"request of {len(payload)} bytes exceeds the tcp frame limit of {self.max_frame} bytes",
+                hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME) on both sides",
+            )
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        connection = self._connections.get(address)
+        if connection is None or connection.failure is not None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    connection = await self._connection(address)
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"deadline of {timeout} s exceeded while connecting to {address} (endpoint {endpoint!r})"
+                ) from None
+        liveness = connection.liveness
+        if liveness is not None and liveness.unresponsive_since is not None:
+            raise connection.unresponsive_error()
+        rid = next(connection.ids)
+        inbox = _UnaryInbox(loop.create_future(), deadline is not None)
+        connection.queues[rid] = inbox  # type: ignore[assignment]
+        finished = False
+        try:
+            try:
+                await connection.send(request_frame(rid, endpoint, payload, timeout), deadline)
+                if deadline is None:
+                    item = await inbox.future
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        item = await inbox.future
+            except TimeoutError:
+                raise DeadlineExceededError(self._late(timeout, address, endpoint, connection)) from None
+            if isinstance(item, TransportError):
+                # An unresponsive peer may wake up and read the request: its CANCEL goes out below.
+                finished = not isinstance(item, PeerUnresponsiveError)
+                if inbox.answer is not None:  # the answer arrived; only the end of the stream was lost
+                    return inbox.answer  # type: ignore[return-value]
+                raise _again(item)
+            finished = True
+            kind = item.type
+            if kind is FrameType.END:
+                return inbox.answer  # type: ignore[return-value]
+            if kind is FrameType.ERROR:
+                error = error_from_status(*decode_error(bytes(item.body)))
+                if inbox.answer is not None and error.status == "UNAVAILABLE":
+                    return inbox.answer  # type: ignore[return-value]
+                raise error
+            if inbox.answer is not None:  # GONE after the answer
+                return inbox.answer  # type: ignore[return-value]
+            raise PeerGoneError(bytes(item.body).decode(errors="replace"), hint="retry on another instance")
+        finally:
+            connection.queues.pop(rid, None)
+            if not finished and connection.failure is None:
                 with contextlib.suppress(ConnectionError, OSError, RuntimeError):
                     write_frame(connection.writer, simple_frame(FrameType.CANCEL, rid))
 

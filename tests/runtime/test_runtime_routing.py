@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -135,7 +135,23 @@ class Workers:
 _spaces = itertools.count()
 
 
-async def answer(service: RoutingService, payload: bytes = b"x", **kwargs: Any) -> str:
+_UNARY = False  # set by the ``path`` fixture: every test runs on both request paths
+
+
+@pytest.fixture(autouse=True, params=["stream", "unary"])
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``stream``: RoutingService.infer; ``unary``: RoutingService.infer_unary (the fast path the request
+    pipeline takes for a non-decoupled model outside a sequence), with the same rules."""
+    global _UNARY
+    _UNARY = request.param == "unary"
+    yield request.param
+    _UNARY = False
+
+
+async def answer(service: RoutingService, payload: bytes = b"x", *, stream: bool = False, **kwargs: Any) -> str:
+    if _UNARY and not stream and kwargs.get("sequence") is None:
+        kwargs.pop("sequence", None)
+        return bytes(await service.infer_unary("m", payload, **kwargs) or b"").decode()
     chunks = [bytes(chunk) async for chunk in service.infer("m", payload, **kwargs)]
     return b"".join(chunks).decode()
 
@@ -259,7 +275,7 @@ async def test_a_worker_lost_after_its_answer(workers: Workers, decoupled: bool)
     its stream. A decoupled one may have had more to say: UNAVAILABLE, and no second worker runs it."""
     await workers.add("a", decoupled=decoupled)
     service = await workers.frontend()
-    task = asyncio.create_task(answer(service, b"answer-then-hang"))
+    task = asyncio.create_task(answer(service, b"answer-then-hang", stream=decoupled))
     await until(lambda: workers.blocked == ["a"], WAIT, "the answer to be sent")
     workers.kill("a")
     if decoupled:
