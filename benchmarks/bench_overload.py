@@ -195,6 +195,10 @@ def report(name: str, capacity: float, spike: float, deadline: float, outcome: O
     )
     if other:
         print(f"{name}: other failures {dict(other)}", file=sys.stderr)
+    for phase in ("steady", "after"):
+        failed = collections.Counter(c.status for c in outcome.calls if c.phase == phase and c.status != "OK")
+        if failed:
+            print(f"{name}: {phase} failures {dict(failed)}", file=sys.stderr)
     return (
         f"{name:<10} {capacity:>4.0f} {steady_failed:>5}/{len(steady):<5} {steady_p50:>6.1f} {steady_p99:>6.1f} "
         f"{len(in_time):>6}/{len(during):<6} {len(in_time) / (capacity * spike):>7.1%} "

@@ -25,17 +25,19 @@ load and every caller's deadline, so it decides here, before a byte is sent:
 - **Expiry.** A waiting request whose deadline passes is answered ``DEADLINE_EXCEEDED`` then,
   never sent. A waiter whose caller cancels leaves the queue.
 
-The estimates come from the service time measured per model (an exponentially weighted mean of
-the time from dispatch to the end of the answer): the queue drains at ``slots / service time``.
+The estimates come from the service time measured per model (the median of the last answers' times
+from dispatch to the end of the answer): the queue drains at ``slots / service time``.
 Nothing is shed on an estimate before the first answers gave one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,8 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = ["UNBOUNDED_SLOTS", "Admission", "AdmissionSettings", "QueueCollector", "queue_policy", "slot_limit"]
 
-#: Weight of a new service-time sample in the moving mean.
-_SMOOTHING = 0.2
+#: Service times kept per model; the estimate is their median (one slow request, such as the first
+#: after a model loads, must not make the frontend refuse everything for a while, as a mean would).
+_SAMPLES = 32
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class AdmissionSettings:
 
     max_inflight: int = 0
     max_queue: int = 10_000
-    overload_interval: float = 0.1
+    overload_interval: float = 0.5
     enabled: bool = True
 
 
@@ -115,7 +118,20 @@ class _Waiter:
 class _ModelState:
     queue: list[_Waiter] = field(default_factory=list)
     waiting: int = 0  # queue entries whose future is still pending
-    service_time: float | None = None
+    samples: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=_SAMPLES))
+    _median: float | None = None
+
+    @property
+    def service_time(self) -> float | None:
+        """The median of the recent service times, or None before the first answer."""
+        if self._median is None and self.samples:
+            self._median = statistics.median(self.samples)
+        return self._median
+
+    def measured(self, elapsed: float) -> None:
+        self.samples.append(elapsed)
+        self._median = None
+
     busy_since: float | None = None  # when the queue last became non-empty; None while it is empty
 
 
@@ -290,8 +306,7 @@ class Admission:
         if state is None:
             return
         if elapsed is not None:
-            previous = state.service_time
-            state.service_time = elapsed if previous is None else previous + _SMOOTHING * (elapsed - previous)
+            state.measured(elapsed)
         if state.waiting:
             self._dispatch(model, state, self._free(candidates), policy)
 
