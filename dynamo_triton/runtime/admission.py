@@ -23,7 +23,8 @@ load and every caller's deadline, so it decides here, before a byte is sent:
   caller waits as long as it takes (closed-loop load generators such as perf_analyzer and h2load
   keep a standing queue by design and must not see errors for it).
 - **Expiry.** A waiting request whose deadline passes is answered ``DEADLINE_EXCEEDED`` then,
-  never sent. A waiter whose caller cancels leaves the queue.
+  never sent; one whose turn comes less than a service time before its deadline is refused then
+  (``RESOURCE_EXHAUSTED``), not run for nobody. A waiter whose caller cancels leaves the queue.
 
 The estimates come from the service time measured per model (the median of the last answers' times
 from dispatch to the end of the answer): the queue drains at ``slots / service time``.
@@ -93,17 +94,19 @@ def slot_limit(config: model_config_pb2.ModelConfig) -> int:
     return parallel * batch + parallel
 
 
-def queue_policy(config: model_config_pb2.ModelConfig) -> tuple[int, float | None, int]:
-    """Triton's default queue policy of a model: ``(max_queue_size, default timeout in s or None, default priority)``.
+def queue_policy(config: model_config_pb2.ModelConfig) -> tuple[int, float | None, int, bool]:
+    """Triton's default queue policy of a model.
 
-    ``max_queue_size`` 0 means unbounded, as in Triton.
+    :return: ``(max_queue_size, default timeout in s or None, default priority level,
+        allow_timeout_override)``; ``max_queue_size`` 0 means unbounded, as in Triton. Without
+        dynamic batching there is no policy: ``(0, None, 0, True)``.
     """
     if not config.HasField("dynamic_batching"):
-        return 0, None, 0
+        return 0, None, 0, True
     batching = config.dynamic_batching
     policy = batching.default_queue_policy
     timeout = policy.default_timeout_microseconds / 1e6 if policy.default_timeout_microseconds else None
-    return policy.max_queue_size, timeout, batching.default_priority_level
+    return policy.max_queue_size, timeout, batching.default_priority_level, policy.allow_timeout_override
 
 
 @dataclass(order=True)
@@ -317,9 +320,23 @@ class Admission:
             self._dispatch(model, state, self._free(candidates), policy)
 
     def _dispatch(self, model: str, state: _ModelState, free: list[Instance], policy: Policy) -> None:
+        service = state.service_time
+        now = self._clock() if service is not None else 0.0
         while free and state.queue:
             waiter = heapq.heappop(state.queue)
             if waiter.future.done():
+                continue
+            if service is not None and waiter.deadline < now + service:
+                # Its turn came too late to finish in time: refuse it now rather than run it for nobody.
+                state.waiting -= 1
+                waiter.future.set_exception(
+                    OverloadedError(
+                        f"model '{model}' is at capacity: the request's deadline ends in "
+                        f"{max(waiter.deadline - now, 0) * 1000:.0f} ms, before it could run "
+                        f"(about {service * 1000:.0f} ms)",
+                        retry_after=service,
+                    )
+                )
                 continue
             instance = policy.pick(model, free)
             instance.outstanding += 1

@@ -91,7 +91,7 @@ class RoutingService:
         self.shared_memory: SharedMemoryRegistry | None = None
         self._liveness: dict[str, Callable[[str], bool]] = {}
         self._unary_calls: dict[str, Callable[..., Awaitable[bytes | None]]] = {}
-        self._policies: dict[str, tuple[ServedModel, tuple[int, float | None, int]]] = {}  # per served model
+        self._policies: dict[str, tuple[ServedModel, tuple[int, float | None, int, bool]]] = {}  # per served model
         self._seen: set[str] = set()
         self._addresses: set[str] = set()  # every worker address seen, kept out of error texts
         self._served: dict[str, ServedModel] | None = None
@@ -215,8 +215,10 @@ class RoutingService:
                     return
             tried: set[str] = set()
             failure: DyntritonError | None = None
-            max_queue, policy_timeout, default_priority = self._queue_policy(name)
-            queue_deadline = _queue_deadline(deadline, queue_timeout if queue_timeout is not None else policy_timeout)
+            max_queue, policy_timeout, default_priority, overridable = self._queue_policy(name)
+            if queue_timeout is None or not overridable:  # Triton: the request's timeout, if the policy allows
+                queue_timeout = policy_timeout
+            queue_deadline = _queue_deadline(deadline, queue_timeout)
             for _attempt in range(2):
                 candidates = [
                     inst
@@ -287,8 +289,10 @@ class RoutingService:
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
             failure: DyntritonError | None = None
-            max_queue, policy_timeout, default_priority = self._queue_policy(name)
-            queue_deadline = _queue_deadline(deadline, queue_timeout if queue_timeout is not None else policy_timeout)
+            max_queue, policy_timeout, default_priority, overridable = self._queue_policy(name)
+            if queue_timeout is None or not overridable:  # Triton: the request's timeout, if the policy allows
+                queue_timeout = policy_timeout
+            queue_deadline = _queue_deadline(deadline, queue_timeout)
             instances = self._table.instances(name)
             tried = ""
             for _attempt in range(2):
@@ -372,15 +376,16 @@ class RoutingService:
         detail = f": {failure.message}" if failure else ""
         raise NoInstanceError(f"no live instance of model '{name}' could take the request{detail}")
 
-    def _queue_policy(self, name: str) -> tuple[int, float | None, int]:
-        """Triton's queue policy of ``name`` for the whole cluster: its ``max_queue_size`` counts per worker."""
+    def _queue_policy(self, name: str) -> tuple[int, float | None, int, bool]:
+        """Triton's queue policy of ``name`` for the whole cluster (see :func:`queue_policy`): its
+        ``max_queue_size`` counts per worker."""
         served = self._served_models().get(name)
         if served is None:
-            return 0, None, 0
+            return 0, None, 0, True
         cached = self._policies.get(name)
         if cached is None or cached[0] is not served:
-            max_queue, timeout, priority = queue_policy(served.config)
-            cached = self._policies[name] = (served, (max_queue * served.instances, timeout, priority))
+            max_queue, timeout, priority, overridable = queue_policy(served.config)
+            cached = self._policies[name] = (served, (max_queue * served.instances, timeout, priority, overridable))
         return cached[1]
 
     def _late(self, name: str, timeout: float | None, instance: Instance) -> DeadlineExceededError:

@@ -67,11 +67,13 @@ def test_decoupled_models_and_ensembles_are_not_bounded_by_their_config() -> Non
 
 def test_queue_policy_reads_tritons_default_queue_policy() -> None:
     config = model_config_pb2.ModelConfig()
-    assert queue_policy(config) == (0, None, 0)
+    assert queue_policy(config) == (0, None, 0, True)
     config.dynamic_batching.default_queue_policy.max_queue_size = 3
     config.dynamic_batching.default_queue_policy.default_timeout_microseconds = 250_000
     config.dynamic_batching.default_priority_level = 2
-    assert queue_policy(config) == (3, 0.25, 2)
+    assert queue_policy(config) == (3, 0.25, 2, False)
+    config.dynamic_batching.default_queue_policy.allow_timeout_override = True
+    assert queue_policy(config)[3] is True
 
 
 async def test_a_free_slot_is_taken_at_once_and_counted() -> None:
@@ -194,3 +196,18 @@ async def test_disabled_admission_forwards_everything() -> None:
     for _ in range(5):
         await admission.admit("m", [a], First())
     assert a.outstanding == 5
+
+
+async def test_a_waiter_whose_turn_comes_too_late_to_finish_is_refused_not_run() -> None:
+    admission, clock = make()
+    a = Slotted("a")
+    await admission.admit("m", [a], First())
+    admission.release("m", a, [a], First(), 0.100)  # service time 100 ms measured
+    await admission.admit("m", [a], First())
+    waiter = asyncio.ensure_future(admission.admit("m", [a], First(), deadline=clock.now + 0.3))
+    await waiting(admission, "m", 1)
+    clock.now += 0.25  # its turn comes 50 ms before its deadline: too late for a 100 ms request
+    admission.release("m", a, [a], First(), None)
+    with pytest.raises(OverloadedError, match="before it could run"):
+        await waiter
+    assert a.outstanding == 0 and admission.waiting("m") == 0
