@@ -85,13 +85,18 @@ def slot_limit(config: model_config_pb2.ModelConfig) -> int:
     """Requests in flight one worker takes for a model: executions at once, plus one waiting per execution.
 
     Decoupled models and ensembles are not bounded by their config (:data:`UNBOUNDED_SLOTS`): set
-    ``--max-inflight`` for them.
+    ``--max-inflight`` for them. A queue policy's ``max_queue_size`` caps the slots (Triton's own
+    queue must hold every request sent before any starts).
     """
     if config.model_transaction_policy.decoupled or config.platform == "ensemble" or not config.instance_group:
         return UNBOUNDED_SLOTS
     parallel = sum(max(group.count, 1) for group in config.instance_group)
     batch = max(config.max_batch_size, 1) if config.HasField("dynamic_batching") else 1
-    return parallel * batch + parallel
+    limit = parallel * batch + parallel
+    max_queue = config.dynamic_batching.default_queue_policy.max_queue_size
+    # Requests sent at once may all sit in Triton's queue for a moment before one executes: never
+    # send more than its max_queue_size, or Triton refuses one of them itself.
+    return min(limit, max_queue) if max_queue else limit
 
 
 def queue_policy(config: model_config_pb2.ModelConfig) -> tuple[int, float | None, int, bool]:

@@ -55,6 +55,8 @@ def test_slot_limit_counts_executions_and_one_waiting_each() -> None:
     assert slot_limit(config) == 4  # no dynamic batching: 2 executions + 2 waiting
     config.dynamic_batching.SetInParent()
     assert slot_limit(config) == 2 * 8 + 2
+    config.dynamic_batching.default_queue_policy.max_queue_size = 5
+    assert slot_limit(config) == 5  # Triton's own queue must hold all that is sent at once
 
 
 def test_decoupled_models_and_ensembles_are_not_bounded_by_their_config() -> None:
