@@ -215,10 +215,7 @@ class RoutingService:
                     return
             tried: set[str] = set()
             failure: DyntritonError | None = None
-            max_queue, policy_timeout, default_priority, overridable = self._queue_policy(name)
-            if queue_timeout is None or not overridable:  # Triton: the request's timeout, if the policy allows
-                queue_timeout = policy_timeout
-            queue_deadline = _queue_deadline(deadline, queue_timeout)
+            queueing = self._queueing(name, deadline, queue_timeout, priority)
             for _attempt in range(2):
                 candidates = [
                     inst
@@ -227,18 +224,7 @@ class RoutingService:
                 ]
                 if not candidates:
                     break
-                if deadline is not None and deadline <= time.monotonic():
-                    raise DeadlineExceededError(f"deadline exceeded before model '{name}' could be reached")
-                if trace is not None:
-                    trace.admission_started()
-                instance = await self.admission.admit(
-                    name,
-                    candidates,
-                    self._policy,
-                    deadline=queue_deadline,
-                    priority=priority or default_priority,
-                    max_queue=max_queue,
-                )
+                instance = await self._admit(name, candidates, deadline, queueing, trace)
                 tried.add(instance.instance_id)
                 if trace is not None:
                     trace.admitted()
@@ -289,26 +275,14 @@ class RoutingService:
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
             failure: DyntritonError | None = None
-            max_queue, policy_timeout, default_priority, overridable = self._queue_policy(name)
-            if queue_timeout is None or not overridable:  # Triton: the request's timeout, if the policy allows
-                queue_timeout = policy_timeout
-            queue_deadline = _queue_deadline(deadline, queue_timeout)
+            queueing = self._queueing(name, deadline, queue_timeout, priority)
             instances = self._table.instances(name)
             tried = ""
             for _attempt in range(2):
                 candidates = [inst for inst in instances if inst.instance_id != tried and not self.unresponsive(inst)]
                 if not candidates:
                     break
-                if deadline is not None and deadline <= time.monotonic():
-                    raise DeadlineExceededError(f"deadline exceeded before model '{name}' could be reached")
-                instance = await self.admission.admit(
-                    name,
-                    candidates,
-                    self._policy,
-                    deadline=queue_deadline,
-                    priority=priority or default_priority,
-                    max_queue=max_queue,
-                )
+                instance = await self._admit(name, candidates, deadline, queueing)
                 tried = instance.instance_id
                 sent = time.monotonic()
                 elapsed: float | None = None
@@ -327,10 +301,38 @@ class RoutingService:
                     instances = self._table.instances(name)
                     self.admission.release(name, instance, instances, self._policy, elapsed)
             self._none_took(name, failure)
-            raise AssertionError("unreachable")
         except DyntritonError as exc:
             self._scrubbed(exc)
             raise
+
+    def _queueing(
+        self, name: str, deadline: float | None, queue_timeout: float | None, priority: int
+    ) -> tuple[float | None, int, int]:
+        """How a request of ``name`` waits for a slot, by Triton's queue policy: ``(the time by which
+        it must be sent, its priority level, the model's queue bound for the cluster)``. The request's
+        own timeout counts where the policy allows an override, else the policy's default timeout."""
+        max_queue, policy_timeout, default_priority, overridable = self._queue_policy(name)
+        if queue_timeout is None or not overridable:
+            queue_timeout = policy_timeout
+        return _queue_deadline(deadline, queue_timeout), priority or default_priority, max_queue
+
+    async def _admit(
+        self,
+        name: str,
+        candidates: list[Instance],
+        deadline: float | None,
+        queueing: tuple[float | None, int, int],
+        trace: FrontendTrace | None = None,
+    ) -> Instance:
+        """A slot on one of ``candidates`` (see :class:`Admission`), unless the caller's deadline has passed."""
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExceededError(f"deadline exceeded before model '{name}' could be reached")
+        if trace is not None:
+            trace.admission_started()
+        queue_deadline, level, max_queue = queueing
+        return await self.admission.admit(
+            name, candidates, self._policy, deadline=queue_deadline, priority=level, max_queue=max_queue
+        )
 
     def _unary_call(self, transport: str) -> Callable[..., Awaitable[bytes | None]]:
         call = self._unary_calls.get(transport)
