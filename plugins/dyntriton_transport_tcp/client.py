@@ -529,27 +529,37 @@ class TcpClient:
             self._warned[key] = now
             log.warning("tcp connection to %s failed: %s", address, error)
 
-    async def call(
-        self, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
-    ) -> AsyncIterator[bytes]:
-        """Send one request to ``address`` and yield each response payload; see the transport contract."""
+    async def _connection_for(
+        self, address: str, endpoint: str, payload: bytes, timeout: float | None, deadline: float | None
+    ) -> _Connection:
+        """The connection a call to ``address`` goes over (made within ``deadline`` when there is none);
+        TransportError for a payload past the frame limit, the peer's error while it is unresponsive."""
         if memoryview(payload).nbytes > self.max_frame - 1024:
             raise TransportError(
                 f"request of {len(payload)} bytes exceeds the tcp frame limit of {self.max_frame} bytes",
                 hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME) on both sides",
             )
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                connection = await self._connection(address)
-        except TimeoutError:
-            raise DeadlineExceededError(
-                f"deadline of {timeout} s exceeded while connecting to {address} (endpoint {endpoint!r})"
-            ) from None
+        connection = self._connections.get(address)
+        if connection is None or connection.failure is not None:  # an open one needs no deadline scope
+            try:
+                async with asyncio.timeout_at(deadline):
+                    connection = await self._connection(address)
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"deadline of {timeout} s exceeded while connecting to {address} (endpoint {endpoint!r})"
+                ) from None
         liveness = connection.liveness
         if liveness is not None and liveness.unresponsive_since is not None:
             raise connection.unresponsive_error()
+        return connection
+
+    async def call(
+        self, address: str, endpoint: str, payload: bytes, *, timeout: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """Send one request to ``address`` and yield each response payload; see the transport contract."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        connection = await self._connection_for(address, endpoint, payload, timeout, deadline)
         rid = next(connection.ids)
         queue = _Inbox()
         queue.timed = deadline is not None
@@ -598,25 +608,9 @@ class TcpClient:
 
         One future per call instead of a queue and an iterator; same frames, errors and CANCEL.
         """
-        if memoryview(payload).nbytes > self.max_frame - 1024:
-            raise TransportError(
-                f"request of {len(payload)} bytes exceeds the tcp frame limit of {self.max_frame} bytes",
-                hint="raise max_frame_size (DYNTRITON_TCP_MAX_FRAME) on both sides",
-            )
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        connection = self._connections.get(address)
-        if connection is None or connection.failure is not None:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    connection = await self._connection(address)
-            except TimeoutError:
-                raise DeadlineExceededError(
-                    f"deadline of {timeout} s exceeded while connecting to {address} (endpoint {endpoint!r})"
-                ) from None
-        liveness = connection.liveness
-        if liveness is not None and liveness.unresponsive_since is not None:
-            raise connection.unresponsive_error()
+        connection = await self._connection_for(address, endpoint, payload, timeout, deadline)
         rid = next(connection.ids)
         inbox = _UnaryInbox(loop.create_future(), deadline is not None)
         connection.queues[rid] = inbox  # type: ignore[assignment]
